@@ -1,0 +1,46 @@
+"""The production host: real clocks, a real RNG and RocksDB stores."""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+from protocol.host import HostConfig
+from storage.rocks import RocksStore
+
+log = logging.getLogger("chorus")
+
+
+class ProductionHost:
+    def __init__(self, config: HostConfig) -> None:
+        self.node_id = config.node_id
+        self.data_dir = Path(config.data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        seed = config.seed if config.seed is not None else int.from_bytes(os.urandom(8), "big")
+        self.rng = random.Random(seed)
+        self.pid = os.getpid()
+        self._stores: dict[str, RocksStore] = {}
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def wall(self) -> float:
+        return time.time()
+
+    def open_store(self, name: str) -> RocksStore:
+        store = self._stores.get(name)
+        if store is None:
+            safe = name.replace("/", "_")
+            store = RocksStore(str(self.data_dir / safe))
+            self._stores[name] = store
+        return store
+
+    def record(self, kind: str, **fields: Any) -> None:
+        log.debug("%s %s %s", self.node_id, kind, fields)
+
+
+def make_host(config: HostConfig) -> ProductionHost:
+    return ProductionHost(config)
