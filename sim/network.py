@@ -151,7 +151,11 @@ class Network:
 
 
 class DelayModel:
-    """Seeded draws of loss, duplication and delay for cross-node messages."""
+    """Seeded draws of loss, duplication and delay for cross-node messages.
+
+    The world draws loss and duplication inline on its hot path, in this
+    order per message: loss (if ``loss > 0``), delay, duplication (if
+    ``duplicate > 0``), the duplicate's delay -- all from ``rng``."""
 
     __slots__ = (
         "rng", "loss", "duplicate", "reorder", "min_us", "tail_us", "max_us",
@@ -173,12 +177,6 @@ class DelayModel:
         self.spike_prob = o.spike_prob
         self.spike_us = o.spike_ms * _US_PER_MS
         self.local_us = int(round(o.local_latency_ms * _US_PER_MS))
-
-    def lost(self) -> bool:
-        return self.loss > 0.0 and self.rng.random() < self.loss
-
-    def duplicated(self) -> bool:
-        return self.duplicate > 0.0 and self.rng.random() < self.duplicate
 
     def delay_us(self) -> int:
         """One cross-node delay: min + exponential tail (capped), spike, jitter."""

@@ -123,13 +123,23 @@ class SimOptions:
 
         Each fault class (loss, duplication, reordering, spikes, clock
         offset, clock drift) is independently switched on with probability
-        1/2, and when on its magnitude is drawn within the bounds below, so
-        different seeds explore very different environments rather than
+        1/2, and when on its magnitude is drawn uniformly within sane bounds,
+        so different seeds explore very different environments rather than
         the same average one.  Latency is always present (it is not a fault)
         but its shape varies.  Draws happen in a fixed order, so the result
-        depends only on the RNG state.
+        depends only on the RNG state.  Bounds:
+
+        * latency_min_ms 0.05-2; latency_mean_ms = min + 0.1-20;
+          latency_max_ms = mean x 2-10; local_latency_ms 0.001-0.1;
+        * loss 0.001-0.2; duplicate 0.001-0.1;
+        * reorder with reorder_jitter_ms 0-50;
+        * spike_prob 0.001-0.05 with spike_ms 50-3000;
+        * clock_offset_max_s 0.001-10; clock_drift_max_ppm 1-500.
         """
-        on = lambda: rng.random() < 0.5  # noqa: E731 - fixed draw order
+
+        def on() -> bool:
+            return rng.random() < 0.5
+
         lat_min = rng.uniform(0.05, 2.0)
         lat_mean = lat_min + rng.uniform(0.1, 20.0)
         lat_max = lat_mean * rng.uniform(2.0, 10.0)

@@ -19,8 +19,18 @@ time.  Every processed event, every message dropped at send time and every
 fault verb updates the SHA-256 trace hash once, with its time, kind,
 source, destination, message type name and pickled bytes; with
 ``trace_path`` the same events are also written one per line (time, kind,
-``src -> dst``, ``repr`` of the message cut at 200 characters), which does
-not influence the hash.  Dropped events show only the type name and size.
+``src -> dst``, a deterministic repr of the message cut at 200 characters,
+see :mod:`sim.trace`), which does not influence the hash; the file is
+byte-identical across processes too.  Dropped and held messages show only
+their type name and size.  Event kinds: ``deliver``, ``wakeup``, ``call``,
+``hold``, ``drop.{loss,partition,crash,dead}``, ``fault.<verb>``.
+
+Inspection: ``history`` (list of :class:`sim.history.Record`: actor
+observations, ``"actor.error"`` and ``"sim.<verb>"`` fault records),
+``errors`` (list of :class:`sim.host.ActorError`), ``outbox`` (messages to
+the harness as ``(t, sender details, msg)``), ``stats``, ``actor(addr)``,
+``actors_on(node)``, ``nodes``, ``is_up``, ``monotonic(node)``,
+``wall(node)``, ``disk(node)``, ``cut_links()``.
 
 Messages
 --------
@@ -42,9 +52,21 @@ destination being up (else ``dropped_crash``), the partition rules (else
 a duplicate.  At delivery it is checked again: destination up with the
 same incarnation it had at send time (else ``dropped_crash``) and the link
 not cut (else ``dropped_partition``); then the receiving actor must exist
-(else ``dropped_dead``).  Messages within a node, to/from the harness, and
-boot messages take ``local_latency_ms`` (boot messages: zero) and are never
-lost, duplicated, reordered or partitioned.
+(else ``dropped_dead``).  Messages within a node and to/from the harness
+take exactly ``local_latency_ms`` and are never lost, duplicated, reordered
+or partitioned (they are still dropped if the node is down, and held if it
+is paused).  Boot messages are queued with zero delay when the actor is
+built, so they are always its first message.  Note that with FIFO a burst
+on one pair is delivered no earlier than the slowest message before it
+(head-of-line blocking, as on a TCP stream).
+
+Running
+-------
+``run_until(t)`` processes every event with time ``<= t`` (including those
+scheduled while running) and then sets ``now = t``; ``run_for(dt)`` is
+``run_until(now + dt)``; ``step()`` processes exactly one event;
+``pending()`` counts queued plus held events.  Virtual time is an integer
+number of microseconds (``now_us``); ``now`` is float seconds.
 
 Fault verbs
 -----------
@@ -82,7 +104,8 @@ Actor semantics (following Thespian's multiprocTCPBase)
   is removed at once (later messages to it are dead letters), each child
   is sent ``ActorExitRequest`` (if the request is recursive) and the parent
   is sent ``ChildActorExited(address)`` (top-level actors' parent is the
-  harness, so it lands in ``outbox``).
+  harness, so it lands in ``outbox``; an exited top-level actor is still
+  registered and comes back at the node's next restart).
 * If ``receiveMessage`` raises, the message is redelivered once (a fresh
   unpickled copy); if that raises too, ``PoisonMessage(msg, traceback)``
   is sent back to the sender (unless the message was itself a
@@ -273,11 +296,10 @@ class World:
             raise ValueError(f"an actor named {name!r} is already registered on {node_id}")
         boot = None if boot_msg is None else pickle.dumps(boot_msg, _PICKLE_PROTOCOL)
         entry = (actor_cls, name, boot, type(boot_msg).__name__)
-        node.boot.append(entry)
-        details = f"{node_id}/{name}"
         if node.up:
-            self._build_top(node, entry)
-        return ActorAddress(details)
+            self._build_top(node, entry)  # a failing constructor registers nothing
+        node.boot.append(entry)
+        return ActorAddress(f"{node_id}/{name}")
 
     def _build_top(self, node: Node, entry: tuple[type, str, bytes | None, str]) -> None:
         actor_cls, name, boot, tname = entry

@@ -163,7 +163,8 @@ class RocksStore:
                 it.seek_to_last()
             else:
                 it.seek_for_prev(hi)  # the last key <= hi; hi itself is excluded
-                pass
+                if it.valid() and it.key() == hi:
+                    it.prev()
             items: list[tuple[bytes, bytes]] = []
             while len(items) < n and it.valid():
                 key = it.key()
