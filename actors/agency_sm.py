@@ -11,6 +11,13 @@ it changes produces a change event ``(revision, path, value-or-None)``.
 The last ``history_max`` events are retained so that watchers can resume
 from a revision; older resumptions are answered with ``compacted``.
 
+Client sessions make every request apply at most once: the state machine
+remembers, per client, the highest request id it applied (and when); a
+request whose id is not above it is a duplicate or a stale retry and is not
+applied again.  Clients number their requests in increasing order.  The
+table holds at most ``sessions_max`` clients; the least recently active is
+forgotten first.
+
 Deterministic: no clocks, no randomness, JSON-only values; the snapshot is
 a canonical JSON document, so every peer produces identical bytes.
 """
@@ -44,6 +51,8 @@ class AgencyState:
         self.history: deque[tuple[int, str, Any]] = deque()
         self.history_max = history_max
         self.applied_index = 0
+        self.sessions: dict[str, tuple[int, int]] = {}  # client -> (last req id, revision)
+        self.sessions_max = 10_000
 
     # ------------------------------------------------------------- reading
     def _under(self, path: str) -> Iterable[str]:
@@ -96,8 +105,20 @@ class AgencyState:
             return self.version(pre.path) == pre.value
         raise ValueError(pre.kind)
 
-    def apply_txn(self, txn: Txn) -> tuple[dict, list[tuple[int, str, Any]]]:
-        """Apply atomically; returns (result, change events)."""
+    def apply_txn(
+        self, txn: Txn, client: str | None = None, req_id: int | None = None
+    ) -> tuple[dict, list[tuple[int, str, Any]]]:
+        """Apply atomically; returns (result, change events).  With a client
+        and request id, a request at or below the client's last applied id
+        is refused as a duplicate (at-most-once)."""
+        if client is not None and req_id is not None:
+            last = self.sessions.get(client)
+            if last is not None and req_id <= last[0]:
+                return {"ok": False, "duplicate": True, "revision": self.revision}, []
+            self.sessions[client] = (req_id, self.revision)
+            if len(self.sessions) > self.sessions_max:
+                oldest = min(self.sessions, key=lambda c: (self.sessions[c][1], c))
+                del self.sessions[oldest]
         failed = [i for i, p in enumerate(txn.preconditions) if not self.check(p)]
         if failed:
             return {"ok": False, "failed": failed, "revision": self.revision}, []
@@ -202,6 +223,7 @@ class AgencyState:
             "leaves": [[k, v[0], v[1]] for k, v in self.leaves.items()],
             "history": [list(ev) for ev in self.history],
             "history_max": self.history_max,
+            "sessions": [[c, r, v] for c, (r, v) in sorted(self.sessions.items())],
         }
         return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
@@ -216,6 +238,7 @@ class AgencyState:
         st.history_max = doc["history_max"]
         st.leaves = SortedDict({k: (v, ver) for k, v, ver in doc["leaves"]})
         st.history = deque(tuple(ev) for ev in doc["history"])
+        st.sessions = {c: (r, v) for c, r, v in doc.get("sessions", [])}
         return st
 
 

@@ -94,7 +94,7 @@ class ChorusActor(Actor):
     def open_store(self, name: str) -> Any:
         return self.host.open_store(name)
 
-    def record(self, kind: str, **fields: Any) -> None:
+    def record(self, kind: str, /, **fields: Any) -> None:
         self.host.record(kind, **fields)
 
     # -------------------------------------------------------------- timers

@@ -236,8 +236,8 @@ class RaftPeer(ChorusActor):
             result: Any = None
             if e.kind == ENTRY_COMMAND:
                 try:
-                    _client, _req, txn = decode_txn(e.data)
-                    result, events = self.sm.apply_txn(txn)
+                    client, req_id, txn = decode_txn(e.data)
+                    result, events = self.sm.apply_txn(txn, client, req_id)
                     changed.extend(events)
                 except (ValueError, KeyError) as exc:
                     result = {"ok": False, "error": f"bad command: {exc}"}

@@ -38,7 +38,7 @@ class ProductionHost:
             self._stores[name] = store
         return store
 
-    def record(self, kind: str, **fields: Any) -> None:
+    def record(self, kind: str, /, **fields: Any) -> None:
         log.debug("%s %s %s", self.node_id, kind, fields)
 
 

@@ -1,0 +1,173 @@
+"""brokerctl: the Chorus command line."""
+from __future__ import annotations
+
+import statistics
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.panel import Panel
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+app = typer.Typer(help="Chorus: a clustered message broker proven in a deterministic simulator.",
+                  no_args_is_help=True, add_completion=False)
+console = Console()
+
+
+@app.callback()
+def _root() -> None:
+    """Chorus: a clustered message broker proven in a deterministic simulator."""
+
+
+@app.command()
+def version() -> None:
+    """Print the Chorus version."""
+    from importlib.metadata import PackageNotFoundError, version as v
+
+    try:
+        console.print(f"chorus {v('chorus-broker')}")
+    except PackageNotFoundError:
+        console.print("chorus (not installed)")
+
+BUGS = ("double_vote", "commit_old_terms", "ack_before_sync")
+
+
+def _load(file: Path, bugs: list[str]):
+    from protocol.raft import RaftBugs
+    from sim.scenario import ScenarioError, load
+
+    try:
+        scn = load(file)
+    except ScenarioError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2)
+    for b in bugs:
+        if b not in BUGS:
+            console.print(f"[red]error:[/] unknown --bug {b!r}; expected one of {', '.join(BUGS)}")
+            raise typer.Exit(2)
+    if bugs:
+        scn = scn.with_bugs(RaftBugs(**{b: True for b in bugs}))
+    return scn
+
+
+@app.command()
+def simulate(
+    file: Path = typer.Argument(..., help="scenario YAML file, e.g. scenarios/partition.yml"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="run this one seed and print a summary"),
+    seeds: Optional[int] = typer.Option(None, "--seeds", help="sweep this many seeds"),
+    first_seed: int = typer.Option(1, "--first-seed", help="first seed of a sweep"),
+    trace: Optional[Path] = typer.Option(None, "--trace", help="write the event trace of a single seed here"),
+    jobs: int = typer.Option(0, "--jobs", "-j", help="worker processes for a sweep (default: all cores)"),
+    bug: List[str] = typer.Option([], "--bug", help="enable a deliberate Raft bug (for proving the checkers)"),
+) -> None:
+    """Run a fault scenario in the deterministic simulator and check it."""
+    scn = _load(file, bug)
+    if seed is not None and seeds is not None:
+        console.print("[red]error:[/] give either --seed or --seeds, not both")
+        raise typer.Exit(2)
+    if seeds is None:
+        _single(scn, seed if seed is not None else 1, trace)
+    else:
+        if trace:
+            console.print("[red]error:[/] --trace works with a single --seed")
+            raise typer.Exit(2)
+        if seeds < 1:
+            console.print("[red]error:[/] --seeds must be at least 1")
+            raise typer.Exit(2)
+        _sweep(scn, list(range(first_seed, first_seed + seeds)), jobs)
+
+
+def _single(scn, seed: int, trace: Optional[Path]) -> None:
+    from sim.runner import run
+
+    r = run(scn, seed, str(trace) if trace else None)
+    console.print(Panel(f"[bold]{scn.name}[/] seed {seed}\n{scn.description.strip()}", title="brokerctl simulate"))
+    tl = Table(title="Timeline (simulated seconds)", show_lines=False)
+    tl.add_column("t (s)", justify="right")
+    tl.add_column("event")
+    rows = [(t, f"[yellow]fault[/] {text}") for t, text in r.faults]
+    rows += [(t, f"[cyan]leader[/] {peer} term {term}") for t, peer, term in r.leaders]
+    for t, text in sorted(rows, key=lambda x: x[0])[:60]:
+        tl.add_row(f"{t:8.3f}", text)
+    console.print(tl)
+    ops = r.ops
+    console.print(f"operations: [green]{ops.get('ok', 0)} ok[/], [red]{ops.get('fail', 0)} failed[/], "
+                  f"[yellow]{ops.get('unknown', 0)} unknown[/]")
+    if r.commit_latency_ms:
+        lat = sorted(r.commit_latency_ms)
+        console.print(f"write latency (simulated): p50 {_pct(lat, 50):.1f} ms, p99 {_pct(lat, 99):.1f} ms")
+    _verdicts(r)
+    speed = r.sim_seconds / r.wall_seconds if r.wall_seconds else 0
+    console.print(f"events {r.events}, {r.sim_seconds:.0f} simulated s in {r.wall_seconds:.2f} s "
+                  f"({speed:.0f}x real time)")
+    if trace:
+        console.print(f"trace written to {trace}")
+    console.print(f"trace hash: [bold]{r.trace_hash}[/]")
+    if not r.ok:
+        console.print(f"[red bold]FAILED[/] seed {seed}: replay with\n  {r.replay}")
+        raise typer.Exit(1)
+    console.print("[green bold]all checks passed[/]")
+
+
+def _verdicts(r) -> None:
+    t = Table(title="Checks")
+    t.add_column("check")
+    t.add_column("verdict")
+    t.add_column("first violation", overflow="fold")
+    for name, vs in r.violations.items():
+        t.add_row(name, "[green]pass[/]" if not vs else f"[red]FAIL ({len(vs)})[/]",
+                  "" if not vs else str(vs[0]).splitlines()[0][:300])
+    if r.error:
+        t.add_row("harness", "[red]crashed[/]", r.error.strip().splitlines()[-1][:300])
+    console.print(t)
+
+
+def _pct(sorted_vals: list[float], p: float) -> float:
+    if not sorted_vals:
+        return 0.0
+    k = min(len(sorted_vals) - 1, max(0, int(round(p / 100 * (len(sorted_vals) - 1)))))
+    return sorted_vals[k]
+
+
+def _sweep(scn, seeds: list[int], jobs: int) -> None:
+    from sim.sweep import sweep
+
+    failures = []
+    walls, events, sims = [], 0, 0.0
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[failed]} failed"), TimeElapsedColumn(),
+                  console=console, transient=False) as prog:
+        task = prog.add_task(scn.name, total=len(seeds), failed=0)
+        for r in sweep(scn, seeds, jobs):
+            walls.append(r.wall_seconds)
+            events += r.events
+            sims += r.sim_seconds
+            if not r.ok:
+                failures.append(r)
+                prog.console.print(f"[red]seed {r.seed} failed[/] ({', '.join(r.failed_checks())}): {r.replay}")
+            prog.update(task, advance=1, failed=len(failures))
+    cpu = sum(walls)
+    console.print(f"{len(seeds)} seeds, {len(failures)} failed; {events} events; "
+                  f"{sims:.0f} simulated s in {cpu:.1f} CPU s ({sims / cpu if cpu else 0:.0f}x real time per core); "
+                  f"median run {statistics.median(walls):.2f} s")
+    if failures:
+        table = Table(title="Failing seeds")
+        table.add_column("seed", justify="right")
+        table.add_column("checks")
+        table.add_column("replay")
+        for r in sorted(failures, key=lambda r: r.seed):
+            table.add_row(str(r.seed), ", ".join(r.failed_checks()), r.replay)
+        console.print(table)
+        raise typer.Exit(1)
+    console.print("[green bold]no violation[/]")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

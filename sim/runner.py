@@ -1,0 +1,400 @@
+"""Run a scenario for one seed and judge it.
+
+A run has two phases (after TigerBeetle's VOPR):
+
+1. safety, ``duration_s`` long: the workload runs while the fault schedule
+   fires;
+2. liveness, ``settle_s`` long: every fault is undone (partitions healed,
+   paused nodes resumed, crashed nodes restarted, the network calmed).
+   Clients keep working for the first half and stop for the second, and
+   the cluster must converge: one leader, every peer's applied index equal
+   to the leader's commit index, and some operation completed during it.
+
+Then the checkers run over the recorded history.  The same seed gives the
+same trace hash; every failure carries the command that replays it.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from thespian.actors import ActorAddress
+
+from actors.raft_core import LEADER
+from actors.raft_peer import RaftPeer
+from protocol.raft import RaftBoot
+from sim.checkers import (
+    committed_never_change,
+    election_safety,
+    leader_completeness,
+    log_matching,
+    state_machine_safety,
+)
+from sim.history import FinalLog, Op, Violation
+from sim.linearizability import check_many
+from sim.options import SimOptions
+from sim.scenario import Fault, Scenario
+from sim.workload import AgencyClient, ClientBoot
+from sim.world import World
+
+BUG_FLAGS = {"double_vote", "commit_old_terms", "ack_before_sync"}
+
+
+@dataclass
+class RunResult:
+    scenario: str
+    seed: int
+    trace_hash: str
+    violations: dict[str, list[Violation]]
+    ops: dict[str, int]
+    leaders: list[tuple[float, str, int]]
+    faults: list[tuple[float, str]]
+    events: int
+    sim_seconds: float
+    wall_seconds: float
+    commit_latency_ms: list[float] = field(default_factory=list)
+    commits: int = 0
+    replay: str = ""
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.error and not any(self.violations.values())
+
+    def failed_checks(self) -> list[str]:
+        out = [k for k, v in self.violations.items() if v]
+        return out + (["crashed"] if self.error else [])
+
+
+def peer_ids(n: int) -> list[str]:
+    return [f"n{i}" for i in range(1, n + 1)]
+
+
+def client_ids(n: int) -> list[str]:
+    return [f"c{i}" for i in range(1, n + 1)]
+
+
+class Harness:
+    """Builds the simulated cluster and carries out a scenario's faults."""
+
+    def __init__(self, scn: Scenario, seed: int, trace_path: str | None = None) -> None:
+        self.scn = scn
+        self.seed = seed
+        import random
+
+        self.rng = random.Random(f"harness:{seed}")
+        opts = SimOptions.swarm(random.Random(f"swarm:{seed}")) if scn.swarm else SimOptions()
+        opts = opts.with_overrides(**scn.network)
+        self.base_options = opts
+        self.world = World(seed, opts, trace_path=trace_path)
+        self.peers = peer_ids(scn.peers)
+        self.clients = client_ids(scn.workload.clients)
+        self.fault_log: list[tuple[float, str]] = []
+        self.down: set[str] = set()
+        self.paused: set[str] = set()
+        for n in self.peers + self.clients:
+            self.world.add_node(n)
+        addrs = tuple((p, ActorAddress(f"{p}/raft")) for p in self.peers)
+        for p in self.peers:
+            boot = RaftBoot(p, addrs, voters=tuple(self.peers), tuning=scn.tuning)
+            addr = self.world.spawn(p, RaftPeer, "raft", boot)
+            assert addr == dict(addrs)[p]
+        wl = scn.workload
+        for c in self.clients:
+            boot = ClientBoot(
+                c, addrs, keys=wl.keys, rate_per_s=wl.rate_per_s, read_ratio=wl.read,
+                write_ratio=wl.write, timeout_s=wl.timeout_s,
+                stop_after_s=scn.duration_s + scn.settle_s / 2,
+            )
+            self.world.spawn(c, AgencyClient, "client", boot)
+
+    # ------------------------------------------------------------ queries
+    def leader(self) -> str | None:
+        best: tuple[int, str] | None = None
+        for p in self.peers:
+            if not self.world.is_up(p):
+                continue
+            a = self.world.actor(f"{p}/raft")
+            if a is not None and a.core is not None and a.core.role == LEADER:
+                if best is None or a.core.term > best[0]:
+                    best = (a.core.term, p)
+        return best[1] if best else None
+
+    def _resolve(self, target: str) -> str | None:
+        if target == "leader":
+            return self.leader()
+        if target == "follower":
+            lead = self.leader()
+            cands = [p for p in self.peers if p != lead and self.world.is_up(p)]
+            return self.rng.choice(cands) if cands else None
+        if target == "random":
+            return self.rng.choice(self.peers)
+        if target not in self.world.nodes:
+            raise ValueError(f"unknown node {target!r}")
+        return target
+
+    def _expand(self, groups: list[list[str]]) -> list[list[str]]:
+        named: list[list[str]] = []
+        for g in groups:
+            out = []
+            for n in g:
+                if n == "rest":
+                    continue
+                r = self._resolve(n)
+                if r is not None and r not in out:
+                    out.append(r)
+            named.append(out)
+        used = {n for g in named for n in g}
+        rest = [n for n in self.world.nodes if n not in used]
+        return [g + (rest if "rest" in orig else []) for g, orig in zip(named, groups)]
+
+    # ------------------------------------------------------------- faults
+    def schedule(self) -> None:
+        for f in self.scn.faults:
+            if f.at_s is not None:
+                self.world.at(f.at_s, self._firer(f), f"fault {f.do}")
+            else:
+                self._schedule_repeat(f, f.from_s or 0.0)
+
+    def _schedule_repeat(self, f: Fault, after: float) -> None:
+        lo, hi = f.every_s
+        t = after + self.rng.uniform(lo, hi)
+        end = f.to_s if f.to_s is not None else self.scn.duration_s
+        if t >= min(end, self.scn.duration_s):
+            return
+
+        def fire() -> None:
+            self._firer(f)()
+            self._schedule_repeat(f, t)
+
+        self.world.at(t, fire, f"fault {f.do} (repeating)")
+
+    def _firer(self, f: Fault) -> Callable[[], None]:
+        def fire() -> None:
+            undo = self.apply(f)
+            if undo is not None and f.restore_after_s is not None:
+                lo, hi = f.restore_after_s
+                self.world.at(self.world.now + self.rng.uniform(lo, hi), undo, f"undo {f.do}")
+
+        return fire
+
+    def _note(self, text: str) -> None:
+        self.fault_log.append((self.world.now, text))
+
+    def apply(self, f: Fault) -> Callable[[], None] | None:
+        w, a = self.world, f.args
+        if f.do in ("crash", "restart", "pause", "resume", "clock", "clock_jump"):
+            node = self._resolve(a["target"])
+            if node is None:
+                self._note(f"{f.do} {a['target']}: no such node now, skipped")
+                return None
+            return getattr(self, "_do_" + f.do)(node, a)
+        if f.do == "partition":
+            groups = self._expand(a["groups"])
+            w.partition(*groups)
+            self._note("partition " + " | ".join(",".join(g) for g in groups))
+            return self._heal
+        if f.do == "partition_oneway":
+            src, dst = self._expand([a["from"], a["to"]])
+            w.partition_oneway(src, dst)
+            self._note(f"one-way {','.join(src)} -/-> {','.join(dst)}")
+            return self._heal
+        if f.do == "bridge":
+            via = self._resolve(a["via"])
+            sa, sb = self._expand([a["a"], a["b"]])
+            sa, sb = [n for n in sa if n != via], [n for n in sb if n != via]
+            w.bridge(sa, sb, via)
+            self._note(f"bridge {','.join(sa)} <-{via}-> {','.join(sb)}")
+            return self._heal
+        if f.do == "heal":
+            self._heal()
+            return None
+        if f.do == "network":
+            w.set_network(**a["set"])
+            self._note("network " + ", ".join(f"{k}={v}" for k, v in a["set"].items()))
+            return self._calm
+        if f.do == "network_reset":
+            self._calm()
+            return None
+        raise AssertionError(f.do)
+
+    def _do_crash(self, node: str, a: dict) -> Callable[[], None] | None:
+        if node in self.down:
+            return None
+        self.world.crash(node)
+        self.down.add(node)
+        self.paused.discard(node)
+        self._note(f"crash {node}")
+        return lambda: self._do_restart(node, {})
+
+    def _do_restart(self, node: str, a: dict) -> None:
+        if node not in self.down:
+            return None
+        self.world.restart(node)
+        self.down.discard(node)
+        self._note(f"restart {node}")
+        return None
+
+    def _do_pause(self, node: str, a: dict) -> Callable[[], None] | None:
+        if node in self.paused or node in self.down:
+            return None
+        self.world.pause(node)
+        self.paused.add(node)
+        self._note(f"pause {node}")
+        return lambda: self._do_resume(node, {})
+
+    def _do_resume(self, node: str, a: dict) -> None:
+        if node in self.paused:
+            self.world.resume(node)
+            self.paused.discard(node)
+            self._note(f"resume {node}")
+        return None
+
+    def _do_clock(self, node: str, a: dict) -> Callable[[], None]:
+        self.world.set_clock(node, offset_s=a.get("offset_s"), drift_ppm=a.get("drift_ppm"))
+        self._note(f"clock {node} " + " ".join(f"{k}={v}" for k, v in a.items() if k != "target"))
+        return lambda: self.world.set_clock(node, offset_s=0.0, drift_ppm=0.0)
+
+    def _do_clock_jump(self, node: str, a: dict) -> None:
+        self.world.clock_jump(node, a["delta_s"])
+        self._note(f"clock jump {node} {a['delta_s']:+}s")
+        return None
+
+    def _heal(self) -> None:
+        self.world.heal()
+        self._note("heal")
+
+    def _calm(self) -> None:
+        self.world.set_network(**self.base_options.as_dict())
+        self._note("network reset")
+
+    def heal_all(self) -> None:
+        self._heal()
+        self._calm()
+        for n in sorted(self.paused):
+            self._do_resume(n, {})
+        for n in sorted(self.down):
+            self._do_restart(n, {})
+        for p in self.peers:
+            self.world.set_clock(p, drift_ppm=0.0)
+
+
+def _ops(world: World) -> list[Op]:
+    invokes: dict[tuple[str, int], Any] = {}
+    ops = []
+    for r in world.history:
+        if r.kind == "op.invoke":
+            invokes[(r.fields["client"], r.fields["op_id"])] = r
+        elif r.kind == "op.done":
+            inv = invokes.pop((r.fields["client"], r.fields["op_id"]), None)
+            if inv is None:
+                continue
+            f = inv.fields
+            status = r.fields["status"]
+            ops.append(Op(
+                client=f["client"], op_id=f["op_id"], kind=f["kind"], key=f["key"], value=f["value"],
+                expected=f["expected"], invoke_t=inv.t,
+                return_t=r.t if status != "unknown" else None, status=status, result=r.fields["result"],
+            ))
+    for inv in invokes.values():  # still in flight at the end: unknown outcome
+        f = inv.fields
+        ops.append(Op(client=f["client"], op_id=f["op_id"], kind=f["kind"], key=f["key"], value=f["value"],
+                      expected=f["expected"], invoke_t=inv.t, return_t=None, status="unknown"))
+    return ops
+
+
+def replay_command(scn: Scenario, seed: int) -> str:
+    bugs = [b for b in sorted(BUG_FLAGS) if getattr(scn.tuning.bugs, b)]
+    extra = "".join(f" --bug {b}" for b in bugs)
+    return f"brokerctl simulate {scn.path or scn.name} --seed {seed}{extra}"
+
+
+def run(scn: Scenario, seed: int, trace_path: str | None = None) -> RunResult:
+    t0 = time.perf_counter()
+    h = Harness(scn, seed, trace_path)
+    w = h.world
+    h.schedule()
+    error = ""
+    try:
+        w.run_until(scn.duration_s)
+        h.heal_all()
+        w.run_until(scn.duration_s + scn.settle_s)
+    except Exception as exc:  # a crash of the harness itself is a failed run
+        import traceback
+
+        error = "".join(traceback.format_exception(exc))[-4000:]
+    wall = time.perf_counter() - t0
+    violations = judge(h, scn) if not error else {}
+    ops = _ops(w)
+    counts = {"ok": 0, "fail": 0, "unknown": 0}
+    for o in ops:
+        counts[o.status] = counts.get(o.status, 0) + 1
+    leaders = [(r.t, r.fields["peer"], r.fields["term"]) for r in w.history if r.kind == "raft.leader"]
+    lat = [((o.return_t or 0) - o.invoke_t) * 1000 for o in ops if o.status == "ok" and o.kind != "read"]
+    result = RunResult(
+        scenario=scn.name, seed=seed, trace_hash=w.trace_hash(), violations=violations, ops=counts,
+        leaders=leaders, faults=h.fault_log, events=w.stats.get("events", 0),
+        sim_seconds=scn.duration_s + scn.settle_s, wall_seconds=wall, commit_latency_ms=lat,
+        commits=sum(1 for o in ops if o.status == "ok" and o.kind != "read"),
+        replay=replay_command(scn, seed), error=error,
+    )
+    w.close()
+    return result
+
+
+def judge(h: Harness, scn: Scenario) -> dict[str, list[Violation]]:
+    w = h.world
+    records = w.history
+    checks = set(scn.checks)
+    out: dict[str, list[Violation]] = {}
+    if w.errors:
+        out["actor_errors"] = [
+            Violation("actor_errors", f"{e.actor} raised {e.exc_type} on {e.msg_type} at t={e.t:.3f}s: {e.message}",
+                      {"traceback": e.traceback[-1500:]})
+            for e in w.errors[:5]
+        ]
+    if "election_safety" in checks:
+        out["election_safety"] = election_safety(records)
+    if "leader_completeness" in checks:
+        out["leader_completeness"] = leader_completeness(records)
+    if "state_machine_safety" in checks:
+        out["state_machine_safety"] = state_machine_safety(records)
+    if "committed_never_change" in checks:
+        out["committed_never_change"] = committed_never_change(records)
+    if "log_matching" in checks:
+        logs = {}
+        for p in h.peers:
+            a = w.actor(f"{p}/raft")
+            if a is not None and a.core is not None:
+                si, st, entries = a.final_log()
+                logs[p] = FinalLog(si, st, entries)
+        out["log_matching"] = log_matching(logs)
+    if "linearizability" in checks:
+        out["linearizability"] = check_many(_ops(w))
+    if "liveness" in checks:
+        out["liveness"] = liveness(h, scn)
+    return out
+
+
+def liveness(h: Harness, scn: Scenario) -> list[Violation]:
+    w = h.world
+    bad: list[Violation] = []
+    leader = h.leader()
+    if leader is None:
+        return [Violation("liveness", f"no leader {scn.settle_s}s after all faults were healed", {})]
+    lc = w.actor(f"{leader}/raft").core
+    for p in h.peers:
+        a = w.actor(f"{p}/raft")
+        if a is None or a.core is None:
+            bad.append(Violation("liveness", f"peer {p} is not running after the settle phase", {}))
+        elif a.core.applied != lc.commit:
+            bad.append(Violation(
+                "liveness", f"peer {p} applied {a.core.applied} but leader {leader} committed {lc.commit}",
+                {"peer": p, "applied": a.core.applied, "commit": lc.commit}))
+    if scn.workload.clients and scn.settle_s > 0:
+        start = scn.duration_s
+        done = [r for r in w.history if r.kind == "op.done" and r.t >= start and r.fields["status"] == "ok"]
+        if not done:
+            bad.append(Violation("liveness", "no operation succeeded after the faults were healed", {}))
+    return bad

@@ -1,0 +1,279 @@
+"""Scenario files: cluster shape, workload, fault schedule, duration, checks.
+
+A scenario is YAML::
+
+    name: partition
+    description: leader isolated in a minority, then healed
+    duration_s: 60          # safety phase: workload + faults
+    settle_s: 15            # liveness phase: all faults healed, must converge
+    cluster: {peers: 3, tuning: {tick_ms: 50, election_ticks: 10}}
+    network: {latency_min_ms: 1, latency_mean_ms: 3}   # SimOptions knobs
+    swarm: false            # true: draw network knobs from the seed
+    workload: {clients: 3, keys: 4, rate_per_s: 10, read: 0.4, write: 0.4, timeout_s: 2}
+    faults:
+      - {at_s: 10, do: partition, groups: [[leader], [rest]]}
+      - {at_s: 25, do: heal}
+      - {from_s: 5, to_s: 50, every_s: [3, 8], do: crash, target: random, restore_after_s: [1, 4]}
+    checks: [election_safety, log_matching, leader_completeness,
+             state_machine_safety, committed_never_change, linearizability, liveness]
+
+Fault verbs (``do``): crash, restart, pause, resume, partition (groups),
+partition_oneway (from, to), bridge (a, b, via), heal, clock (target,
+offset_s, drift_ppm), clock_jump (target, delta_s), network (knobs),
+network_reset.  Targets: a node id (``n1``), ``leader``, ``follower``,
+``random`` (a peer), resolved when the fault fires.  In groups, ``rest``
+stands for every node not named elsewhere (clients included).  A fault with
+``every_s`` repeats between ``from_s`` and ``to_s``; with
+``restore_after_s`` each occurrence is undone after that delay (crash ->
+restart, pause -> resume, partition -> heal).
+
+A malformed file raises :class:`ScenarioError` naming the file, the key
+path and what was expected.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from protocol.raft import RaftBugs, RaftTuning
+from sim.options import SimOptions
+
+VERBS = (
+    "crash", "restart", "pause", "resume", "partition", "partition_oneway", "bridge",
+    "heal", "clock", "clock_jump", "network", "network_reset",
+)
+TARGETED = ("crash", "restart", "pause", "resume", "clock", "clock_jump")
+CHECKS = (
+    "election_safety", "log_matching", "leader_completeness", "state_machine_safety",
+    "committed_never_change", "linearizability", "liveness",
+)
+TUNING_KEYS = tuple(f for f in RaftTuning.__dataclass_fields__ if f != "bugs")
+OPTION_KEYS = tuple(SimOptions.__dataclass_fields__)
+BUG_NAMES = tuple(RaftBugs.__dataclass_fields__)
+
+
+class ScenarioError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Fault:
+    do: str
+    at_s: float | None = None
+    from_s: float | None = None
+    to_s: float | None = None
+    every_s: tuple[float, float] | None = None
+    restore_after_s: tuple[float, float] | None = None
+    args: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Workload:
+    clients: int = 3
+    keys: int = 4
+    rate_per_s: float = 10.0
+    read: float = 0.4
+    write: float = 0.4
+    timeout_s: float = 2.0
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str = ""
+    duration_s: float = 60.0
+    settle_s: float = 15.0
+    peers: int = 3
+    tuning: RaftTuning = field(default_factory=RaftTuning)
+    network: dict = field(default_factory=dict)
+    swarm: bool = False
+    workload: Workload = field(default_factory=Workload)
+    faults: tuple[Fault, ...] = ()
+    checks: tuple[str, ...] = CHECKS
+    path: str = ""
+
+    def with_bugs(self, bugs: RaftBugs) -> "Scenario":
+        from dataclasses import replace
+
+        return replace(self, tuning=replace(self.tuning, bugs=bugs))
+
+
+class _V:
+    """Tiny validator that always knows where it is in the document."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, path: str, expected: str, got: Any) -> None:
+        raise ScenarioError(f"{self.source}: {path or '<top>'}: expected {expected}, got {got!r}")
+
+    def mapping(self, path: str, v: Any, allowed: tuple[str, ...]) -> dict:
+        if not isinstance(v, dict):
+            self.fail(path, "a mapping", v)
+        for k in v:
+            if k not in allowed:
+                self.fail(f"{path}.{k}" if path else str(k), f"one of the keys {list(allowed)}", k)
+        return v
+
+    def number(self, path: str, v: Any, lo: float | None = None, hi: float | None = None) -> float:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            self.fail(path, "a number", v)
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            self.fail(path, f"a number in [{lo}, {hi}]", v)
+        return float(v)
+
+    def integer(self, path: str, v: Any, lo: int, hi: int) -> int:
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            self.fail(path, f"an integer in [{lo}, {hi}]", v)
+        return v
+
+    def span(self, path: str, v: Any) -> tuple[float, float]:
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return (float(v), float(v))
+        if not isinstance(v, list) or len(v) != 2:
+            self.fail(path, "a number or a [min, max] pair", v)
+        lo, hi = self.number(f"{path}[0]", v[0], 0), self.number(f"{path}[1]", v[1], 0)
+        if lo > hi:
+            self.fail(path, "min <= max", v)
+        return (lo, hi)
+
+    def string(self, path: str, v: Any) -> str:
+        if not isinstance(v, str) or not v:
+            self.fail(path, "a non-empty string", v)
+        return v
+
+
+def load(path: str | Path) -> Scenario:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise ScenarioError(f"{p}: cannot read: {exc.strerror}") from None
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ScenarioError(f"{p}: not valid YAML: {exc}") from None
+    return parse(doc, str(p))
+
+
+def parse(doc: Any, source: str = "<scenario>") -> Scenario:
+    v = _V(source)
+    top = v.mapping("", doc, (
+        "name", "description", "duration_s", "settle_s", "cluster", "network", "swarm",
+        "workload", "faults", "checks",
+    ))
+    name = v.string("name", top.get("name"))
+    duration = v.number("duration_s", top.get("duration_s", 60), 1, 86_400)
+    settle = v.number("settle_s", top.get("settle_s", 15), 0, 3_600)
+    cluster = v.mapping("cluster", top.get("cluster", {}), ("peers", "tuning"))
+    peers = v.integer("cluster.peers", cluster.get("peers", 3), 1, 7)
+    tun = v.mapping("cluster.tuning", cluster.get("tuning", {}), TUNING_KEYS)
+    for k, val in tun.items():
+        if not isinstance(val, bool):
+            v.integer(f"cluster.tuning.{k}", val, 1, 10_000_000)
+    try:
+        tuning = RaftTuning(**tun)
+    except ValueError as exc:
+        raise ScenarioError(f"{source}: cluster.tuning: {exc}") from None
+    net = v.mapping("network", top.get("network", {}), OPTION_KEYS)
+    try:
+        SimOptions().with_overrides(**net)
+    except (ValueError, TypeError) as exc:
+        raise ScenarioError(f"{source}: network: {exc}") from None
+    swarm = top.get("swarm", False)
+    if not isinstance(swarm, bool):
+        v.fail("swarm", "true or false", swarm)
+    wl = v.mapping("workload", top.get("workload", {}), tuple(Workload.__dataclass_fields__))
+    workload = Workload(
+        clients=v.integer("workload.clients", wl.get("clients", 3), 0, 64),
+        keys=v.integer("workload.keys", wl.get("keys", 4), 1, 1000),
+        rate_per_s=v.number("workload.rate_per_s", wl.get("rate_per_s", 10), 0.01, 10_000),
+        read=v.number("workload.read", wl.get("read", 0.4), 0, 1),
+        write=v.number("workload.write", wl.get("write", 0.4), 0, 1),
+        timeout_s=v.number("workload.timeout_s", wl.get("timeout_s", 2), 0.01, 600),
+    )
+    if workload.read + workload.write > 1:
+        v.fail("workload", "read + write <= 1 (the rest is cas)", wl)
+    faults_doc = top.get("faults", []) or []
+    if not isinstance(faults_doc, list):
+        v.fail("faults", "a list", faults_doc)
+    faults = tuple(_fault(v, f"faults[{i}]", f, peers) for i, f in enumerate(faults_doc))
+    checks_doc = top.get("checks", list(CHECKS))
+    if not isinstance(checks_doc, list):
+        v.fail("checks", "a list", checks_doc)
+    for i, c in enumerate(checks_doc):
+        if c not in CHECKS:
+            v.fail(f"checks[{i}]", f"one of {list(CHECKS)}", c)
+    return Scenario(
+        name=name, description=str(top.get("description", "")), duration_s=duration,
+        settle_s=settle, peers=peers, tuning=tuning, network=dict(net), swarm=swarm,
+        workload=workload, faults=faults, checks=tuple(checks_doc), path=source,
+    )
+
+
+def _fault(v: _V, path: str, f: Any, peers: int) -> Fault:
+    f = v.mapping(path, f, (
+        "do", "at_s", "from_s", "to_s", "every_s", "restore_after_s", "target", "groups",
+        "from", "to", "a", "b", "via", "offset_s", "drift_ppm", "delta_s", "set",
+    ))
+    do = f.get("do")
+    if do not in VERBS:
+        v.fail(f"{path}.do", f"one of {list(VERBS)}", do)
+    at = f.get("at_s")
+    every = f.get("every_s")
+    if (at is None) == (every is None):
+        v.fail(path, "exactly one of at_s (once) or every_s (repeating)", f)
+    args: dict[str, Any] = {}
+    if do in TARGETED:
+        args["target"] = v.string(f"{path}.target", f.get("target"))
+    if do == "partition":
+        groups = f.get("groups")
+        if not isinstance(groups, list) or len(groups) < 2 or not all(isinstance(g, list) and g for g in groups):
+            v.fail(f"{path}.groups", "a list of at least two non-empty lists of nodes", groups)
+        args["groups"] = [[v.string(f"{path}.groups[{i}][{j}]", n) for j, n in enumerate(g)] for i, g in enumerate(groups)]
+    if do == "partition_oneway":
+        args["from"] = _nodes(v, f"{path}.from", f.get("from"))
+        args["to"] = _nodes(v, f"{path}.to", f.get("to"))
+    if do == "bridge":
+        args["a"] = _nodes(v, f"{path}.a", f.get("a"))
+        args["b"] = _nodes(v, f"{path}.b", f.get("b"))
+        args["via"] = v.string(f"{path}.via", f.get("via"))
+    if do == "clock":
+        if "offset_s" not in f and "drift_ppm" not in f:
+            v.fail(path, "offset_s and/or drift_ppm", f)
+        if "offset_s" in f:
+            args["offset_s"] = v.number(f"{path}.offset_s", f["offset_s"], -86_400, 86_400)
+        if "drift_ppm" in f:
+            args["drift_ppm"] = v.number(f"{path}.drift_ppm", f["drift_ppm"], -100_000, 100_000)
+    if do == "clock_jump":
+        args["delta_s"] = v.number(f"{path}.delta_s", f.get("delta_s"), -86_400, 86_400)
+    if do == "network":
+        knobs = v.mapping(f"{path}.set", f.get("set"), OPTION_KEYS)
+        try:
+            SimOptions().with_overrides(**knobs)
+        except (ValueError, TypeError) as exc:
+            raise ScenarioError(f"{v.source}: {path}.set: {exc}") from None
+        args["set"] = dict(knobs)
+    restore = f.get("restore_after_s")
+    if restore is not None and do not in ("crash", "pause", "partition", "partition_oneway", "bridge", "network", "clock"):
+        v.fail(f"{path}.restore_after_s", "only with crash, pause, partition*, bridge, network or clock", restore)
+    return Fault(
+        do=do,
+        at_s=None if at is None else v.number(f"{path}.at_s", at, 0),
+        from_s=v.number(f"{path}.from_s", f.get("from_s", 0), 0),
+        to_s=None if f.get("to_s") is None else v.number(f"{path}.to_s", f["to_s"], 0),
+        every_s=None if every is None else v.span(f"{path}.every_s", every),
+        restore_after_s=None if restore is None else v.span(f"{path}.restore_after_s", restore),
+        args=args,
+    )
+
+
+def _nodes(v: _V, path: str, x: Any) -> list[str]:
+    if isinstance(x, str):
+        return [x]
+    if not isinstance(x, list) or not x:
+        v.fail(path, "a node or a non-empty list of nodes", x)
+    return [v.string(f"{path}[{i}]", n) for i, n in enumerate(x)]
