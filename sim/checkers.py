@@ -14,10 +14,10 @@ pass).  They consume the records Raft peers emit through the simulator:
 ``raft.snapshot_install`` {peer, index, term}
     ``peer`` replaced its state machine with a snapshot covering
     ``1..index`` (instead of applying those entries).
-``raft.restart`` {peer}
-    ``peer`` restarted and lost its volatile state machine; it must rebuild
-    it (from index 1, or from a ``raft.snapshot_install``).  Only
-    :func:`state_machine_safety` cares.
+``raft.boot`` {peer, term, snapshot_index, last_index}
+    ``peer`` (re)started and rebuilt its state machine from its persisted
+    snapshot ending at ``snapshot_index`` (0: empty); it applies from
+    ``snapshot_index + 1`` on.  Only :func:`state_machine_safety` uses it.
 
 Records are processed in time order (a stable sort on ``t``, so records
 sharing a timestamp keep their emission order).  The properties, from the
@@ -44,8 +44,9 @@ Raft paper (figure 3), and how each is checked:
 * :func:`state_machine_safety` -- no two applies of the same index differ
   (across peers and within one peer, including snapshot terms), and each
   peer applies ``last + 1`` each time, where ``last`` is its previous apply
-  or snapshot install (0 initially and after ``raft.restart``); a snapshot
-  install may not move ``last`` backwards.
+  or snapshot install (0 initially; a ``raft.boot`` sets it to the boot
+  snapshot's index, possibly backwards -- the state machine was rebuilt);
+  a snapshot install may not move ``last`` backwards.
 * :func:`committed_never_change` -- the first ``(term, digest)`` recorded
   committed at an index is the only one ever recorded there.
 
@@ -56,11 +57,13 @@ simulator bug, not a property violation.  Each checker reports at most
 """
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import defaultdict
 from itertools import combinations
 from typing import Any, Iterable, Mapping
 
 from sim.history import FinalLog, Op, Record, Violation, short_repr
+from sim.linearizability import check_many
 
 __all__ = [
     "election_safety",
@@ -77,7 +80,7 @@ __all__ = [
 MAX_VIOLATIONS = 50
 
 LEADER, COMMIT, APPLY = "raft.leader", "raft.commit", "raft.apply"
-SNAPSHOT_INSTALL, RESTART = "raft.snapshot_install", "raft.restart"
+SNAPSHOT_INSTALL, BOOT = "raft.snapshot_install", "raft.boot"
 
 
 # -------------------------------------------------------------------- helpers
@@ -159,10 +162,11 @@ def _log_shape(peer: str, log: FinalLog) -> list[Violation]:
 
 def _log_pair(a: str, la: FinalLog, b: str, lb: FinalLog) -> Violation | None:
     """Log Matching between two final logs, or ``None`` if it holds."""
-    ea = {i: (t, d) for i, t, d in la.entries}
-    eb = {i: (t, d) for i, t, d in lb.entries}
-    floor = max(la.snapshot_index, lb.snapshot_index)
-    common = sorted(i for i in ea.keys() & eb.keys() if i > floor)
+    # Indices covered by either snapshot are not compared (a well-formed log
+    # holds none; _log_shape reports one that does).
+    ea = {i: (t, d) for i, t, d in la.entries if i > la.snapshot_index}
+    eb = {i: (t, d) for i, t, d in lb.entries if i > lb.snapshot_index}
+    common = sorted(ea.keys() & eb.keys())
     anchors = [i for i in common if ea[i][0] == eb[i][0]]
     if not anchors:
         return None
@@ -228,35 +232,49 @@ def leader_completeness(records: Iterable[Record]) -> list[Violation]:
     records = list(records)
     committed = _committed_min_term(_of_kind(records, COMMIT))
     ordered = sorted(committed.items(), key=lambda kv: (_f(kv[1], "current_term"), kv[0][0]))
+    keys = [k for k, _ in ordered]
+    commit_terms = [_f(rec, "current_term") for _, rec in ordered]
     out = []
     for leader in _of_kind(records, LEADER):
         lterm, lpeer = _f(leader, "term"), _f(leader, "peer")
-        log = {i: (t, d) for i, t, d in _f(leader, "log")}
+        log = [tuple(e) for e in _f(leader, "log")]
+        snap_i = _f(leader, "snapshot_index")
+        # Fast path (set membership in C): entries committed before this term
+        # that the leader's log does not hold verbatim; then explain each.
+        holds = set(log)
+        upto = bisect_left(commit_terms, lterm)
+        suspects = [k for k in keys[:upto] if k not in holds and k[0] >= snap_i]
+        if not suspects:
+            continue
+        by_index = {i: (t, d) for i, t, d in log}
         problems = []
-        for (index, term, digest), rec in ordered:
-            tc = _f(rec, "current_term")
-            if tc >= lterm:
-                break
-            why = _lacks(leader, log, index, term, digest)
+        for index, term, digest in suspects:
+            why = _lacks(leader, by_index, index, term, digest)
             if why is not None:
+                rec = committed[(index, term, digest)]
                 problems.append({
                     "index": index, "term": term, "digest": digest, "problem": why,
-                    "committed_by": _f(rec, "peer"), "committed_at": rec.t, "current_term": tc,
+                    "committed_by": _f(rec, "peer"), "committed_at": rec.t,
+                    "current_term": _f(rec, "current_term"),
                 })
         if problems:
-            first = problems[0]
-            msg = (
-                f"leader {lpeer} of term {lterm} (elected t={leader.t:g}) lacks "
-                f"{len(problems)} committed entr{'y' if len(problems) == 1 else 'ies'}; first: "
-                f"index {first['index']} {_entry(first['term'], first['digest'])} committed by "
-                f"{first['committed_by']} at t={first['committed_at']:g} in its term "
-                f"{first['current_term']} -- {first['problem']}"
-            )
-            out.append(Violation("leader_completeness", msg, {
-                "leader": lpeer, "term": lterm, "elected_at": leader.t,
-                "problems": problems,
-            }))
+            out.append(_completeness_violation(leader, lterm, lpeer, problems))
     return _cap("leader_completeness", out)
+
+
+def _completeness_violation(leader: Record, lterm: int, lpeer: str, problems: list[dict]) -> Violation:
+    """One violation per leader, listing every committed entry it lacks."""
+    first = problems[0]
+    msg = (
+        f"leader {lpeer} of term {lterm} (elected t={leader.t:g}) lacks "
+        f"{len(problems)} committed entr{'y' if len(problems) == 1 else 'ies'}; first: "
+        f"index {first['index']} {_entry(first['term'], first['digest'])} committed by "
+        f"{first['committed_by']} at t={first['committed_at']:g} in its term "
+        f"{first['current_term']} -- {first['problem']}"
+    )
+    return Violation("leader_completeness", msg, {
+        "leader": lpeer, "term": lterm, "elected_at": leader.t, "problems": problems,
+    })
 
 
 # -------------------------------------------------------- state machine safety
@@ -314,15 +332,16 @@ def _apply_order(rec: Record, last: int) -> Violation | None:
 
 def state_machine_safety(records: Iterable[Record]) -> list[Violation]:
     """Peers apply identical entries at each index, in order, without gaps
-    (except across a snapshot install; a ``raft.restart`` resets a peer)."""
-    events = _of_kind(records, APPLY, SNAPSHOT_INSTALL, RESTART)
+    (except across a snapshot install; a ``raft.boot`` resets a peer to the
+    index of the snapshot it booted from)."""
+    events = _of_kind(records, APPLY, SNAPSHOT_INSTALL, BOOT)
     applied: dict[int, dict[tuple, list]] = defaultdict(lambda: defaultdict(list))
     last: dict[str, int] = defaultdict(int)
     out = []
     for rec in events:
         peer = _f(rec, "peer")
-        if rec.kind == RESTART:
-            last[peer] = 0
+        if rec.kind == BOOT:
+            last[peer] = _f(rec, "snapshot_index")
             continue
         v = _apply_order(rec, last[peer])
         if v is not None:
@@ -386,7 +405,5 @@ def run_all(
     for name, fn in CHECKERS.items():
         result[name] = fn(final_logs) if name == "log_matching" else fn(records)
     if ops is not None:
-        from sim.linearizability import check_many
-
         result["linearizability"] = check_many(ops)
     return result

@@ -13,22 +13,22 @@ Every key is an independent register that starts *absent* (``None``):
 Outcomes (see :class:`sim.history.Op`): ``fail`` ops definitely did not take
 effect and are dropped.  ``unknown`` ops may have taken effect at any point
 after their invocation, or not at all; they get an infinite return time and
-their result is unconstrained:
+their recorded result is ignored:
 
 * an unknown *read* constrains nothing and is dropped;
 * an unknown *write* is an ordinary write with return time +inf --
   "never took effect" is the same as "took effect after everything else",
   which the infinite return time allows;
-* an unknown *cas* is nondeterministic: when linearized it either swaps
-  (only possible if current == expected) or does nothing.
+* an unknown *cas*, wherever it is linearized, swaps iff current ==
+  expected and otherwise does nothing (so its outcome is unconstrained: it
+  may have succeeded or failed).  "Never took effect" is again covered by
+  linearizing it at the very end, where whatever it does is unobservable,
+  and a do-nothing placement anywhere else is equivalent to that.  So the
+  model stays deterministic.
 
-Nondeterminism is handled with the usual power-set construction: the search
-state is the *set* of register values reachable by some choice of the
-unknown ops' outcomes, stored as a bitmask over the key's distinct values
-(values are interned per key by ``==``, so unhashable values work).  A
-deterministic op filters/maps the set; a read of ``r`` is legal iff
-``r`` is in the set, and so on.  A fixed linearization order is legal iff
-the set never becomes empty, so the search is exact.
+The model state is the register's current value, interned per key as a
+small int (by ``==``, so unhashable values such as dicts work; ``None`` is
+0).
 
 Algorithm
 =========
@@ -71,16 +71,16 @@ Algorithm
 4. **Two reductions** that keep the search exact:
 
    * *Forced ops.*  The *candidates* at a search node are the calls before
-     the first remaining return.  If a candidate is a definite read whose
-     value is the (single) current value, or a definite failed cas whose
-     expected value is not possible now, it changes nothing; if a completion
-     exists that places it later, moving it to the front is still valid
-     (it is already invoked, everything that must precede it is already
-     linearized, and the states seen by the ops it jumps over are
-     unchanged -- with power-set states, later states can only grow).  So
-     such an op is linearized first and *no alternative is tried at that
-     node*: backtracking over it continues backtracking.  This removes most
-     of the branching from reads, which are the bulk of real histories.
+     the first remaining return.  If a candidate is a definite read of the
+     current value, or a definite failed cas whose expected value is not the
+     current value, linearizing it changes nothing.  If the node has any
+     completion, it has one that starts with this op: move the op to the
+     front -- it is already invoked and everything that must precede it is
+     already linearized, so real-time order is kept, and since it never
+     changes the register every other op sees the same values as before.
+     So such an op is linearized at once and *no alternative is tried at
+     that node*: backtracking over it continues backtracking.  This removes
+     most of the branching from reads, the bulk of real histories.
    * *Interchangeable unknown ops.*  Two unknown ops with the same kind,
      expected and new value both have an infinite return time, so once both
      are invoked they can be swapped in any linearization.  Hence only the
@@ -97,7 +97,7 @@ Algorithm
    NP-complete); 2M steps take about one second.
 
 6. **Explanation.**  On failure the result carries the longest linearizable
-   prefix found, the model state after it (possible values), the ops that
+   prefix found, the register value after it, the ops that
    were candidates there and the op whose return could not be passed.
 """
 from __future__ import annotations
@@ -122,7 +122,7 @@ CHECKER_NAME = "linearizability"
 DEFAULT_BUDGET_STEPS = 2_000_000
 
 # Compiled op codes for the model step.
-_WRITE, _READ, _CAS_OK, _CAS_FAIL, _CAS_MAYBE, _WRITE_MAYBE = range(6)
+_WRITE, _READ, _CAS_OK, _CAS_FAIL, _CAS_MAYBE = range(5)
 
 
 # -------------------------------------------------------------------- results
@@ -132,8 +132,8 @@ class KeyResult:
 
     ``ok``: ``True`` linearizable, ``False`` not, ``None`` gave up (budget).
     For ``False``/``None``: ``prefix`` is the longest linearizable prefix
-    found (ops in linearization order), ``state`` the register values
-    possible after it, ``candidates`` the pending ops that were tried next,
+    found (ops in linearization order), ``state`` the register value after
+    it, ``candidates`` the pending ops that were tried next,
     and ``blocking`` the op whose return was reached without it being
     linearizable (``None`` if the search gave up before any dead end).
     """
@@ -144,7 +144,7 @@ class KeyResult:
     n_ops: int
     steps: int
     prefix: list[Op] = field(default_factory=list)
-    state: list[Any] = field(default_factory=list)
+    state: Any = None
     candidates: list[Op] = field(default_factory=list)
     blocking: Op | None = None
 
@@ -174,10 +174,6 @@ class LinResult:
         return [r for r in self.per_key.values() if r.ok is not True]
 
 
-class _GaveUp(Exception):
-    pass
-
-
 # ------------------------------------------------------------ value interning
 class _Interner:
     """Maps register values to small ints (0 is ``None``), by ``==``."""
@@ -187,8 +183,8 @@ class _Interner:
         self._hashable: dict[Any, int] = {None: 0}
         self._unhashable: list[tuple[Any, int]] = []
 
-    def bit(self, value: Any) -> int:
-        """The bitmask (1 << id) of ``value``."""
+    def id(self, value: Any) -> int:
+        """The small int standing for ``value``."""
         try:
             idx = self._hashable.get(value)
             if idx is None:
@@ -201,7 +197,7 @@ class _Interner:
             if idx is None:
                 idx = self._add(value)
                 self._unhashable.append((value, idx))
-        return 1 << idx
+        return idx
 
     def _find_unhashable(self, value: Any) -> int | None:
         for other, idx in self._unhashable:
@@ -213,36 +209,38 @@ class _Interner:
         self.values.append(value)
         return len(self.values) - 1
 
-    def decode(self, state: int) -> list[Any]:
-        """The values whose bits are set in ``state``."""
-        return [v for i, v in enumerate(self.values) if state >> i & 1]
+    def decode(self, state: int) -> Any:
+        """The value a state (value id) stands for."""
+        return self.values[state]
 
 
 # ------------------------------------------------------------------ the search
 def _compile(op: Op, interner: _Interner) -> tuple[int, int, int]:
-    """(code, a, b) for the model step; a/b are value bitmasks."""
+    """(code, a, b) for the model step; ``a``/``b`` are value ids: the value
+    written / read / expected, and a cas's new value."""
     if op.kind == "write":
-        return (_WRITE if op.status == "ok" else _WRITE_MAYBE, interner.bit(op.value), 0)
+        return (_WRITE, interner.id(op.value), 0)
     if op.kind == "read":
-        return (_READ, interner.bit(op.result), 0)
-    exp, new = interner.bit(op.expected), interner.bit(op.value)
+        return (_READ, interner.id(op.result), 0)
+    exp, new = interner.id(op.expected), interner.id(op.value)
     if op.status == "unknown":
         return (_CAS_MAYBE, exp, new)
     return (_CAS_OK if op.result else _CAS_FAIL, exp, new)
 
 
 def _step(state: int, code: int, a: int, b: int) -> int:
-    """Apply one op to a set of possible values; 0 means "illegal here"."""
-    if code == _WRITE or code == _WRITE_MAYBE:
+    """The register value after applying one op to ``state``; -1 if the op's
+    outcome is impossible from ``state``."""
+    if code == _WRITE:
         return a
     if code == _READ:
-        return a if state & a else 0
+        return a if state == a else -1
     if code == _CAS_OK:
-        return b if state & a else 0
+        return b if state == a else -1
     if code == _CAS_FAIL:
-        return state & ~a
-    # _CAS_MAYBE: either it swapped (needs current == expected) or it did nothing.
-    return state | b if state & a else state
+        return state if state != a else -1
+    # _CAS_MAYBE: swaps iff the precondition holds (see the module docstring).
+    return b if state == a else state
 
 
 def _relevant(op: Op) -> bool:
@@ -257,10 +255,10 @@ def _impossible_value(ops: list[Op], compiled: list[tuple[int, int, int]]) -> in
     A value other than ``None`` can only be current if a write or cas storing
     it was invoked no later than the observation's return.  O(n log n).
     """
-    first_store: dict[int, float] = {1: -math.inf}  # None is there from the start
+    first_store: dict[int, float] = {0: -math.inf}  # None is there from the start
     for op, (code, a, b) in zip(ops, compiled):
-        stored = a if code in (_WRITE, _WRITE_MAYBE) else b if code in (_CAS_OK, _CAS_MAYBE) else 0
-        if stored:
+        if code in (_WRITE, _CAS_OK, _CAS_MAYBE):
+            stored = a if code == _WRITE else b
             first_store[stored] = min(first_store.get(stored, math.inf), op.invoke_t)
     bad = [
         (op.effective_return_t, i)
@@ -345,7 +343,7 @@ def check_key(key: Hashable, ops: list[Op], *, budget_steps: int = DEFAULT_BUDGE
         nxt[prv[e]] = e
         prv[nxt[e]] = e
 
-    state = 1  # the set {None}
+    state = 0  # the register starts absent (None)
     linearized = 0  # bitset over op indices
     stack: list[tuple[int, int, bool]] = []  # (call entry, state before, forced?)
     cache: set[tuple[int, int]] = set()  # (linearized, state) nodes entered
@@ -373,7 +371,7 @@ def check_key(key: Hashable, ops: list[Op], *, budget_steps: int = DEFAULT_BUDGE
         while is_call[e]:
             steps += 1
             code, a, _b = compiled[op_of[e]]
-            if (code == _READ and state == a) or (code == _CAS_FAIL and not state & a):
+            if (code == _READ and state == a) or (code == _CAS_FAIL and state != a):
                 return e
             e = nxt[e]
         return 0
@@ -408,7 +406,7 @@ def check_key(key: Hashable, ops: list[Op], *, budget_steps: int = DEFAULT_BUDGE
                 if p < 0 or linearized >> p & 1:
                     code, a, b = compiled[i]
                     new_state = _step(state, code, a, b)
-                    if new_state:
+                    if new_state >= 0:
                         new_lin = linearized | (1 << i)
                         if (new_lin, new_state) not in cache:
                             cache.add((new_lin, new_state))
@@ -445,14 +443,13 @@ def _result(
 ) -> KeyResult:
     """Build a failure / give-up :class:`KeyResult` from the deepest dead end
     (``reason`` overrides the generated message)."""
-    prefix_idx, state, cand_idx, block_idx = best if best is not None else ([], 1, [], None)
+    prefix_idx, state, cand_idx, block_idx = best if best is not None else ([], 0, [], None)
     prefix = [ops[i] for i in prefix_idx]
-    values = interner.decode(state)
+    value = interner.decode(state)
     candidates = [ops[i] for i in cand_idx]
     blocking = ops[block_idx] if block_idx is not None else None
     shown = ", ".join(o.describe() for o in prefix[-5:])
     more = f"... ({len(prefix) - 5} earlier), " if len(prefix) > 5 else ""
-    vals = ", ".join(short_repr(v, 30) for v in values)
     if ok is None:
         msg = (
             f"key {key!r}: search GAVE UP after {steps} steps (budget_steps={budget_steps}) "
@@ -462,13 +459,13 @@ def _result(
     else:
         msg = (
             f"key {key!r}: NOT linearizable ({len(ops)} ops). Longest linearizable prefix "
-            f"has {len(prefix)} ops [{more}{shown}], leaving the register at {{{vals}}}; "
+            f"has {len(prefix)} ops [{more}{shown}], leaving the register at {short_repr(value, 30)}; "
             f"then no pending op can be linearized next (tried: "
             f"[{', '.join(o.describe() for o in candidates)}]), yet "
             f"{blocking.describe() if blocking else '?'} must take effect before it returns"
         )
     msg = reason or msg
-    return KeyResult(key, ok, msg, len(ops), steps, prefix, values, candidates, blocking)
+    return KeyResult(key, ok, msg, len(ops), steps, prefix, value, candidates, blocking)
 
 
 # ------------------------------------------------------------------ public API

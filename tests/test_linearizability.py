@@ -91,6 +91,18 @@ def test_stale_read_after_completed_write():
     assert h[2] in res.candidates
 
 
+def test_explanation_is_the_deepest_dead_end():
+    """The search first tries w2 before w1 and gets stuck early; the report
+    must describe the deeper attempt (w1, r=1, w2, r=2) and the stale read."""
+    h = [w("a", "x", 2, 0, 10), w("b", "x", 1, 0.5, 10),
+         r("c", "x", 1, 1, 2), r("c", "x", 2, 3, 4), r("c", "x", 1, 5, 6)]
+    res = check_linearizable(h)
+    assert res.ok is False
+    assert res.prefix == [h[1], h[2], h[0], h[3]]
+    assert res.blocking is h[4] and res.candidates == [h[4]]
+    assert res.per_key["x"].state == 2
+
+
 def test_read_of_value_never_written():
     h = [w("a", "x", 1, 0, 1), r("b", "x", 7, 2, 3)]
     res = check_linearizable(h)
@@ -98,12 +110,18 @@ def test_read_of_value_never_written():
     assert "observes 7" in res.message
     h = [w("a", "x", 1, 0, 10), r("b", "x", 7, 2, 3)]  # even concurrently
     assert lin(h) is False
-    # A value written only after the read returned cannot explain it either.
+    # A value written only after the read returned cannot explain it either
+    # (found by the linear pre-check: no search step needed).
     h = [r("b", "x", 7, 0, 1), w("a", "x", 7, 2, 3)]
-    assert lin(h) is False
+    assert check_linearizable(h, budget_steps=0).ok is False
+    h = [r("b", "x", 7, 0, 2), w("a", "x", 7, 2, 3)]  # invoked as it returns: fine
+    assert lin(h) is True
     # ... nor can a cas whose expected value was never stored succeed.
     h = [cas("a", "x", 5, 6, True, 0, 1), w("b", "x", 5, 2, 3)]
     assert lin(h) is False
+    # The earliest impossible observation is the one reported.
+    h = [r("b", "x", 8, 4, 5), w("a", "x", 1, 0, 1), r("b", "x", 7, 2, 3)]
+    assert check_linearizable(h).blocking is h[2]
 
 
 def test_two_readers_observe_writes_in_opposite_orders():
@@ -243,6 +261,13 @@ def test_identical_unknown_ops_do_not_blow_up_the_search():
     assert check_linearizable(h, budget_steps=50_000).ok is False
     h[-1] = r("b", "x", 1, 5, 6)  # one of them took effect late: fine
     assert check_linearizable(h, budget_steps=50_000).ok is True
+
+
+def test_interchangeable_unknown_ops_follow_invocation_order_not_input_order():
+    h = [w("late", "x", 1, 10, None, status="unknown"),
+         w("early", "x", 1, 0, None, status="unknown"),
+         r("b", "x", 1, 1, 2)]
+    assert lin(h) is True
 
 
 def test_unknown_read_ignored():
@@ -429,6 +454,30 @@ def test_property_mutated_read_is_detected(specs, data):
     assert res.blocking is not None and res.blocking.invoke_t >= target.invoke_t
 
 
+# ------------------------------------------------------ search efficiency
+def test_cache_keeps_exhaustive_failure_search_small():
+    """10 concurrent writes, reads observing them one by one, then a stale
+    read: proving failure means exploring every order of the writes (10!
+    without the cache, ~2**10 states with it)."""
+    k = 10
+    h = [w(f"w{i}", "x", i, 0, 100) for i in range(1, k + 1)]
+    h += [r("r", "x", i, 2 * i, 2 * i + 1) for i in range(1, k + 1)]
+    h += [r("r", "x", 1, 2 * k + 2, 2 * k + 3)]
+    res = check_linearizable(h, budget_steps=500_000)
+    assert res.ok is False
+    assert res.blocking is h[-1]
+    assert len(res.prefix) == 2 * k  # all writes and all reads but the stale one
+
+
+def test_forced_reads_are_not_branched_on():
+    h = [w("a", "x", 1, 0, 1), w("a", "x", 2, 2, 50)]
+    h += [r(f"r{i}", "x", 1, 2, 50) for i in range(14)]
+    h += [r("z", "x", 2, 3, 4), r("z", "x", 1, 5, 6)]
+    res = check_linearizable(h)
+    assert res.ok is False
+    assert res.steps < 100, res.steps
+
+
 # --------------------------------------------------------------- performance
 def concurrent_history(rng: random.Random, keys: int, ops_per_key: int, clients: int,
                        values: int, unknown_rate: float = 0.02) -> list[Op]:
@@ -508,3 +557,62 @@ def test_garbage_observations_are_caught_in_hard_histories():
     swap.expected = 1000
     res = check_linearizable(h, budget_steps=100_000)
     assert res.ok is False and res.blocking is swap
+
+
+# ------------------------------------------------- brute-force cross-check
+def brute_force_linearizable(ops: list[Op]) -> bool:
+    """Reference oracle straight from the spec, for tiny histories: some
+    subset of the unknown ops took effect, and some order of the ok ops plus
+    that subset respects real time (a before b if a returned strictly before
+    b was invoked; unknown ops never return) and the register semantics,
+    where an included unknown cas may have succeeded or failed."""
+    ok_ops = [o for o in ops if o.status == "ok"]
+    unknown = [o for o in ops if o.status == "unknown" and o.kind != "read"]
+
+    def ret(o: Op) -> float:
+        return o.return_t if o.status == "ok" else float("inf")
+
+    def run(order: tuple[Op, ...], i: int, cur: object) -> bool:
+        if i == len(order):
+            return True
+        o = order[i]
+        if o.kind == "write":
+            return run(order, i + 1, o.value)
+        if o.kind == "read":
+            return o.result == cur and run(order, i + 1, cur)
+        if o.status == "unknown":  # may have swapped or failed
+            return (cur == o.expected and run(order, i + 1, o.value)) or (
+                cur != o.expected and run(order, i + 1, cur))
+        if o.result:
+            return cur == o.expected and run(order, i + 1, o.value)
+        return cur != o.expected and run(order, i + 1, cur)
+
+    for k in range(len(unknown) + 1):
+        for chosen in itertools.combinations(unknown, k):
+            for order in itertools.permutations(ok_ops + list(chosen)):
+                if all(not (ret(b) < a.invoke_t)
+                       for x, a in enumerate(order) for b in order[x + 1:]) and run(order, 0, None):
+                    return True
+    return False
+
+
+small_op = st.tuples(
+    st.sampled_from(["read", "write", "cas"]),
+    st.sampled_from([None, 0, 1]),          # value / read result
+    st.sampled_from([None, 0, 1]),          # cas expected
+    st.booleans(),                          # cas result
+    st.integers(0, 5), st.integers(0, 3),   # invoke, duration (ties are likely)
+    st.sampled_from(["ok", "ok", "ok", "unknown", "fail"]),
+)
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.lists(small_op, min_size=1, max_size=6))
+def test_property_agrees_with_brute_force_oracle(specs):
+    h = []
+    for kind, v, e, res, inv, dur, status in specs:
+        result = {"read": v, "write": None, "cas": res}[kind]
+        h.append(op("c", kind, "k", inv, None if status == "unknown" else inv + dur,
+                    status=status, value=v if kind != "read" else None, expected=e,
+                    result=result))
+    assert check_linearizable(h).ok is brute_force_linearizable(h), [str(o) for o in h]
