@@ -11,12 +11,14 @@ it changes produces a change event ``(revision, path, value-or-None)``.
 The last ``history_max`` events are retained so that watchers can resume
 from a revision; older resumptions are answered with ``compacted``.
 
-Client sessions make every request apply at most once: the state machine
-remembers, per client, the highest request id it applied (and when); a
-request whose id is not above it is a duplicate or a stale retry and is not
-applied again.  Clients number their requests in increasing order.  The
-table holds at most ``sessions_max`` clients; the least recently active is
-forgotten first.
+Client sessions (Raft dissertation, section 6.3) make every request apply
+exactly once: the state machine remembers, per client, the id of the last
+request it applied and that request's result.  A client numbers its
+requests in increasing order and, when an answer is lost, retries the same
+id: a request equal to the last one gets the saved result without being
+applied again; an older one is refused as stale.  The table holds at most
+``sessions_max`` clients; the least recently active is forgotten first (a
+client silent for that long must not retry an old request).
 
 Deterministic: no clocks, no randomness, JSON-only values; the snapshot is
 a canonical JSON document, so every peer produces identical bytes.
@@ -51,7 +53,7 @@ class AgencyState:
         self.history: deque[tuple[int, str, Any]] = deque()
         self.history_max = history_max
         self.applied_index = 0
-        self.sessions: dict[str, tuple[int, int]] = {}  # client -> (last req id, revision)
+        self.sessions: dict[str, tuple[int, int, dict]] = {}  # client -> (last req id, revision, result)
         self.sessions_max = 10_000
 
     # ------------------------------------------------------------- reading
@@ -110,15 +112,24 @@ class AgencyState:
     ) -> tuple[dict, list[tuple[int, str, Any]]]:
         """Apply atomically; returns (result, change events).  With a client
         and request id, a request at or below the client's last applied id
-        is refused as a duplicate (at-most-once)."""
-        if client is not None and req_id is not None:
-            last = self.sessions.get(client)
-            if last is not None and req_id <= last[0]:
-                return {"ok": False, "duplicate": True, "revision": self.revision}, []
-            self.sessions[client] = (req_id, self.revision)
-            if len(self.sessions) > self.sessions_max:
-                oldest = min(self.sessions, key=lambda c: (self.sessions[c][1], c))
-                del self.sessions[oldest]
+        is not applied again: the last one gets its saved result (with
+        ``"retry": True``), older ones are refused as stale."""
+        if client is None or req_id is None:
+            return self._apply_txn(txn)
+        last = self.sessions.get(client)
+        if last is not None:
+            if req_id == last[0]:
+                return dict(last[2], retry=True), []
+            if req_id < last[0]:
+                return {"ok": False, "stale": True, "revision": self.revision}, []
+        result, events = self._apply_txn(txn)
+        self.sessions[client] = (req_id, self.revision, result)
+        if len(self.sessions) > self.sessions_max:
+            oldest = min(self.sessions, key=lambda c: (self.sessions[c][1], c))
+            del self.sessions[oldest]
+        return result, events
+
+    def _apply_txn(self, txn: Txn) -> tuple[dict, list[tuple[int, str, Any]]]:
         failed = [i for i, p in enumerate(txn.preconditions) if not self.check(p)]
         if failed:
             return {"ok": False, "failed": failed, "revision": self.revision}, []
@@ -223,7 +234,7 @@ class AgencyState:
             "leaves": [[k, v[0], v[1]] for k, v in self.leaves.items()],
             "history": [list(ev) for ev in self.history],
             "history_max": self.history_max,
-            "sessions": [[c, r, v] for c, (r, v) in sorted(self.sessions.items())],
+            "sessions": [[c, r, v, res] for c, (r, v, res) in sorted(self.sessions.items())],
         }
         return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
@@ -238,7 +249,7 @@ class AgencyState:
         st.history_max = doc["history_max"]
         st.leaves = SortedDict({k: (v, ver) for k, v, ver in doc["leaves"]})
         st.history = deque(tuple(ev) for ev in doc["history"])
-        st.sessions = {c: (r, v) for c, r, v in doc.get("sessions", [])}
+        st.sessions = {c: (r, v, res) for c, r, v, res in doc.get("sessions", [])}
         return st
 
 

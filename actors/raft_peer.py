@@ -396,7 +396,8 @@ class RaftPeer(ChorusActor):
         status = self.core.status() if self.core else {"id": self.node_id, "role": "starting"}
         if self.core:
             status["revision"] = self.sm.revision
-        self.send(sender, StatusReply(self.node_id, status, getattr(self.host, "pid", None)))
+        pid = getattr(self.host, "pid", None) if self.core is not None else None
+        self.send(sender, StatusReply(self.node_id, status, pid))
 
     # ------------------------------------------------------- inspection
     def final_log(self) -> tuple[int, int, list[tuple[int, int, int]]]:

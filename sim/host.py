@@ -122,7 +122,7 @@ class SimHost:
     def open_store(self, name: str) -> Any:
         return self._node.disk.open(name)
 
-    def record(self, kind: str, **fields: Any) -> None:
+    def record(self, kind: str, /, **fields: Any) -> None:
         self._world._record(self.node_id, self.actor, kind, fields)
 
     def __repr__(self) -> str:

@@ -8,8 +8,13 @@ leader), and records the history the linearizability checker needs:
 * ``op.invoke`` {client, op_id, kind, key, value, expected}
 * ``op.done``   {client, op_id, status, result}  status ok | fail | unknown
 
-An operation that gets no answer within ``timeout_s`` is recorded as
-``unknown`` (writes and CAS may still take effect) -- never dropped.
+A write or CAS that gets no answer within ``timeout_s``, or is refused
+(no leader, leadership lost), is retried with the *same* request id, up to
+``attempts_max`` times: the agency's client sessions apply a request at
+most once and answer a retry with the saved result, so retries turn most
+lost answers into definite ones.  Only when every attempt fails is the
+operation recorded as ``unknown`` -- never dropped.  Reads are not retried:
+a read that fails had no effect.
 Values written are unique per client and operation, which keeps the
 linearizability search small.
 """
@@ -43,6 +48,8 @@ class ClientBoot:
     timeout_s: float = 2.0
     stop_after_s: float = 1e9
     key_prefix: str = "/w"
+    attempts_max: int = 5
+    retry_backoff_s: float = 0.05
 
 
 class AgencyClient(ChorusActor):
@@ -51,6 +58,8 @@ class AgencyClient(ChorusActor):
         self.boot: ClientBoot | None = None
         self.op_id = 0
         self.inflight: tuple[int, str, str, Any] | None = None  # (op_id, kind, key, value)
+        self.request: AgencyRequest | None = None
+        self.attempt = 0
         self.leader: str | None = None
         self.last_seen: dict[str, Any] = {}
         self.started = 0.0
@@ -66,16 +75,36 @@ class AgencyClient(ChorusActor):
 
     def _think(self) -> None:
         delay = self.rng.expovariate(self.boot.rate_per_s)
-        self.set_timer(delay, ("next", self.op_id))
+        self.set_timer(delay, ("next", self.op_id, 0))
 
     def on_WakeupMessage(self, msg: Any, sender: Any) -> None:
-        kind, op_id = msg.payload
+        kind, op_id, attempt = msg.payload
         if kind == "next" and self.inflight is None:
             if self.now() - self.started < self.boot.stop_after_s:
                 self._issue()
-        elif kind == "timeout" and self.inflight is not None and self.inflight[0] == op_id:
-            self._done(UNKNOWN if self.inflight[1] != "read" else FAIL, None, "client timeout")
-            self.leader = None  # try another peer next time
+            return
+        current = self.inflight is not None and self.inflight[0] == op_id and self.attempt == attempt
+        if not current:
+            return  # stale timer
+        if kind == "timeout":
+            self.leader = None  # try another peer
+            self._retry_or_give_up("client timeout")
+        elif kind == "retry":
+            self._send_attempt()
+
+    def _retry_or_give_up(self, error: str) -> None:
+        if self.inflight[1] == "read":
+            self._done(FAIL, None, error)
+        elif self.attempt < self.boot.attempts_max:
+            self.attempt += 1
+            self.set_timer(self.boot.retry_backoff_s, ("retry", self.inflight[0], self.attempt))
+        else:
+            self._done(UNKNOWN, None, error)
+
+    def _send_attempt(self) -> None:
+        target = self.leader if self.leader in self.peers else self.rng.choice(self.peer_ids)
+        self.send(self.peers[target], self.request)
+        self.set_timer(self.boot.timeout_s, ("timeout", self.inflight[0], self.attempt))
 
     def _issue(self) -> None:
         b = self.boot
@@ -98,9 +127,9 @@ class AgencyClient(ChorusActor):
         self.inflight = (self.op_id, kind, key, value)
         self.record("op.invoke", client=b.client_id, op_id=self.op_id, kind=kind, key=key,
                     value=value, expected=expected)
-        target = self.leader if self.leader in self.peers else self.rng.choice(self.peer_ids)
-        self.send(self.peers[target], AgencyRequest(b.client_id, self.op_id, op))
-        self.set_timer(b.timeout_s, ("timeout", self.op_id))
+        self.request = AgencyRequest(b.client_id, self.op_id, op)
+        self.attempt = 1
+        self._send_attempt()
 
     def on_AgencyReply(self, msg: AgencyReply, sender: Any) -> None:
         if self.inflight is None or msg.req_id != self.inflight[0]:
@@ -111,23 +140,21 @@ class AgencyClient(ChorusActor):
         if msg.status != OK:
             if msg.status == FAIL and not msg.leader:
                 self.leader = None
-            status = msg.status
-            if kind != "read" and status == FAIL:
-                # The network may have duplicated the request: a copy refused
-                # here can still be applied through another peer (at most
-                # once, by the agency's client sessions).  So for a write a
-                # refusal is not definite from the client's point of view.
-                status = UNKNOWN
-            self._done(status, None, msg.error)
+            if kind == "read":
+                self._done(msg.status, None, msg.error)
+            else:
+                # A refusal or unknown outcome of one copy is not the final
+                # word (another copy, duplicated by the network or sent on
+                # an earlier attempt, may be applied): ask again with the
+                # same request id.
+                self._retry_or_give_up(msg.error or msg.status)
             return
         result: Any = None
         if kind == "read":
             result = msg.result["values"][0]
             self.last_seen[key] = result
-        elif msg.result.get("duplicate"):
-            # Our own earlier copy of this request was applied already; its
-            # answer was lost, so the outcome is unknown to us.
-            self._done(UNKNOWN, None, "duplicate")
+        elif msg.result.get("stale"):
+            self._done(UNKNOWN, None, "agency reports the request as stale")
             return
         elif kind == "cas":
             result = bool(msg.result.get("ok"))
@@ -140,6 +167,7 @@ class AgencyClient(ChorusActor):
     def _done(self, status: str, result: Any, error: str) -> None:
         op_id = self.inflight[0]
         self.inflight = None
+        self.request = None
         self.record("op.done", client=self.boot.client_id, op_id=op_id, status=status,
                     result=result, error=error)
         self._think()
