@@ -125,7 +125,10 @@ class AgencyState:
         result, events = self._apply_txn(txn)
         self.sessions[client] = (req_id, self.revision, result)
         if len(self.sessions) > self.sessions_max:
-            oldest = min(self.sessions, key=lambda c: (self.sessions[c][1], c))
+            # Never the client just served: after a failed precondition its
+            # revision ties with older sessions and the name could lose.
+            others = [c for c in self.sessions if c != client]
+            oldest = min(others, key=lambda c: (self.sessions[c][1], c))
             del self.sessions[oldest]
         return result, events
 
@@ -151,7 +154,11 @@ class AgencyState:
         for ev in events:
             self.history.append(ev)
         while len(self.history) > self.history_max:
-            self.history.popleft()
+            # Drop whole revisions: a partly retained revision would make
+            # changes_since() miss events without reporting compacted.
+            dropped = self.history.popleft()[0]
+            while self.history and self.history[0][0] == dropped:
+                self.history.popleft()
         return {"ok": True, "revision": rev}, events
 
     def _plan(self, mutations: tuple[Mutation, ...]) -> list[tuple[str, Any]]:
@@ -165,13 +172,20 @@ class AgencyState:
             return MISSING if leaf is None else leaf[0]
 
         def remove_subtree(path: str) -> None:
+            below = "/" if path == "/" else path + "/"
             for k in self._under(path):
                 view[k] = MISSING
             for k in list(view):
-                if k.startswith(path + "/"):
+                if k.startswith(below):
                     view[k] = MISSING
             if current(path) is not MISSING:
                 view[path] = MISSING
+
+        def has_children(path: str) -> bool:
+            below = path + "/"
+            return any(current(k) is not MISSING for k in self._under(path)) or any(
+                k.startswith(below) and v is not MISSING for k, v in view.items()
+            )
 
         def remove_leaf_ancestors(path: str) -> None:
             parts = path.strip("/").split("/")
@@ -199,10 +213,14 @@ class AgencyState:
                     view[path] = m.value
             elif m.kind == "incr":
                 cur = current(path)
+                if cur is MISSING and has_children(path):
+                    raise ValueError(f"cannot increment interior node {path}")
                 base = 0 if cur is MISSING else cur
                 if not isinstance(base, int) or isinstance(base, bool):
                     raise ValueError(f"cannot increment non-integer at {path}")
                 delta = 1 if m.value is None else m.value
+                if not isinstance(delta, int) or isinstance(delta, bool):
+                    raise ValueError(f"increment of {path} by non-integer {delta!r}")
                 remove_leaf_ancestors(path)
                 view[path] = base + delta
         out = []
@@ -260,7 +278,7 @@ def matches(prefix: str, path: str) -> bool:
 def _flatten(base: str, tree: dict) -> list[tuple[str, Any]]:
     out = []
     for k, v in tree.items():
-        if not isinstance(k, str) or not k or "/" in k:
+        if not isinstance(k, str) or not k or "/" in k or k in (".", ".."):
             raise ValueError(f"invalid key {k!r} in value for {base}")
         p = base.rstrip("/") + "/" + k
         if isinstance(v, dict) and v:

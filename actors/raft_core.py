@@ -118,6 +118,7 @@ class Progress:
     inflight: list[int] = field(default_factory=list)  # last index of each batch in flight
     recent_active: bool = False
     pending_snapshot: int = 0
+    hb_match: int = -1  # match seen at the previous heartbeat response
 
 
 @dataclass
@@ -604,8 +605,10 @@ class RaftCore:
             return
         pr.recent_active = True
         if pr.match < self.last_index:
-            if pr.state == REPLICATE and len(pr.inflight) >= self.tuning.max_inflight:
-                # A window that never drains means a lost batch: re-probe.
+            stalled = pr.match == pr.hb_match
+            if pr.state == REPLICATE and (stalled or len(pr.inflight) >= self.tuning.max_inflight):
+                # No progress over a whole heartbeat round (or a window that
+                # never drains) means a lost batch: re-probe from the match.
                 pr.state = PROBE
                 pr.next = pr.match + 1
                 pr.inflight = []
@@ -614,6 +617,7 @@ class RaftCore:
                 pr.state = PROBE
                 pr.next = pr.match + 1
             self._send_append(m.frm)
+        pr.hb_match = pr.match
         if m.frm in self.config.voters:
             for rr in self.pending_reads:
                 if m.ctx >= rr.round:

@@ -95,6 +95,7 @@ class RaftPeer(ChorusActor):
         self.waiting_reads: list[tuple[int, int]] = []  # (index, ctx)
         self.read_seq = 0
         self.watchers: dict[str, tuple[str, Any]] = {}
+        self.watch_from: dict[str, int] = {}  # watch id -> its from_revision
         self.stored_first = 1
         self.stored_last = 0
 
@@ -185,7 +186,10 @@ class RaftPeer(ChorusActor):
             if addr is not None:
                 self.send(addr, m)
         if rd.restore is not None:
+            before = self.sm.revision
             self.sm = AgencyState.restore(rd.restore[1])
+            if self.watchers:
+                self._catch_up_watchers(before)
         if rd.committed:
             self._apply(rd.committed)
         if rd.read_states:
@@ -377,17 +381,32 @@ class RaftPeer(ChorusActor):
             return
         prefix = normalize(msg.prefix)
         self.watchers[msg.watch_id] = (prefix, reply_to)
+        self.watch_from[msg.watch_id] = msg.from_revision
         events, compacted = self.sm.changes_since(prefix, msg.from_revision)
         for i in range(0, max(len(events), 1), WATCH_BATCH_MAX):
             chunk = tuple(events[i : i + WATCH_BATCH_MAX])
             self.send(reply_to, WatchEvents(msg.watch_id, chunk, self.sm.revision, compacted))
 
+    def _catch_up_watchers(self, revision: int) -> None:
+        """After a snapshot install: the changes it covers, from the
+        snapshot's history (or compacted), so that watchers skip nothing."""
+        for wid, (prefix, addr) in self.watchers.items():
+            events, compacted = self.sm.changes_since(prefix, max(revision, self.watch_from.get(wid, 0)))
+            if not events and not compacted:
+                continue
+            for i in range(0, max(len(events), 1), WATCH_BATCH_MAX):
+                chunk = tuple(events[i : i + WATCH_BATCH_MAX])
+                self.send(addr, WatchEvents(wid, chunk, self.sm.revision, compacted))
+
     def on_Unwatch(self, msg: Unwatch, sender: Any) -> None:
         self.watchers.pop(msg.watch_id, None)
+        self.watch_from.pop(msg.watch_id, None)
 
     def _notify_watchers(self, changed: list[tuple[int, str, Any]]) -> None:
         for wid, (prefix, addr) in self.watchers.items():
-            mine = tuple(ev for ev in changed if matches(prefix, ev[1]))
+            # a peer behind the watcher's from_revision must not repeat what it saw
+            floor = self.watch_from.get(wid, 0)
+            mine = tuple(ev for ev in changed if ev[0] > floor and matches(prefix, ev[1]))
             if mine:
                 self.send(addr, WatchEvents(wid, mine, self.sm.revision))
 
