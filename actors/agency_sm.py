@@ -52,6 +52,7 @@ class AgencyState:
         self.revision = 0
         self.history: deque[tuple[int, str, Any]] = deque()
         self.history_max = history_max
+        self.history_floor = 0  # every change with a revision above this is retained
         self.applied_index = 0
         self.sessions: dict[str, tuple[int, int, dict]] = {}  # client -> (last req id, revision, result)
         self.sessions_max = 10_000
@@ -159,6 +160,7 @@ class AgencyState:
             dropped = self.history.popleft()[0]
             while self.history and self.history[0][0] == dropped:
                 self.history.popleft()
+            self.history_floor = dropped
         return {"ok": True, "revision": rev}, events
 
     def _plan(self, mutations: tuple[Mutation, ...]) -> list[tuple[str, Any]]:
@@ -239,8 +241,7 @@ class AgencyState:
         """Events under prefix with revision > ``revision``; the flag is True
         when the history no longer reaches back that far."""
         prefix = normalize(prefix)
-        oldest = self.history[0][0] if self.history else self.revision + 1
-        compacted = revision + 1 < oldest and revision < self.revision
+        compacted = revision < self.history_floor
         out = [ev for ev in self.history if ev[0] > revision and matches(prefix, ev[1])]
         return out, compacted
 
@@ -252,6 +253,7 @@ class AgencyState:
             "leaves": [[k, v[0], v[1]] for k, v in self.leaves.items()],
             "history": [list(ev) for ev in self.history],
             "history_max": self.history_max,
+            "history_floor": self.history_floor,
             "sessions": [[c, r, v, res] for c, (r, v, res) in sorted(self.sessions.items())],
         }
         return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
@@ -265,6 +267,7 @@ class AgencyState:
         st.revision = doc["revision"]
         st.applied_index = doc["applied_index"]
         st.history_max = doc["history_max"]
+        st.history_floor = doc.get("history_floor", 0)
         st.leaves = SortedDict({k: (v, ver) for k, v, ver in doc["leaves"]})
         st.history = deque(tuple(ev) for ev in doc["history"])
         st.sessions = {c: (r, v, res) for c, r, v, res in doc.get("sessions", [])}

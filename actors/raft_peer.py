@@ -95,6 +95,7 @@ class RaftPeer(ChorusActor):
         self.waiting_reads: list[tuple[int, int]] = []  # (index, ctx)
         self.read_seq = 0
         self.watchers: dict[str, tuple[str, Any]] = {}
+        self.forwarded: dict[tuple[str, int], tuple[Any, str | None, float]] = {}
         self.watch_from: dict[str, int] = {}  # watch id -> its from_revision
         self.stored_first = 1
         self.stored_last = 0
@@ -161,6 +162,7 @@ class RaftPeer(ChorusActor):
             return
         self._handle(self.core.tick())
         self._expire_pending()
+        self._check_forwarded()
         self._arm_tick()
 
     def on_Hello(self, msg: Hello, sender: Any) -> None:
@@ -186,6 +188,10 @@ class RaftPeer(ChorusActor):
             if addr is not None:
                 self.send(addr, m)
         if rd.restore is not None:
+            covered = rd.restore[0].index
+            for index in [i for i in self.pending if i <= covered]:
+                self._answer_pending(self.pending.pop(index), UNKNOWN,
+                                     "outcome covered by an installed snapshot")
             before = self.sm.revision
             self.sm = AgencyState.restore(rd.restore[1])
             if self.watchers:
@@ -289,8 +295,7 @@ class RaftPeer(ChorusActor):
             idx_term = core.propose(data)
             assert idx_term is not None
             index, term = idx_term
-            self.pending[index] = (term, reply_to, msg.client, msg.req_id,
-                                   self.now() + self.boot.request_timeout_s)
+            self._add_pending(index, term, reply_to, msg.client, msg.req_id)
             self._handle(core.ready())
         elif isinstance(op, Read):
             self.read_seq += 1
@@ -305,6 +310,16 @@ class RaftPeer(ChorusActor):
             self.send(reply_to, AgencyReply(msg.client, msg.req_id, FAIL, None, core.leader,
                                             f"unknown operation {type(op).__name__}"))
 
+    def _add_pending(self, index: int, term: int, reply_to: Any, client: str, req_id: int) -> None:
+        old = self.pending.get(index)
+        if old is not None:  # index reused after our old entry was overwritten
+            self._answer_pending(old, UNKNOWN, "log position reused by a later term")
+        self.pending[index] = (term, reply_to, client, req_id, self.now() + self.boot.request_timeout_s)
+
+    def _answer_pending(self, p: tuple, status: str, error: str) -> None:
+        _term, reply_to, client, req_id, _deadline = p
+        self.send(reply_to, AgencyReply(client, req_id, status, None, self.core.leader, error))
+
     def _forward(self, msg: AgencyRequest, reply_to: Any) -> None:
         leader = self.core.leader
         addr = self.addrs.get(leader) if leader else None
@@ -312,6 +327,29 @@ class RaftPeer(ChorusActor):
             self.send(reply_to, AgencyReply(msg.client, msg.req_id, FAIL, None, leader, "no leader known"))
             return
         self.send(addr, AgencyRequest(msg.client, msg.req_id, msg.op, reply_to, msg.hops + 1))
+        if isinstance(msg.op, Txn):
+            # Remember where it went: if that peer stops being the leader
+            # before we can know the outcome, the client hears "unknown"
+            # from us rather than nothing.
+            if len(self.forwarded) >= PENDING_MAX:
+                self.forwarded.pop(next(iter(self.forwarded)))
+            self.forwarded[(msg.client, msg.req_id)] = (
+                reply_to, leader, self.now() + 2 * self.boot.request_timeout_s)
+
+    def _check_forwarded(self) -> None:
+        """Answer "unknown" for writes forwarded to a peer that is no longer
+        the leader; forget entries past their deadline (answered by then)."""
+        if not self.forwarded:
+            return
+        now, leader = self.now(), self.core.leader
+        for key in list(self.forwarded):
+            reply_to, target, deadline = self.forwarded[key]
+            if target != leader:
+                del self.forwarded[key]
+                self.send(reply_to, AgencyReply(key[0], key[1], UNKNOWN, None, leader,
+                                                f"forwarded to {target}, which stopped leading; retry"))
+            elif deadline <= now:
+                del self.forwarded[key]
 
     def _serve_reads(self) -> None:
         keep = []
@@ -368,7 +406,7 @@ class RaftPeer(ChorusActor):
             self.send(sender, AgencyReply(msg.client, msg.req_id, FAIL, None, core.leader, res))
             return
         index, term = res
-        self.pending[index] = (term, sender, msg.client, msg.req_id, self.now() + self.boot.request_timeout_s)
+        self._add_pending(index, term, sender, msg.client, msg.req_id)
         self._handle(core.ready())
 
     # ------------------------------------------------------------ watches
