@@ -99,6 +99,14 @@ def _single(scn, seed: int, trace: Optional[Path]) -> None:
     if r.commit_latency_ms:
         lat = sorted(r.commit_latency_ms)
         console.print(f"write latency (simulated): p50 {_pct(lat, 50):.1f} ms, p99 {_pct(lat, 99):.1f} ms")
+    if r.produce_latency_ms:
+        lat = sorted(r.produce_latency_ms)
+        console.print(f"produce: {len(lat)} batches acknowledged, latency (simulated) p50 {_pct(lat, 50):.1f} ms, "
+                      f"p99 {_pct(lat, 99):.1f} ms; {r.data_stats.get('acked_records', 0)} records; "
+                      f"lost at level one: {r.data_stats.get('loss_at_one', 0)}")
+    if r.failover_s:
+        console.print("shard failover (leader crash -> first acknowledged write): "
+                      + ", ".join(f"{x:.2f} s" for x in r.failover_s))
     _verdicts(r)
     speed = r.sim_seconds / r.wall_seconds if r.wall_seconds else 0
     console.print(f"events {r.events}, {r.sim_seconds:.0f} simulated s in {r.wall_seconds:.2f} s "
@@ -137,12 +145,14 @@ def _sweep(scn, seeds: list[int], jobs: int) -> None:
 
     failures = []
     walls, events, sims = [], 0, 0.0
+    failovers: list[float] = []
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[failed]} failed"), TimeElapsedColumn(),
                   console=console, transient=False) as prog:
         task = prog.add_task(scn.name, total=len(seeds), failed=0)
         for r in sweep(scn, seeds, jobs):
             walls.append(r.wall_seconds)
+            failovers.extend(r.failover_s)
             events += r.events
             sims += r.sim_seconds
             if not r.ok:
@@ -153,6 +163,10 @@ def _sweep(scn, seeds: list[int], jobs: int) -> None:
     console.print(f"{len(seeds)} seeds, {len(failures)} failed; {events} events; "
                   f"{sims:.0f} simulated s in {cpu:.1f} CPU s ({sims / cpu if cpu else 0:.0f}x real time per core); "
                   f"median run {statistics.median(walls):.2f} s")
+    if failovers:
+        fo = sorted(failovers)
+        console.print(f"shard failover over {len(fo)} leader crashes: p50 {_pct(fo, 50):.2f} s, "
+                      f"p90 {_pct(fo, 90):.2f} s, p99 {_pct(fo, 99):.2f} s, max {fo[-1]:.2f} s (simulated)")
     if failures:
         table = Table(title="Failing seeds")
         table.add_column("seed", justify="right")

@@ -54,6 +54,9 @@ class RunResult:
     sim_seconds: float
     wall_seconds: float
     commit_latency_ms: list[float] = field(default_factory=list)
+    failover_s: list[float] = field(default_factory=list)
+    produce_latency_ms: list[float] = field(default_factory=list)
+    data_stats: dict = field(default_factory=dict)
     commits: int = 0
     replay: str = ""
     error: str = ""
@@ -65,6 +68,20 @@ class RunResult:
     def failed_checks(self) -> list[str]:
         out = [k for k, v in self.violations.items() if v]
         return out + (["crashed"] if self.error else [])
+
+
+def shard_actor_name(shard: str) -> str:
+    return "shard-" + shard.replace("/", ".")
+
+
+def place(shards: int, rf: int, nodes: list[str]) -> list[tuple[str, ...]]:
+    """Replica placement: actors/placement.py when present, else a simple
+    deterministic rotation (distinct nodes, leaders spread)."""
+    try:
+        from actors.placement import place_topic
+    except ImportError:
+        return [tuple(nodes[(i + k) % len(nodes)] for k in range(rf)) for i in range(shards)]
+    return place_topic(shards, rf, list(nodes))
 
 
 def peer_ids(n: int) -> list[str]:
@@ -100,6 +117,12 @@ class Harness:
             boot = RaftBoot(p, addrs, voters=tuple(self.peers), tuning=scn.tuning)
             addr = self.world.spawn(p, RaftPeer, "raft", boot)
             assert addr == dict(addrs)[p]
+        self.shards: list[str] = []
+        self.producers: list[str] = []
+        self.leader_crashes: list[tuple[float, str, list[str]]] = []
+        self.shard_replicas: dict[str, tuple[str, ...]] = {}
+        if scn.data is not None:
+            self._build_data_plane(scn, addrs)
         wl = scn.workload
         for c in self.clients:
             boot = ClientBoot(
@@ -108,6 +131,62 @@ class Harness:
                 stop_after_s=scn.duration_s + scn.settle_s / 2,
             )
             self.world.spawn(c, AgencyClient, "client", boot)
+
+    # ------------------------------------------------------------ data plane
+    def _build_data_plane(self, scn: Scenario, agency_addrs: tuple) -> None:
+        from dataclasses import replace as dc_replace
+
+        from actors.shard_replica import ShardReplica
+        from actors.supervisor import Supervisor, SupervisorBoot
+        from protocol.shard import ShardBoot, ShardBugs, ShardTuning
+        from sim.producer import ProducerBoot, ShardProducer
+
+        d = scn.data
+        bugs = scn.shard_bugs or ShardBugs()
+        tuning = dc_replace(ShardTuning(**d.tuning), bugs=bugs)
+        placed: list[tuple[str, tuple[str, ...]]] = []
+        for t in d.topics:
+            for i, reps in enumerate(place(t.shards, t.replication_factor, self.peers)):
+                placed.append((f"{t.name}#{i}", reps))
+        self.shards = [s for s, _ in placed]
+        self.shard_replicas = dict(placed)
+        sup_addrs = tuple(ActorAddress(f"{n}/supervisor") for n in self.peers)
+        replica_addr = {(s, n): ActorAddress(f"{n}/{shard_actor_name(s)}") for s, reps in placed for n in reps}
+        for s, reps in placed:
+            addrs = tuple((n, replica_addr[(s, n)]) for n in reps)
+            for n in reps:
+                boot = ShardBoot(s, n, reps, addrs, epoch=1, leader=reps[0], tuning=tuning, supervisors=sup_addrs)
+                self.world.spawn(n, ShardReplica, shard_actor_name(s), boot)
+        agency = dict(agency_addrs)
+        for n in self.peers:
+            boot = SupervisorBoot(
+                n, agency[n], tuple((s, rn, a) for (s, rn), a in sorted(replica_addr.items(),
+                                                                      key=lambda kv: kv[0])),
+                tuple((s, 1, reps[0], reps) for s, reps in placed), grace_s=d.grace_s, bugs=bugs)
+            self.world.spawn(n, Supervisor, "supervisor", boot)
+        self.producers = [f"p{i}" for i in range(1, d.producers + 1)]
+        for i, p in enumerate(self.producers, start=1):
+            self.world.add_node(p)
+            routes = tuple((s, tuple((n, replica_addr[(s, n)]) for n in reps)) for s, reps in placed)
+            boot = ProducerBoot(p, 1000 + i, routes, rate_per_s=d.rate_per_s,
+                                records_per_batch=d.records_per_batch, level=d.level, timeout_s=d.timeout_s,
+                                stop_after_s=scn.duration_s + scn.settle_s / 2)
+            self.world.spawn(p, ShardProducer, "producer", boot)
+
+    def shard_leader(self, shard: str | None = None) -> str | None:
+        """The node whose replica leads the shard in the highest epoch."""
+        shard = shard or (self.shards[0] if self.shards else None)
+        if shard is None:
+            return None
+        best: tuple[int, str] | None = None
+        for n in self.shard_replicas.get(shard, ()):
+            if not self.world.is_up(n):
+                continue
+            a = self.world.actor(f"{n}/{shard_actor_name(shard)}")
+            if a is not None and a.core is not None and a.core.role == "leader":
+                if best is None or a.core.epoch > best[0]:
+                    best = (a.core.epoch, n)
+        return best[1] if best else None
 
     # ------------------------------------------------------------ queries
     def leader(self) -> str | None:
@@ -124,6 +203,8 @@ class Harness:
     def _resolve(self, target: str) -> str | None:
         if target == "leader":
             return self.leader()
+        if target == "shard_leader":
+            return self.shard_leader()
         if target == "follower":
             lead = self.leader()
             cands = [p for p in self.peers if p != lead and self.world.is_up(p)]
@@ -222,6 +303,9 @@ class Harness:
     def _do_crash(self, node: str, a: dict) -> Callable[[], None] | None:
         if node in self.down:
             return None
+        led = [s for s in self.shards if self.shard_leader(s) == node]
+        if led:
+            self.leader_crashes.append((self.world.now, node, led))
         self.world.crash(node)
         self.down.add(node)
         self.paused.discard(node)
@@ -304,8 +388,38 @@ def _ops(world: World) -> list[Op]:
     return ops
 
 
+def failover_times(h: Harness) -> list[float]:
+    """For each crash of a shard leader's node: seconds until the first
+    write acknowledged on each shard it led (None-free: shards that never
+    recovered within the run are reported by the data_liveness check)."""
+    done = [(r.t, r.fields["shard"]) for r in h.world.history
+            if r.kind == "produce.done" and r.fields["status"] == "ok"]
+    out = []
+    for t, _node, shards in h.leader_crashes:
+        for s in shards:
+            nxt = next((td for td, sd in done if sd == s and td > t), None)
+            if nxt is not None:
+                out.append(nxt - t)
+    return out
+
+
+def produce_latencies(h: Harness) -> list[float]:
+    inv: dict[tuple[str, str, int], float] = {}
+    out = []
+    for r in h.world.history:
+        if r.kind == "produce.invoke":
+            inv[(r.fields["producer"], r.fields["shard"], r.fields["seq"])] = r.t
+        elif r.kind == "produce.done" and r.fields["status"] == "ok":
+            t0 = inv.pop((r.fields["producer"], r.fields["shard"], r.fields["seq"]), None)
+            if t0 is not None:
+                out.append((r.t - t0) * 1000)
+    return out
+
+
 def replay_command(scn: Scenario, seed: int) -> str:
     bugs = [b for b in sorted(BUG_FLAGS) if getattr(scn.tuning.bugs, b)]
+    if scn.shard_bugs is not None:
+        bugs += [b for b in sorted(scn.shard_bugs.__dataclass_fields__) if getattr(scn.shard_bugs, b)]
     extra = "".join(f" --bug {b}" for b in bugs)
     return f"brokerctl simulate {scn.path or scn.name} --seed {seed}{extra}"
 
@@ -338,6 +452,8 @@ def run(scn: Scenario, seed: int, trace_path: str | None = None) -> RunResult:
         sim_seconds=scn.duration_s + scn.settle_s, wall_seconds=wall, commit_latency_ms=lat,
         commits=sum(1 for o in ops if o.status == "ok" and o.kind != "read"),
         replay=replay_command(scn, seed), error=error,
+        failover_s=failover_times(h), produce_latency_ms=produce_latencies(h),
+        data_stats=getattr(h, "data_stats", {}),
     )
     w.close()
     return result
@@ -374,6 +490,38 @@ def judge(h: Harness, scn: Scenario) -> dict[str, list[Violation]]:
         out["linearizability"] = check_many(_ops(w))
     if "liveness" in checks:
         out["liveness"] = liveness(h, scn)
+    if scn.data is not None:
+        out.update(judge_data(h, scn, checks))
+    return out
+
+
+def judge_data(h: Harness, scn: Scenario, checks: set[str]) -> dict[str, list[Violation]]:
+    from sim.datachecks import check_data
+
+    w = h.world
+    logs: dict[str, dict[str, list[bytes]]] = {}
+    leaders: dict[str, tuple[str, int]] = {}
+    for s in h.shards:
+        logs[s] = {}
+        for n in h.shard_replicas[s]:
+            a = w.actor(f"{n}/{shard_actor_name(s)}")
+            if a is not None and a.core is not None:
+                logs[s][n] = a.log.read(a.log.start_offset, 1 << 40) if a.log.end_offset > a.log.start_offset else []
+        lead = h.shard_leader(s)
+        if lead is not None:
+            leaders[s] = (lead, w.actor(f"{lead}/{shard_actor_name(s)}").core.hw)
+    found, stats = check_data(w.history, logs, leaders)
+    h.data_stats = stats
+    out = {k: v for k, v in found.items() if k in checks}
+    if "data_liveness" in checks:
+        late = [r for r in w.history if r.kind == "produce.done" and r.t >= scn.duration_s
+                and r.fields["status"] == "ok"]
+        bad = [] if late or not h.producers else [
+            Violation("data_liveness", "no write was acknowledged after the faults were healed", {})]
+        for s in h.shards:
+            if s not in leaders:
+                bad.append(Violation("data_liveness", f"shard {s} has no leader after the settle phase", {}))
+        out["data_liveness"] = bad
     return out
 
 

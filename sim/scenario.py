@@ -50,6 +50,14 @@ CHECKS = (
     "election_safety", "log_matching", "leader_completeness", "state_machine_safety",
     "committed_never_change", "linearizability", "liveness",
 )
+DATA_CHECKS = (
+    "acked_writes_durable", "no_duplicates", "shard_order", "replicas_identical", "offsets_unique",
+    "data_liveness",
+)
+ALL_CHECKS = CHECKS + DATA_CHECKS
+SHARD_TUNING_KEYS = ("tick_ms", "push_batches_max", "push_bytes_max", "inflight_max", "isr_timeout_s",
+                     "request_timeout_s")
+LEVEL_NAMES = ("any", "one", "quorum", "all")
 TUNING_KEYS = tuple(f for f in RaftTuning.__dataclass_fields__ if f != "bugs")
 OPTION_KEYS = tuple(SimOptions.__dataclass_fields__)
 BUG_NAMES = tuple(RaftBugs.__dataclass_fields__)
@@ -81,6 +89,25 @@ class Workload:
 
 
 @dataclass(frozen=True)
+class DataTopic:
+    name: str
+    shards: int = 1
+    replication_factor: int = 3
+
+
+@dataclass(frozen=True)
+class DataPlane:
+    topics: tuple[DataTopic, ...] = ()
+    producers: int = 2
+    rate_per_s: float = 20.0
+    records_per_batch: int = 5
+    level: str = "quorum"
+    timeout_s: float = 0.5
+    grace_s: float = 0.6
+    tuning: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Scenario:
     name: str
     description: str = ""
@@ -94,11 +121,18 @@ class Scenario:
     faults: tuple[Fault, ...] = ()
     checks: tuple[str, ...] = CHECKS
     path: str = ""
+    data: DataPlane | None = None
+    shard_bugs: Any = None
 
     def with_bugs(self, bugs: RaftBugs) -> "Scenario":
         from dataclasses import replace
 
         return replace(self, tuning=replace(self.tuning, bugs=bugs))
+
+    def with_shard_bugs(self, bugs: Any) -> "Scenario":
+        from dataclasses import replace
+
+        return replace(self, shard_bugs=bugs)
 
 
 class _V:
@@ -163,7 +197,7 @@ def parse(doc: Any, source: str = "<scenario>") -> Scenario:
     v = _V(source)
     top = v.mapping("", doc, (
         "name", "description", "duration_s", "settle_s", "cluster", "network", "swarm",
-        "workload", "faults", "checks",
+        "workload", "faults", "checks", "data",
     ))
     name = v.string("name", top.get("name"))
     duration = v.number("duration_s", top.get("duration_s", 60), 1, 86_400)
@@ -205,12 +239,45 @@ def parse(doc: Any, source: str = "<scenario>") -> Scenario:
     if not isinstance(checks_doc, list):
         v.fail("checks", "a list", checks_doc)
     for i, c in enumerate(checks_doc):
-        if c not in CHECKS:
-            v.fail(f"checks[{i}]", f"one of {list(CHECKS)}", c)
+        if c not in ALL_CHECKS:
+            v.fail(f"checks[{i}]", f"one of {list(ALL_CHECKS)}", c)
+    data = _data(v, top["data"], peers) if "data" in top else None
     return Scenario(
         name=name, description=str(top.get("description", "")), duration_s=duration,
         settle_s=settle, peers=peers, tuning=tuning, network=dict(net), swarm=swarm,
-        workload=workload, faults=faults, checks=tuple(checks_doc), path=source,
+        workload=workload, faults=faults, checks=tuple(checks_doc), path=source, data=data,
+    )
+
+
+def _data(v: _V, d: Any, nodes: int) -> DataPlane:
+    d = v.mapping("data", d, ("topics", "producers", "rate_per_s", "records_per_batch", "level", "timeout_s",
+                              "grace_s", "tuning"))
+    topics_doc = d.get("topics")
+    if not isinstance(topics_doc, list) or not topics_doc:
+        v.fail("data.topics", "a non-empty list of topics", topics_doc)
+    topics = []
+    for i, t in enumerate(topics_doc):
+        t = v.mapping(f"data.topics[{i}]", t, ("name", "shards", "replication_factor"))
+        name = v.string(f"data.topics[{i}].name", t.get("name"))
+        if len(name.split("/")) != 4:
+            v.fail(f"data.topics[{i}].name", "tenant/product/component/topic", name)
+        rf = v.integer(f"data.topics[{i}].replication_factor", t.get("replication_factor", 3), 1, nodes)
+        topics.append(DataTopic(name, v.integer(f"data.topics[{i}].shards", t.get("shards", 1), 1, 64), rf))
+    level = d.get("level", "quorum")
+    if level not in LEVEL_NAMES:
+        v.fail("data.level", f"one of {list(LEVEL_NAMES)}", level)
+    tun = v.mapping("data.tuning", d.get("tuning", {}), SHARD_TUNING_KEYS)
+    for k, val in tun.items():
+        v.number(f"data.tuning.{k}", val, 0.001, 10_000_000)
+    return DataPlane(
+        topics=tuple(topics),
+        producers=v.integer("data.producers", d.get("producers", 2), 0, 32),
+        rate_per_s=v.number("data.rate_per_s", d.get("rate_per_s", 20), 0.01, 100_000),
+        records_per_batch=v.integer("data.records_per_batch", d.get("records_per_batch", 5), 1, 10_000),
+        level=level,
+        timeout_s=v.number("data.timeout_s", d.get("timeout_s", 0.5), 0.01, 600),
+        grace_s=v.number("data.grace_s", d.get("grace_s", 0.6), 0.05, 600),
+        tuning=dict(tun),
     )
 
 

@@ -1,0 +1,504 @@
+"""Sans-IO replication core of one shard replica.
+
+Leadership is not elected here: the supervisor assigns a leader per
+**epoch** through an agency transaction (``Assign``) after **fencing** the
+replicas (``Fence``: adopt the new epoch with no leader, report the log
+position).  Within an epoch exactly one leader appends, so a batch is
+identified by its (base offset, epoch): two replicas holding a batch with
+the same base offset and epoch hold the same batch (log matching).
+
+Replication is a push from the leader with windowed flow control: each
+``Push`` names the end offset and epoch the follower's log must end with
+(``prev_end``/``prev_epoch``); a follower that does not match rejects with
+a hint and the leader backs up one batch at a time; a follower that holds a
+different batch at an offset truncates its log there (a returning old
+leader's divergent suffix) before appending.  Followers sync before they
+acknowledge; the leader syncs before it pushes.
+
+The **high watermark** (what consumers may read, and what ``quorum``
+writes wait for) is the end offset synced by a majority of the replicas --
+but it only advances by counting replicas for batches of the leader's own
+epoch.  A new leader therefore starts its epoch with a control batch; once
+that reaches a majority, everything before it is committed too.  (Counting
+replicas for an older epoch's batches loses data in the shard-log analogue
+of Figure 8 of the Raft paper.)
+
+Write consistency levels (InfluxDB's names):
+
+* ``any``   -- accepted and durable somewhere; until hinted handoff exists
+  this is the same as ``one``;
+* ``one``   -- synced on the leader;
+* ``quorum``-- synced on a majority (the high watermark passed it);
+* ``all``   -- synced on every in-sync replica *and* on a majority, so it
+  is never weaker than quorum when the in-sync set shrinks.
+
+Idempotent producers: batches carry (producer id, base sequence); each
+replica keeps, per producer, the next expected sequence and the last batch
+(rebuilt from batch headers after a restart or a failover), so a retried
+batch is answered with its original offset instead of being appended again.
+
+The core uses the injected ``log`` (storage.shardlog.ShardLog) as its
+storage and calls ``log.sync()`` itself at the end of any input that
+appended, before returning effects that claim the data.  Everything else --
+time, messages -- comes in as arguments and goes out in the ``ShardReady``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from protocol.records import Record, encode_batch, read_header, rebase
+from protocol.shard import (
+    Assign,
+    Fence,
+    Position,
+    Produce,
+    ProduceReply,
+    Push,
+    PushAck,
+    ShardTuning,
+)
+
+LEADER = "leader"
+FOLLOWER = "follower"
+FENCED = "fenced"
+
+CONTROL_HEADER = "chorus.control"
+
+
+@dataclass
+class ShardReady:
+    persist_epoch: int | None = None
+    messages: list[Any] = field(default_factory=list)  # replica-to-replica (have .to)
+    replies: list[tuple[Any, Any]] = field(default_factory=list)  # (reply_to, message)
+    records: list[tuple[str, dict]] = field(default_factory=list)
+
+
+@dataclass
+class _Follower:
+    next: int = 0
+    acked: int = 0
+    inflight: int = 0
+    last_ack_s: float = 0.0
+    last_progress_s: float = 0.0
+
+
+@dataclass
+class _Waiter:
+    end: int
+    level: str
+    reply_to: Any
+    client: str
+    req_id: int
+    base: int
+    deadline_s: float
+    duplicate: bool = False
+
+
+def control_batch(epoch: int, node: str, base_offset: int, now_ms: int) -> bytes:
+    rec = Record(key=None, payload=b"", headers=((CONTROL_HEADER, f"epoch-start {epoch} {node}".encode()),))
+    return encode_batch([rec], base_offset=base_offset, epoch=epoch, broker_ts_ms=now_ms)
+
+
+def is_control(record: Record) -> bool:
+    return any(k == CONTROL_HEADER for k, _ in record.headers)
+
+
+class ShardCore:
+    def __init__(
+        self,
+        shard: str,
+        node_id: str,
+        log: Any,
+        tuning: ShardTuning | None = None,
+        *,
+        epoch: int = 0,
+        replicas: tuple[str, ...] = (),
+    ) -> None:
+        self.shard = shard
+        self.id = node_id
+        self.log = log
+        self.tuning = tuning or ShardTuning()
+        self.bugs = self.tuning.bugs
+        self.epoch = epoch
+        self.replicas = tuple(replicas)
+        self.role = FENCED
+        self.leader: str | None = None
+        self.hw = 0
+        self.epoch_start = 0
+        self.followers: dict[str, _Follower] = {}
+        self.in_sync: tuple[str, ...] = ()
+        self.waiters: list[_Waiter] = []
+        # producer id -> (next sequence, base offset of last batch, count of last batch, its base sequence)
+        self.producers: dict[int, tuple[int, int, int, int]] = {}
+        self._ready = ShardReady()
+        self._rebuild_producers()
+
+    # ------------------------------------------------------------- helpers
+    def _take(self) -> ShardReady:
+        rd, self._ready = self._ready, ShardReady()
+        return rd
+
+    def _record(self, kind: str, **fields: Any) -> None:
+        self._ready.records.append((kind, fields))
+
+    def _send(self, msg: Any) -> None:
+        self._ready.messages.append(msg)
+
+    def _reply(self, to: Any, msg: Any) -> None:
+        if to is not None:
+            self._ready.replies.append((to, msg))
+
+    def majority(self) -> int:
+        return len(self.replicas) // 2 + 1
+
+    def _adopt_epoch(self, epoch: int) -> None:
+        if epoch > self.epoch:
+            self.epoch = epoch
+            self._ready.persist_epoch = epoch
+
+    def _rebuild_producers(self) -> None:
+        self.producers = {}
+        for batch in self._all_batches():
+            self._note_producer(read_header(batch))
+
+    def _all_batches(self) -> list[bytes]:
+        out, pos = [], self.log.start_offset
+        while pos < self.log.end_offset:
+            chunk = self.log.read(pos, 1 << 24)
+            if not chunk:
+                break
+            out.extend(chunk)
+            h = read_header(chunk[-1])
+            pos = h.base_offset + h.record_count
+        return out
+
+    def _note_producer(self, h: Any) -> None:
+        if h.producer_id:
+            self.producers[h.producer_id] = (h.base_sequence + h.record_count, h.base_offset, h.record_count, h.base_sequence)
+            if len(self.producers) > self.tuning.producers_max:
+                oldest = min(self.producers, key=lambda p: (self.producers[p][1], p))
+                del self.producers[oldest]
+
+    def _batch_start_at_or_below(self, offset: int) -> int:
+        """Base offset of the batch containing ``offset`` (or the log start)."""
+        if offset <= self.log.start_offset:
+            return self.log.start_offset
+        if offset >= self.log.end_offset:
+            return self.log.end_offset
+        chunk = self.log.read(offset, 1)
+        return read_header(chunk[0]).base_offset if chunk else offset
+
+    def _epoch_before(self, end: int) -> int:
+        if end <= self.log.start_offset:
+            return 0
+        e = self.log.epoch_at(end - 1)
+        return 0 if e is None else e
+
+    # ------------------------------------------------------ role changes
+    def fence(self, m: Fence) -> ShardReady:
+        """Adopt the fence's epoch with no leader; report our position."""
+        if m.epoch > self.epoch or (m.epoch == self.epoch and self.role == FENCED):
+            if m.epoch > self.epoch:
+                self._step_down("fenced by the supervisor")
+                self._adopt_epoch(m.epoch)
+                self.role = FENCED
+                self.leader = None
+        self._reply(m.reply_to, Position(self.shard, self.id, self.epoch, self.log.last_epoch, self.log.end_offset))
+        return self._take()
+
+    def assign(self, m: Assign, now_s: float) -> ShardReady:
+        if m.epoch < self.epoch:
+            return self._take()
+        if m.epoch == self.epoch and self.role != FENCED and self.leader == m.leader:
+            return self._take()  # duplicate
+        self._adopt_epoch(m.epoch)
+        self.replicas = tuple(m.replicas)
+        self.leader = m.leader
+        if m.leader == self.id:
+            self._become_leader(now_s)
+        else:
+            self._step_down("new leader assigned")
+            self.role = FOLLOWER
+        self._record("shard.role", shard=self.shard, node=self.id, epoch=self.epoch, role=self.role,
+                     leader=self.leader)
+        return self._take()
+
+    def resume(self, epoch: int, leader: str | None, replicas: tuple[str, ...], now_s: float) -> ShardReady:
+        """After a restart: take up the role the boot plan gives, if it is
+        for the epoch we hold (a newer epoch we persisted wins)."""
+        if replicas:
+            self.replicas = tuple(replicas)
+        if epoch > self.epoch:
+            self._adopt_epoch(epoch)
+        if epoch == self.epoch and leader is not None:
+            return self.assign(Assign(self.shard, epoch, leader, self.replicas), now_s)
+        return self._take()
+
+    def _become_leader(self, now_s: float) -> None:
+        self.role = LEADER
+        self.leader = self.id
+        if self.log.last_epoch != self.epoch:
+            base = self.log.end_offset
+            self.log.append(control_batch(self.epoch, self.id, base, int(now_s * 1000)))
+            self.log.sync()
+            self.epoch_start = base
+        else:
+            self.epoch_start = self.log.end_of_epoch(self.epoch - 1)
+        self.followers = {
+            n: _Follower(next=self.log.end_offset, last_ack_s=now_s, last_progress_s=now_s)
+            for n in self.replicas if n != self.id
+        }
+        self.in_sync = tuple(sorted(self.replicas))
+        self._rebuild_producers()
+        self._record("shard.leader", shard=self.shard, node=self.id, epoch=self.epoch,
+                     epoch_start=self.epoch_start, end=self.log.end_offset)
+        for n in sorted(self.followers):
+            self._push(n)
+        self._advance_hw()
+
+    def _step_down(self, why: str) -> None:
+        if self.role == LEADER:
+            for w in self.waiters:
+                self._reply(w.reply_to, ProduceReply(self.shard, w.client, w.req_id, "unknown", w.base, w.level,
+                                                     None, self.epoch, f"leadership lost: {why}"))
+            self.waiters = []
+            self.followers = {}
+            self._record("shard.step_down", shard=self.shard, node=self.id, epoch=self.epoch, why=why)
+        self.role = FOLLOWER if self.role == LEADER else self.role
+
+    # ------------------------------------------------------------ produce
+    def produce(self, m: Produce, now_s: float) -> ShardReady:
+        if self.role != LEADER:
+            self._reply(m.reply_to, ProduceReply(self.shard, m.client, m.req_id, "fail", leader=self.leader,
+                                                 epoch=self.epoch, error="not the leader"))
+            return self._take()
+        if len(self.waiters) >= self.tuning.pending_max:
+            self._reply(m.reply_to, ProduceReply(self.shard, m.client, m.req_id, "fail", leader=self.id,
+                                                 epoch=self.epoch, error="overloaded: too many writes waiting"))
+            return self._take()
+        deadline = now_s + self.tuning.request_timeout_s
+        if m.producer_id:
+            state = self.producers.get(m.producer_id)
+            if state is not None:
+                next_seq, last_base, last_count, last_seq = state
+                if m.sequence == last_seq:
+                    w = _Waiter(last_base + last_count, m.level, m.reply_to, m.client, m.req_id, last_base,
+                                deadline, duplicate=True)
+                    self.waiters.append(w)
+                    self._resolve_waiters(now_s)
+                    return self._take()
+                if m.sequence < last_seq:
+                    self._reply(m.reply_to, ProduceReply(self.shard, m.client, m.req_id, "ok", -1, m.level,
+                                                         self.id, self.epoch, "older duplicate", duplicate=True))
+                    return self._take()
+                if m.sequence != next_seq:
+                    self._reply(m.reply_to, ProduceReply(
+                        self.shard, m.client, m.req_id, "fail", leader=self.id, epoch=self.epoch,
+                        error=f"out-of-order sequence {m.sequence}, expected {next_seq}"))
+                    return self._take()
+        base = self.log.end_offset
+        try:
+            batch = rebase(m.batch, base, self.epoch, int(now_s * 1000))
+            h = read_header(batch)
+        except ValueError as exc:
+            self._reply(m.reply_to, ProduceReply(self.shard, m.client, m.req_id, "fail", leader=self.id,
+                                                 epoch=self.epoch, error=f"bad batch: {exc}"))
+            return self._take()
+        self.log.append(batch)
+        self.log.sync()
+        self._note_producer(h)
+        self._record("shard.append", shard=self.shard, node=self.id, epoch=self.epoch, base=base, count=h.record_count,
+                     client=m.client, req_id=m.req_id)
+        self.waiters.append(_Waiter(base + h.record_count, m.level, m.reply_to, m.client, m.req_id, base, deadline))
+        for n in sorted(self.followers):
+            self._push(n)
+        self._advance_hw()
+        self._resolve_waiters(now_s)
+        return self._take()
+
+    def _resolve_waiters(self, now_s: float) -> None:
+        keep = []
+        for w in self.waiters:
+            met = self._level_met(w)
+            if met:
+                self._reply(w.reply_to, ProduceReply(self.shard, w.client, w.req_id, "ok", w.base, w.level,
+                                                     self.id, self.epoch, duplicate=w.duplicate))
+            elif w.deadline_s <= now_s:
+                self._reply(w.reply_to, ProduceReply(self.shard, w.client, w.req_id, "unknown", w.base, w.level,
+                                                     self.id, self.epoch, f"{w.level} not reached in time"))
+            else:
+                keep.append(w)
+        self.waiters = keep
+
+    def _level_met(self, w: _Waiter) -> bool:
+        if w.level in ("any", "one"):
+            return self.log.synced_offset >= w.end
+        if w.level == "quorum":
+            return self.hw >= w.end
+        # all: every in-sync replica, and never weaker than quorum
+        if self.hw < w.end:
+            return False
+        return all(self.followers[n].acked >= w.end for n in self.in_sync if n in self.followers)
+
+    # -------------------------------------------------------- replication
+    def _push(self, node: str) -> None:
+        f = self.followers[node]
+        if f.inflight >= self.tuning.inflight_max or f.next >= self.log.end_offset:
+            return
+        start = self._batch_start_at_or_below(f.next)
+        batches = self.log.read(start, self.tuning.push_bytes_max)[: self.tuning.push_batches_max]
+        if not batches:
+            return
+        last = read_header(batches[-1])
+        self._send(Push(self.shard, self.id, node, self.epoch, start, self._epoch_before(start), tuple(batches),
+                        self.hw))
+        f.next = last.base_offset + last.record_count
+        f.inflight += 1
+
+    def _probe(self, node: str, now_s: float) -> None:
+        """Re-send from the acknowledged point (lost pushes, rejections)."""
+        f = self.followers[node]
+        f.next = self._batch_start_at_or_below(f.acked)
+        f.inflight = 0
+        f.last_progress_s = now_s
+        if f.next >= self.log.end_offset:
+            self._send(Push(self.shard, self.id, node, self.epoch, f.next, self._epoch_before(f.next), (), self.hw))
+        else:
+            self._push(node)
+
+    def on_push(self, m: Push, now_s: float) -> ShardReady:
+        if m.epoch < self.epoch and not self.bugs.accept_stale_epoch:
+            self._send(PushAck(self.shard, self.id, m.frm, self.epoch, False, self.log.end_offset, m.prev_end))
+            return self._take()
+        if m.epoch > self.epoch or self.role != FOLLOWER or self.leader != m.frm:
+            if self.role == LEADER and m.epoch == self.epoch:
+                self._record("shard.conflict", shard=self.shard, node=self.id, epoch=m.epoch, other=m.frm)
+                return self._take()
+            if m.epoch >= self.epoch:
+                self._step_down(f"push from {m.frm} in epoch {m.epoch}")
+                self._adopt_epoch(m.epoch)
+                self.role = FOLLOWER
+                self.leader = m.frm
+        log = self.log
+        if m.prev_end > log.end_offset:
+            self._send(PushAck(self.shard, self.id, m.frm, self.epoch, False, log.end_offset, m.prev_end))
+            return self._take()
+        if m.prev_end > log.start_offset and self._epoch_before(m.prev_end) != m.prev_epoch:
+            hint = self._batch_start_at_or_below(m.prev_end - 1)
+            self._send(PushAck(self.shard, self.id, m.frm, self.epoch, False, hint, m.prev_end))
+            return self._take()
+        appended = False
+        pos = m.prev_end
+        for batch in m.batches:
+            h = read_header(batch)
+            end = h.base_offset + h.record_count
+            if h.base_offset < log.end_offset:
+                same = log.epoch_at(h.base_offset) == h.leader_epoch and self._batch_start_at_or_below(h.base_offset) == h.base_offset
+                if same or self.bugs.no_truncation:
+                    pos = end
+                    continue
+                log.truncate_after(h.base_offset - 1)
+                self._record("shard.truncate", shard=self.shard, node=self.id, epoch=self.epoch, to=h.base_offset)
+                self._rebuild_producers()
+            if h.base_offset != log.end_offset:
+                break  # a gap: the leader will back up
+            log.append(batch)
+            self._note_producer(h)
+            appended = True
+            pos = end
+        if appended:
+            log.sync()
+        matched = min(pos, log.end_offset)
+        self.hw = max(self.hw, min(m.hw, matched))
+        self._send(PushAck(self.shard, self.id, m.frm, self.epoch, True, matched, m.prev_end))
+        return self._take()
+
+    def on_ack(self, m: PushAck, now_s: float) -> ShardReady:
+        if m.epoch > self.epoch:
+            self._step_down(f"{m.frm} holds newer epoch {m.epoch}")
+            self._adopt_epoch(m.epoch)
+            self.role = FENCED
+            self.leader = None
+            return self._take()
+        if self.role != LEADER or m.epoch != self.epoch or m.frm not in self.followers:
+            return self._take()
+        f = self.followers[m.frm]
+        f.last_ack_s = now_s
+        if m.success:
+            f.inflight = max(0, f.inflight - 1)
+            if m.end > f.acked:
+                f.acked = m.end
+                f.last_progress_s = now_s
+            if f.next < f.acked:
+                f.next = f.acked
+            if m.frm not in self.in_sync and f.acked >= self.log.end_offset:
+                self.in_sync = tuple(sorted(self.in_sync + (m.frm,)))
+                self._record("shard.isr", shard=self.shard, node=self.id, epoch=self.epoch, in_sync=self.in_sync)
+            self._advance_hw()
+            self._resolve_waiters(now_s)
+            self._push(m.frm)
+        else:
+            if m.prev_end <= f.acked:
+                return self._take()  # stale: the follower matched beyond that push since
+            # Back up to the follower's hint (its end, or the start of the
+            # batch before the mismatch) -- at least one batch.
+            nxt = self._batch_start_at_or_below(min(m.end, self.log.end_offset))
+            if nxt >= m.prev_end:
+                nxt = self._batch_start_at_or_below(max(0, m.prev_end - 1))
+            f.next = nxt
+            f.inflight = 0
+            f.last_progress_s = now_s
+            if f.next < self.log.end_offset:
+                self._push(m.frm)
+            else:
+                self._send(Push(self.shard, self.id, m.frm, self.epoch, f.next, self._epoch_before(f.next), (),
+                                self.hw))
+        return self._take()
+
+    def _advance_hw(self) -> None:
+        if self.role != LEADER:
+            return
+        if self.bugs.hw_before_quorum:
+            self.hw = max(self.hw, self.log.synced_offset)
+            return
+        ends = sorted([self.log.synced_offset] + [f.acked for f in self.followers.values()], reverse=True)
+        cand = ends[self.majority() - 1] if len(ends) >= self.majority() else 0
+        if cand > self.epoch_start and cand > self.hw:
+            self.hw = cand
+            self._record("shard.hw", shard=self.shard, node=self.id, epoch=self.epoch, hw=self.hw)
+
+    # ---------------------------------------------------------------- tick
+    def tick(self, now_s: float) -> ShardReady:
+        if self.role == LEADER:
+            timeout = self.tuning.isr_timeout_s
+            for n in sorted(self.followers):
+                f = self.followers[n]
+                behind = f.acked < self.log.end_offset
+                if behind and now_s - f.last_progress_s >= timeout / 2:
+                    self._probe(n, now_s)
+                elif not behind and now_s - f.last_ack_s >= timeout / 2:
+                    # keep the follower's high watermark fresh; also a liveness probe
+                    self._send(Push(self.shard, self.id, n, self.epoch, self.log.end_offset,
+                                    self._epoch_before(self.log.end_offset), (), self.hw))
+                    f.last_ack_s = now_s - timeout / 4
+                if n in self.in_sync and behind and now_s - f.last_progress_s >= timeout:
+                    self.in_sync = tuple(x for x in self.in_sync if x != n)
+                    self._record("shard.isr", shard=self.shard, node=self.id, epoch=self.epoch,
+                                 in_sync=self.in_sync)
+            self._resolve_waiters(now_s)
+        return self._take()
+
+    # ---------------------------------------------------------------- reads
+    def read(self, from_offset: int, max_bytes: int) -> list[bytes]:
+        """Committed batches (below the high watermark) from an offset."""
+        if from_offset >= self.hw:
+            return []
+        return self.log.read(from_offset, max_bytes, max_offset=self.hw - 1)
+
+    def status(self) -> dict:
+        return {
+            "shard": self.shard, "node": self.id, "role": self.role, "epoch": self.epoch, "leader": self.leader,
+            "end": self.log.end_offset, "hw": self.hw, "last_epoch": self.log.last_epoch,
+            "in_sync": list(self.in_sync), "replicas": list(self.replicas),
+        }

@@ -1,0 +1,145 @@
+"""ShardReplica: the actor shell around ShardCore for one replica of one shard.
+
+It opens the shard's log (``shard/<name>``) and a small metadata store
+(``shard/<name>.meta``, holding the highest epoch seen), routes messages to
+the core and carries out its ShardReady: persist the epoch and sync, then
+send.  Every ``state_interval_s`` it reports its state (epoch, role, log
+position) to the supervisors, which use it to detect dead or leaderless
+shards.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from actors.base import ChorusActor
+from actors.replication import ShardCore
+from protocol.shard import (
+    Assign,
+    Fence,
+    Produce,
+    ProduceReply,
+    Push,
+    PushAck,
+    ReadShard,
+    ReadShardReply,
+    ReplicaState,
+    ShardBoot,
+    ShardStatus,
+    ShardStatusReply,
+    ShardTuning,
+    SupervisorsAre,
+)
+from storage.shardlog import ShardLog
+
+
+STATE_INTERVAL_S = 0.15
+
+
+class ShardReplica(ChorusActor):
+    def __init__(self) -> None:
+        super().__init__()
+        self.core: ShardCore | None = None
+        self.addrs: dict[str, Any] = {}
+        self.supervisors: tuple[Any, ...] = ()
+        self.gen = 0
+        self.ticks = 0
+
+    def on_ShardBoot(self, msg: ShardBoot, sender: Any) -> None:
+        for node, addr in msg.addresses:
+            self.addrs[node] = addr
+        if self.core is not None:
+            return
+        if msg.host is not None:
+            self.adopt_host_config(msg.host)
+        tuning = msg.tuning or ShardTuning()
+        self.meta = self.open_store(f"shard/{msg.shard}.meta")
+        raw = self.meta.get(b"epoch")
+        epoch = int(raw) if raw else 0
+        self.log = ShardLog(self.open_store(f"shard/{msg.shard}"))
+        self.core = ShardCore(msg.shard, msg.node_id, self.log, tuning, epoch=epoch, replicas=msg.replicas)
+        self.supervisors = tuple(msg.supervisors)
+        self.record("shard.boot", shard=msg.shard, node=msg.node_id, epoch=epoch, end=self.log.end_offset)
+        self._handle(self.core.resume(msg.epoch, msg.leader, msg.replicas, self.now()))
+        self._arm()
+
+    def on_SupervisorsAre(self, msg: SupervisorsAre, sender: Any) -> None:
+        for addr in msg.addresses:
+            if not any(addr == known for known in self.supervisors):
+                self.supervisors = self.supervisors + (addr,)
+
+    def _arm(self) -> None:
+        self.gen += 1
+        self.set_timer(self.core.tuning.tick_ms / 1000.0, ("tick", self.gen))
+
+    def on_WakeupMessage(self, msg: Any, sender: Any) -> None:
+        if msg.payload != ("tick", self.gen) or self.core is None:
+            return
+        self._handle(self.core.tick(self.now()))
+        self.ticks += 1
+        every = max(1, int(STATE_INTERVAL_S * 1000 / self.core.tuning.tick_ms))
+        if self.ticks % every == 0:
+            self._report()
+        self._arm()
+
+    def _report(self) -> None:
+        c = self.core
+        st = ReplicaState(c.shard, c.id, c.epoch, c.role, c.leader, self.log.last_epoch, self.log.end_offset, c.hw)
+        for addr in self.supervisors:
+            self.send(addr, st)
+
+    def _handle(self, rd: Any) -> None:
+        if rd.persist_epoch is not None:
+            self.meta.put(b"epoch", str(rd.persist_epoch).encode())
+            self.meta.sync()
+        for m in rd.messages:
+            addr = self.addrs.get(m.to)
+            if addr is not None:
+                self.send(addr, m)
+        for to, m in rd.replies:
+            self.send(to, m)
+        for kind, fields in rd.records:
+            self.record(kind, **fields)
+
+    # ------------------------------------------------------------ routing
+    def on_Produce(self, msg: Produce, sender: Any) -> None:
+        if self.core is None:
+            self.send(msg.reply_to or sender, ProduceReply(msg.shard, msg.client, msg.req_id, "fail",
+                                                           error="replica is starting"))
+            return
+        if msg.reply_to is None:
+            msg = Produce(msg.shard, msg.client, msg.req_id, msg.batch, msg.count, msg.level, msg.producer_id,
+                          msg.sequence, sender)
+        self._handle(self.core.produce(msg, self.now()))
+
+    def on_Push(self, msg: Push, sender: Any) -> None:
+        if self.core is not None:
+            self.addrs.setdefault(msg.frm, sender)
+            self._handle(self.core.on_push(msg, self.now()))
+
+    def on_PushAck(self, msg: PushAck, sender: Any) -> None:
+        if self.core is not None:
+            self._handle(self.core.on_ack(msg, self.now()))
+
+    def on_Fence(self, msg: Fence, sender: Any) -> None:
+        if self.core is not None:
+            if msg.reply_to is None:
+                msg = Fence(msg.shard, msg.epoch, sender)
+            self._handle(self.core.fence(msg))
+
+    def on_Assign(self, msg: Assign, sender: Any) -> None:
+        if self.core is not None:
+            self._handle(self.core.assign(msg, self.now()))
+
+    def on_ReadShard(self, msg: ReadShard, sender: Any) -> None:
+        to = msg.reply_to or sender
+        c = self.core
+        if c is None or c.role != "leader":
+            self.send(to, ReadShardReply(msg.shard, msg.client, msg.req_id, "fail",
+                                         leader=c.leader if c else None, error="not the leader"))
+            return
+        batches = c.read(msg.from_offset, msg.max_bytes)
+        self.send(to, ReadShardReply(msg.shard, msg.client, msg.req_id, "ok", tuple(batches), c.hw, c.id))
+
+    def on_ShardStatus(self, msg: ShardStatus, sender: Any) -> None:
+        if self.core is not None:
+            self.send(sender, ShardStatusReply(self.core.shard, self.core.id, self.core.status()))

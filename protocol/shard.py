@@ -1,0 +1,197 @@
+"""Messages of the shard data plane: produce, replicate, fence, assign.
+
+Shards are named ``"<tenant>/<product>/<component>/<topic>#<n>"``.  Every
+replication message carries the leader epoch; replicas never accept data
+from an epoch older than the newest they have seen.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+LEVELS = ("any", "one", "quorum", "all")
+
+
+@dataclass(frozen=True)
+class ShardBoot:
+    """First message to a ShardReplica (and again after each restart)."""
+
+    shard: str
+    node_id: str
+    replicas: tuple[str, ...]
+    addresses: tuple[tuple[str, Any], ...]  # node id -> ShardReplica address of that shard
+    epoch: int = 1
+    leader: str | None = None
+    tuning: Any = None  # ShardTuning
+    host: Any = None  # HostConfig in production
+    supervisors: tuple[Any, ...] = ()  # where to report state (every node's Supervisor)
+
+
+@dataclass(frozen=True)
+class Produce:
+    shard: str
+    client: str
+    req_id: int
+    batch: bytes  # encoded record batch (protocol.records)
+    count: int
+    level: str = "quorum"
+    producer_id: int = 0  # 0 = not idempotent
+    sequence: int = 0  # sequence number of the batch's first record
+    reply_to: Any = None
+
+
+@dataclass(frozen=True)
+class ProduceReply:
+    shard: str
+    client: str
+    req_id: int
+    status: str  # ok | fail | unknown
+    base_offset: int = -1
+    level: str = ""
+    leader: str | None = None
+    epoch: int = 0
+    error: str = ""
+    duplicate: bool = False
+
+
+@dataclass(frozen=True)
+class Push:
+    """Leader -> follower: batches starting at ``prev_end`` (the follower's
+    log must end there with a batch of epoch ``prev_epoch``)."""
+
+    shard: str
+    frm: str
+    to: str
+    epoch: int
+    prev_end: int
+    prev_epoch: int
+    batches: tuple[bytes, ...]
+    hw: int
+
+
+@dataclass(frozen=True)
+class PushAck:
+    shard: str
+    frm: str
+    to: str
+    epoch: int
+    success: bool
+    end: int  # on success: synced end offset matching the leader; on reject: hint
+    prev_end: int = 0  # the push this answers (to ignore stale rejects)
+
+
+@dataclass(frozen=True)
+class Fence:
+    """Supervisor -> replica: adopt ``epoch`` with no leader; stop accepting
+    older epochs; report the log position."""
+
+    shard: str
+    epoch: int
+    reply_to: Any = None
+
+
+@dataclass(frozen=True)
+class Position:
+    shard: str
+    node: str
+    epoch: int  # the epoch the replica now holds (>= the fence's)
+    last_epoch: int  # epoch of its last batch
+    end: int
+
+
+@dataclass(frozen=True)
+class Assign:
+    """Supervisor -> replica: for ``epoch`` the leader is ``leader``.  Sent
+    only after the agency committed it."""
+
+    shard: str
+    epoch: int
+    leader: str
+    replicas: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ReadShard:
+    shard: str
+    client: str
+    req_id: int
+    from_offset: int
+    max_bytes: int = 1 << 20
+    reply_to: Any = None
+
+
+@dataclass(frozen=True)
+class ReadShardReply:
+    shard: str
+    client: str
+    req_id: int
+    status: str
+    batches: tuple[bytes, ...] = ()
+    hw: int = 0
+    leader: str | None = None
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class ShardStatus:
+    pass
+
+
+@dataclass(frozen=True)
+class ShardStatusReply:
+    shard: str
+    node: str
+    status: dict
+
+
+@dataclass(frozen=True)
+class NodeHeartbeat:
+    node: str
+    seq: int
+
+
+@dataclass(frozen=True)
+class ShardBugs:
+    """Deliberately broken replication, for proving the simulator catches it."""
+
+    hw_before_quorum: bool = False  # advance the high watermark on the leader's own sync
+    accept_stale_epoch: bool = False  # a follower takes pushes from an older epoch
+    no_truncation: bool = False  # a follower keeps a divergent suffix
+    promote_without_precondition: bool = False  # the supervisor promotes without the epoch check
+
+    def any(self) -> bool:
+        return any(getattr(self, f) for f in self.__dataclass_fields__)
+
+
+@dataclass(frozen=True)
+class ShardTuning:
+    """Limits and timing of shard replication (units in the names)."""
+
+    tick_ms: int = 50
+    push_batches_max: int = 64
+    push_bytes_max: int = 1 << 20
+    inflight_max: int = 4
+    isr_timeout_s: float = 1.0
+    request_timeout_s: float = 5.0
+    producers_max: int = 10_000
+    pending_max: int = 10_000
+    bugs: ShardBugs = ShardBugs()
+
+
+@dataclass(frozen=True)
+class ReplicaState:
+    shard: str
+    node: str
+    epoch: int
+    role: str
+    leader: str | None
+    last_epoch: int
+    end: int
+    hw: int
+
+
+@dataclass(frozen=True)
+class SupervisorsAre:
+    """Tells a replica where to report its state."""
+
+    addresses: tuple[Any, ...]

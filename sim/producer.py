@@ -1,0 +1,147 @@
+"""Simulated producers for the shard data plane.
+
+A producer is an actor on its own client node.  It writes batches of
+records to the shards of a topic (keyless: round robin), one batch in
+flight per shard, each batch carrying the producer id and the sequence
+number of its first record (idempotent producer).  A batch that gets no
+definite answer -- timeout, ``unknown``, leader moved -- is retried with
+the *same* sequence, to the leader named in the last answer or to another
+replica, up to ``attempts_max`` times; the leader answers a retried batch
+with its original offset instead of appending it again.
+
+History records (for sim/datachecks.py):
+
+* ``produce.invoke`` {producer, shard, seq, count, level}
+* ``produce.done``   {producer, shard, seq, count, level, status, base_offset, duplicate, leader}
+
+Payloads are ``b"<producer>|<shard>|<seq>"`` so a checker can find every
+acknowledged record in the final logs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from actors.base import ChorusActor
+from protocol.records import Record, encode_batch
+from protocol.shard import Produce, ProduceReply
+
+
+@dataclass(frozen=True)
+class ProducerBoot:
+    producer: str
+    producer_id: int
+    shards: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...]  # (shard, ((node, replica address), ...))
+    rate_per_s: float = 20.0  # batches per second
+    records_per_batch: int = 5
+    level: str = "quorum"
+    timeout_s: float = 1.0
+    attempts_max: int = 20
+    stop_after_s: float = 1e9
+
+
+def payload(producer: str, shard: str, seq: int) -> bytes:
+    return f"{producer}|{shard}|{seq}".encode()
+
+
+class ShardProducer(ChorusActor):
+    def __init__(self) -> None:
+        super().__init__()
+        self.boot: ProducerBoot | None = None
+        self.seq: dict[str, int] = {}
+        self.inflight: dict[str, tuple[int, int, Produce, int]] = {}  # shard -> (seq, count, request, attempt)
+        self.leader: dict[str, str] = {}
+        self.rr = 0
+        self.req = 0
+
+    def on_ProducerBoot(self, msg: ProducerBoot, sender: Any) -> None:
+        if self.boot is not None:
+            return
+        self.boot = msg
+        self.routes = {s: dict(reps) for s, reps in msg.shards}
+        self.order = [s for s, _ in msg.shards]
+        self.started = self.now()
+        self._think()
+
+    def _think(self) -> None:
+        self.set_timer(self.rng.expovariate(self.boot.rate_per_s), ("next", 0, 0))
+
+    def on_WakeupMessage(self, msg: Any, sender: Any) -> None:
+        kind, shard, attempt = msg.payload
+        if kind == "next":
+            if self.now() - self.started < self.boot.stop_after_s:
+                self._issue()
+                self._think()
+            return
+        cur = self.inflight.get(shard)
+        if cur is None or cur[3] != attempt:
+            return
+        if kind == "timeout":
+            self.leader.pop(shard, None)
+            self._retry(shard, "timeout")
+        elif kind == "retry":
+            self._send(shard)
+
+    def _issue(self) -> None:
+        n = len(self.order)
+        for i in range(n):
+            shard = self.order[(self.rr + i) % n]
+            if shard not in self.inflight:
+                self.rr = (self.rr + i + 1) % n
+                break
+        else:
+            return  # every shard has a batch in flight
+        b = self.boot
+        seq = self.seq.get(shard, 0)
+        count = b.records_per_batch
+        self.seq[shard] = seq + count
+        recs = [Record(key=None, payload=payload(b.producer, shard, seq + i), producer_ts_ms=int(self.wall() * 1000))
+                for i in range(count)]
+        batch = encode_batch(recs, producer_id=b.producer_id, base_sequence=seq)
+        self.req += 1
+        req = Produce(shard, b.producer, self.req, batch, count, b.level, b.producer_id, seq)
+        self.record("produce.invoke", producer=b.producer, shard=shard, seq=seq, count=count, level=b.level)
+        self.inflight[shard] = (seq, count, req, 1)
+        self._send(shard)
+
+    def _send(self, shard: str) -> None:
+        seq, count, req, attempt = self.inflight[shard]
+        reps = self.routes[shard]
+        target = self.leader.get(shard)
+        if target not in reps:
+            nodes = sorted(reps)
+            target = nodes[(attempt - 1) % len(nodes)]
+        self.send(reps[target], req)
+        self.set_timer(self.boot.timeout_s, ("timeout", shard, attempt))
+
+    def _retry(self, shard: str, why: str, backoff_s: float = 0.0) -> None:
+        seq, count, req, attempt = self.inflight[shard]
+        if attempt >= self.boot.attempts_max:
+            self._done(shard, "unknown", -1, False, why)
+            return
+        self.inflight[shard] = (seq, count, req, attempt + 1)
+        if backoff_s:
+            self.set_timer(backoff_s, ("retry", shard, attempt + 1))
+        else:
+            self._send(shard)
+
+    def on_ProduceReply(self, msg: ProduceReply, sender: Any) -> None:
+        cur = self.inflight.get(msg.shard)
+        if cur is None or cur[2].req_id != msg.req_id:
+            return  # answer to a batch already settled
+        if msg.leader:
+            self.leader[msg.shard] = msg.leader
+        if msg.status == "ok":
+            self._done(msg.shard, "ok", msg.base_offset, msg.duplicate, "")
+        elif msg.status == "fail" and msg.error.startswith("bad batch"):
+            self._done(msg.shard, "fail", -1, False, msg.error)
+        else:
+            if msg.leader is None:
+                self.leader.pop(msg.shard, None)
+            self._retry(msg.shard, msg.error or msg.status, backoff_s=0.1)
+
+    def _done(self, shard: str, status: str, base: int, duplicate: bool, error: str) -> None:
+        seq, count, req, _attempt = self.inflight.pop(shard)
+        self.record("produce.done", producer=self.boot.producer, shard=shard, seq=seq, count=count,
+                    level=self.boot.level, status=status, base_offset=base, duplicate=duplicate,
+                    leader=self.leader.get(shard), error=error)
