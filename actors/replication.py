@@ -401,6 +401,7 @@ class ShardCore:
                 log.truncate_after(h.base_offset - 1)
                 self._record("shard.truncate", shard=self.shard, node=self.id, epoch=self.epoch, to=h.base_offset)
                 self._rebuild_producers()
+                appended = True  # the truncation must be durable before we acknowledge
             if h.base_offset != log.end_offset:
                 break  # a gap: the leader will back up
             log.append(batch)

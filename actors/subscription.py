@@ -246,6 +246,7 @@ class SubscriptionCore:
         self._seq = 0
         self._rr = 0  # shared: index of the next consumer of the rotation
         self._shard_rr = 0  # index of the shard served first
+        self._compact_at = 1024  # rebuild the timeout heap beyond this size
 
     # ---------------------------------------------------------------- inputs
     def attach(self, consumer: str, now_s: float) -> list[Any]:
@@ -271,7 +272,7 @@ class SubscriptionCore:
                     self._rewind(self._sh[s])
         else:
             for key in sorted(self._held[consumer]):
-                self._release(self._sh[key[0]], key[1], now_s)
+                self._release(self._sh[key[0]], key[1])
             if idx < self._rr:
                 self._rr -= 1
         self._consumers.pop(idx)
@@ -355,7 +356,7 @@ class SubscriptionCore:
             if self._ordered:
                 rewind.add(s)
             else:
-                self._release(sh, o, now_s)
+                self._release(sh, o)
         for s in sorted(rewind):
             self._rewind(self._sh[s])
         while self._delays and self._delays[0][0] <= now_s:
@@ -369,7 +370,6 @@ class SubscriptionCore:
             if sh.paused_until is not None and sh.paused_until <= now_s:
                 sh.paused_until = None
         self._pump(now_s, out, retry=True)
-        self._compact()
         return out.effects()
 
     # ------------------------------------------------------------ inspection
@@ -382,6 +382,7 @@ class SubscriptionCore:
             "consumers": list(self._consumers),
             "active": active,
             "inflight_by_consumer": {c: sorted(self._held[c]) for c in self._consumers},
+            "timers": len(self._timeouts) + len(self._delays),  # heap entries, stale ones included
             "shards": {s: {
                 "cursor": sh.cursor,
                 "end": sh.end,
@@ -410,7 +411,7 @@ class SubscriptionCore:
         fl = sh.inflight.pop(offset)
         self._held[fl.consumer].pop((sh.shard, offset), None)
 
-    def _release(self, sh: _Shard, offset: int, now_s: float) -> None:
+    def _release(self, sh: _Shard, offset: int) -> None:
         """Shared mode: in flight -> ready."""
         self._unhold(sh, offset)
         sh.ready.add(offset)
@@ -449,6 +450,8 @@ class SubscriptionCore:
         if not self._ordered:
             sh.last_holder[offset] = consumer
         heapq.heappush(self._timeouts, (deadline, self._seq, sh.shard, offset))
+        if len(self._timeouts) > self._compact_at:
+            self._compact()
         out.deliver.append(Deliver(consumer, sh.shard, offset, sh.records[offset], n > 0))
 
     def _deliver_ordered(self, now_s: float, out: _Out) -> None:
@@ -519,8 +522,9 @@ class SubscriptionCore:
             sh.fetch_sent_at = now_s
 
     def _compact(self) -> None:
-        live = sum(len(self._sh[s].inflight) for s in self.shards)
-        if len(self._timeouts) > 2 * live + 1024:
-            self._timeouts = [(fl.deadline, fl.seq, s, o) for s in self.shards
-                              for o, fl in sorted(self._sh[s].inflight.items())]
-            heapq.heapify(self._timeouts)
+        """Drop stale heap entries (acked, nacked, released records); amortized
+        O(1) per delivery, keeps the heap within twice the live entries + 1024."""
+        self._timeouts = [(fl.deadline, fl.seq, s, o) for s in self.shards
+                          for o, fl in sorted(self._sh[s].inflight.items())]
+        heapq.heapify(self._timeouts)
+        self._compact_at = 2 * len(self._timeouts) + 1024

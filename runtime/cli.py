@@ -33,6 +33,7 @@ def version() -> None:
         console.print("chorus (not installed)")
 
 BUGS = ("double_vote", "commit_old_terms", "ack_before_sync")
+SHARD_BUGS = ("hw_before_quorum", "accept_stale_epoch", "no_truncation", "promote_without_precondition")
 
 
 def _load(file: Path, bugs: list[str]):
@@ -44,12 +45,18 @@ def _load(file: Path, bugs: list[str]):
     except ScenarioError as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2)
+    from protocol.shard import ShardBugs
+
     for b in bugs:
-        if b not in BUGS:
-            console.print(f"[red]error:[/] unknown --bug {b!r}; expected one of {', '.join(BUGS)}")
+        if b not in BUGS + SHARD_BUGS:
+            console.print(f"[red]error:[/] unknown --bug {b!r}; expected one of {', '.join(BUGS + SHARD_BUGS)}")
             raise typer.Exit(2)
-    if bugs:
-        scn = scn.with_bugs(RaftBugs(**{b: True for b in bugs}))
+    raft = [b for b in bugs if b in BUGS]
+    shard = [b for b in bugs if b in SHARD_BUGS]
+    if raft:
+        scn = scn.with_bugs(RaftBugs(**{b: True for b in raft}))
+    if shard:
+        scn = scn.with_shard_bugs(ShardBugs(**{b: True for b in shard}))
     return scn
 
 

@@ -19,7 +19,8 @@ from sim.scenario import ScenarioError, load, parse
 from sim.sweep import sweep
 
 ROOT = Path(__file__).resolve().parents[1]
-SCENARIOS = ["partition", "leader-crash", "clock-skew", "flaky-network", "chaos", "figure8"]
+SCENARIOS = ["partition", "leader-crash", "clock-skew", "flaky-network", "chaos", "figure8",
+             "shard-leader-crash", "old-leader-returns", "rolling-restart"]
 BROKERCTL = [sys.executable, "-c", "from runtime.cli import main; main()"]
 
 
