@@ -47,7 +47,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from protocol.records import Record, encode_batch, read_header, rebase
+from protocol.records import Record, decode_batch, encode_batch, read_header, rebase
 from protocol.shard import (
     Assign,
     Fence,
@@ -489,6 +489,35 @@ class ShardCore:
                                  in_sync=self.in_sync)
             self._resolve_waiters(now_s)
         return self._take()
+
+    def append_control(self, records: list[Record], now_s: float) -> ShardReady:
+        """Leader only: append control records (e.g. subscription cursors),
+        replicated like data, acknowledged to nobody."""
+        if self.role != LEADER or not records:
+            return self._take()
+        base = self.log.end_offset
+        self.log.append(encode_batch(records, base_offset=base, epoch=self.epoch, broker_ts_ms=int(now_s * 1000)))
+        self.log.sync()
+        for n in sorted(self.followers):
+            self._push(n)
+        self._advance_hw()
+        return self._take()
+
+    def committed_records(self, from_offset: int, max_records: int) -> list[Any]:
+        """Payloads of committed records from ``from_offset`` (control records
+        as None), at most ``max_records``, contiguous."""
+        if from_offset >= self.hw or from_offset < self.log.start_offset:
+            return []
+        out: list[Any] = []
+        for batch in self.log.read(from_offset, 1 << 20, max_offset=self.hw - 1):
+            _h, recs = decode_batch(batch)
+            for r in recs:
+                if r.offset < from_offset:
+                    continue
+                out.append(None if is_control(r) else r.payload)
+                if len(out) >= max_records:
+                    return out
+        return out
 
     # ---------------------------------------------------------------- reads
     def read(self, from_offset: int, max_bytes: int) -> list[bytes]:

@@ -13,6 +13,8 @@ from typing import Any
 
 from actors.base import ChorusActor
 from actors.replication import ShardCore
+from actors.shard_subscriptions import ShardSubscriptions, cursor_record
+from protocol.consume import AckRecords, Subscribe, SubscribeReply
 from protocol.shard import (
     Assign,
     Fence,
@@ -43,6 +45,10 @@ class ShardReplica(ChorusActor):
         self.supervisors: tuple[Any, ...] = ()
         self.gen = 0
         self.ticks = 0
+        self.subs = ShardSubscriptions("")
+        self.leading = False
+        self.lead_epoch = 0
+        self.last_hw = -1
 
     def on_ShardBoot(self, msg: ShardBoot, sender: Any) -> None:
         for node, addr in msg.addresses:
@@ -58,6 +64,7 @@ class ShardReplica(ChorusActor):
         self.log = ShardLog(self.open_store(f"shard/{msg.shard}"))
         self.core = ShardCore(msg.shard, msg.node_id, self.log, tuning, epoch=epoch, replicas=msg.replicas)
         self.supervisors = tuple(msg.supervisors)
+        self.subs = ShardSubscriptions(msg.shard)
         self.record("shard.boot", shard=msg.shard, node=msg.node_id, epoch=epoch, end=self.log.end_offset)
         self._handle(self.core.resume(msg.epoch, msg.leader, msg.replicas, self.now()))
         self._arm()
@@ -75,6 +82,12 @@ class ShardReplica(ChorusActor):
         if msg.payload != ("tick", self.gen) or self.core is None:
             return
         self._handle(self.core.tick(self.now()))
+        if self.leading:
+            cursors = self.subs.tick(self.now(), self.core.committed_records)
+            if cursors:
+                self._handle(self.core.append_control(
+                    [cursor_record(s, mode, off) for s, mode, off in cursors], self.now()))
+            self._flush_subs()
         self.ticks += 1
         every = max(1, int(STATE_INTERVAL_S * 1000 / self.core.tuning.tick_ms))
         if self.ticks % every == 0:
@@ -88,6 +101,25 @@ class ShardReplica(ChorusActor):
             self.send(addr, st)
 
     def _handle(self, rd: Any) -> None:
+        self._handle_ready(rd)
+        c = self.core
+        leading = c.role == "leader"
+        if leading and (not self.leading or c.epoch != self.lead_epoch):
+            self.subs.reset(self.log.read(self.log.start_offset, 1 << 40)
+                            if self.log.end_offset > self.log.start_offset else [], c.epoch)
+        elif not leading and self.leading:
+            self.subs.reset([])
+        self.leading, self.lead_epoch = leading, c.epoch
+        if leading and c.hw != self.last_hw:
+            self.last_hw = c.hw
+            self.subs.feed(self.now(), c.committed_records)
+        self._flush_subs()
+
+    def _flush_subs(self) -> None:
+        for to, m in self.subs.take():
+            self.send(to, m)
+
+    def _handle_ready(self, rd: Any) -> None:
         if rd.persist_epoch is not None:
             self.meta.put(b"epoch", str(rd.persist_epoch).encode())
             self.meta.sync()
@@ -139,6 +171,22 @@ class ShardReplica(ChorusActor):
             return
         batches = c.read(msg.from_offset, msg.max_bytes)
         self.send(to, ReadShardReply(msg.shard, msg.client, msg.req_id, "ok", tuple(batches), c.hw, c.id))
+
+    # ------------------------------------------------------- subscriptions
+    def on_Subscribe(self, msg: Subscribe, sender: Any) -> None:
+        to = msg.reply_to or sender
+        c = self.core
+        if c is None or c.role != "leader":
+            self.send(to, SubscribeReply(msg.shard, msg.subscription, msg.consumer, "fail",
+                                         c.leader if c else None, "not the leader"))
+            return
+        self.subs.subscribe(msg, to, self.now(), c.committed_records)
+        self._flush_subs()
+
+    def on_AckRecords(self, msg: AckRecords, sender: Any) -> None:
+        if self.leading:
+            self.subs.ack(msg, self.now(), self.core.committed_records)
+            self._flush_subs()
 
     def on_ShardStatus(self, msg: ShardStatus, sender: Any) -> None:
         if self.core is not None:

@@ -88,3 +88,56 @@ class Refused:
 
 
 ConsumeEffect = Union[Deliver, FetchMore, PersistCursor, Refused]
+
+
+# ------------------------------------------------------------------ messages
+# Consumers talk to the leader of each shard they read.  Deliveries and
+# acknowledgements are batched: one actor message carries many records.
+
+
+@dataclass(frozen=True)
+class Subscribe:
+    """Attach (or keep attached: send it again as a heartbeat) a consumer to
+    a durable subscription on one shard.  Creates the subscription with
+    ``mode`` if it does not exist."""
+
+    shard: str
+    subscription: str
+    mode: str
+    consumer: str
+    reply_to: Any = None
+
+
+@dataclass(frozen=True)
+class SubscribeReply:
+    shard: str
+    subscription: str
+    consumer: str
+    status: str  # ok | fail
+    leader: str | None = None
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class Unsubscribe:
+    shard: str
+    subscription: str
+    consumer: str
+
+
+@dataclass(frozen=True)
+class Delivery:
+    shard: str
+    subscription: str
+    consumer: str
+    records: tuple[tuple[int, bytes, bool], ...]  # (offset, payload, redelivery)
+    epoch: int = 0
+
+
+@dataclass(frozen=True)
+class AckRecords:
+    shard: str
+    subscription: str
+    consumer: str
+    offsets: tuple[int, ...]
+    negative: bool = False  # a nack: redeliver these

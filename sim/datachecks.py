@@ -17,6 +17,12 @@ which every fault was healed.
   byte-identical batches (no divergence, ever).
 * ``offsets_unique`` -- two acknowledgements never name the same offset
   for different records.
+* ``delivered_to_subscriptions`` -- every record acknowledged at quorum or
+  all was delivered to every subscription (at-least-once), by the end of
+  the settle phase.
+* ``delivery_order`` -- in exclusive and failover subscriptions, each
+  consumer sees a shard's offsets in increasing order within one leader
+  epoch, except where a delivery is marked as a redelivery.
 """
 from __future__ import annotations
 
@@ -46,9 +52,11 @@ def check_data(
     history: list[HistRecord],
     logs: dict[str, dict[str, list[bytes]]],  # shard -> node -> batches
     leaders: dict[str, tuple[str, int]],  # shard -> (leader node, hw)
+    subscriptions: list[str] | None = None,
 ) -> tuple[dict[str, list[Violation]], dict[str, Any]]:
     out: dict[str, list[Violation]] = {k: [] for k in (
-        "acked_writes_durable", "no_duplicates", "shard_order", "replicas_identical", "offsets_unique")}
+        "acked_writes_durable", "no_duplicates", "shard_order", "replicas_identical", "offsets_unique",
+        "delivered_to_subscriptions", "delivery_order")}
     stats: dict[str, Any] = {"loss_at_one": 0, "acked_records": 0}
     decoded: dict[str, list[tuple[int, bytes]]] = {}
     where: dict[str, dict[bytes, int]] = {}
@@ -112,7 +120,41 @@ def check_data(
                         {"shard": shard, "payload": p.decode()}))
                 else:
                     stats["loss_at_one"] += 1
+    _check_consumers(history, subscriptions or [], out, stats)
     for k in out:
         if len(out[k]) > 20:
             out[k] = out[k][:20] + [Violation(k, f"... and {len(out[k]) - 20} more", {})]
     return out, stats
+
+
+def _check_consumers(history: list[HistRecord], subscriptions: list[str], out: dict, stats: dict) -> None:
+    delivered: dict[str, set[bytes]] = {s: set() for s in subscriptions}
+    last: dict[tuple[str, str, int], int] = {}
+    count = 0
+    for r in history:
+        if r.kind != "consume.deliver":
+            continue
+        f = r.fields
+        count += 1
+        delivered.setdefault(f["subscription"], set()).add(f["payload"])
+        if f["mode"] in ("exclusive", "failover"):
+            key = (f["consumer"], f["shard"], f["epoch"])
+            prev = last.get(key)
+            if prev is not None and f["offset"] <= prev and not f["redelivery"]:
+                out["delivery_order"].append(Violation(
+                    "delivery_order", f"{f['consumer']} got {f['shard']} offset {f['offset']} after {prev} "
+                    f"in epoch {f['epoch']} without a redelivery mark", {"consumer": f["consumer"]}))
+            last[key] = f["offset"]
+    stats["deliveries"] = count
+    if not subscriptions:
+        return
+    for a in _acks(history):
+        if a["level"] not in ("quorum", "all"):
+            continue
+        for i in range(a["count"]):
+            p = f"{a['producer']}|{a['shard']}|{a['seq'] + i}".encode()
+            for s in subscriptions:
+                if p not in delivered[s]:
+                    out["delivered_to_subscriptions"].append(Violation(
+                        "delivered_to_subscriptions", f"{p.decode()} (acknowledged at {a['level']}) was never "
+                        f"delivered to subscription {s}", {"subscription": s, "payload": p.decode()}))

@@ -172,6 +172,17 @@ class Harness:
                                 records_per_batch=d.records_per_batch, level=d.level, timeout_s=d.timeout_s,
                                 stop_after_s=scn.duration_s + scn.settle_s / 2)
             self.world.spawn(p, ShardProducer, "producer", boot)
+        from sim.consumer import ConsumerBoot, ShardConsumer
+
+        self.consumers: list[str] = []
+        for name, mode, count, nack in d.subscriptions:
+            for k in range(1, count + 1):
+                node = f"{name}-c{k}"
+                self.world.add_node(node)
+                self.consumers.append(node)
+                routes = tuple((s, tuple((n, replica_addr[(s, n)]) for n in reps)) for s, reps in placed)
+                self.world.spawn(node, ShardConsumer, "consumer",
+                                 ConsumerBoot(node, name, mode, routes, nack_ratio=nack))
 
     def shard_leader(self, shard: str | None = None) -> str | None:
         """The node whose replica leads the shard in the highest epoch."""
@@ -510,7 +521,7 @@ def judge_data(h: Harness, scn: Scenario, checks: set[str]) -> dict[str, list[Vi
         lead = h.shard_leader(s)
         if lead is not None:
             leaders[s] = (lead, w.actor(f"{lead}/{shard_actor_name(s)}").core.hw)
-    found, stats = check_data(w.history, logs, leaders)
+    found, stats = check_data(w.history, logs, leaders, [sd[0] for sd in scn.data.subscriptions])
     h.data_stats = stats
     out = {k: v for k, v in found.items() if k in checks}
     if "data_liveness" in checks:

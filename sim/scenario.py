@@ -52,7 +52,7 @@ CHECKS = (
 )
 DATA_CHECKS = (
     "acked_writes_durable", "no_duplicates", "shard_order", "replicas_identical", "offsets_unique",
-    "data_liveness",
+    "data_liveness", "delivered_to_subscriptions", "delivery_order",
 )
 ALL_CHECKS = CHECKS + DATA_CHECKS
 SHARD_TUNING_KEYS = ("tick_ms", "push_batches_max", "push_bytes_max", "inflight_max", "isr_timeout_s",
@@ -105,6 +105,7 @@ class DataPlane:
     timeout_s: float = 0.5
     grace_s: float = 0.6
     tuning: dict = field(default_factory=dict)
+    subscriptions: tuple[tuple[str, str, int, float], ...] = ()  # (name, mode, consumers, nack_ratio)
 
 
 @dataclass(frozen=True)
@@ -251,7 +252,16 @@ def parse(doc: Any, source: str = "<scenario>") -> Scenario:
 
 def _data(v: _V, d: Any, nodes: int) -> DataPlane:
     d = v.mapping("data", d, ("topics", "producers", "rate_per_s", "records_per_batch", "level", "timeout_s",
-                              "grace_s", "tuning"))
+                              "grace_s", "tuning", "subscriptions"))
+    subs = []
+    for i, sd in enumerate(d.get("subscriptions", []) or []):
+        sd = v.mapping(f"data.subscriptions[{i}]", sd, ("name", "mode", "consumers", "nack_ratio"))
+        mode = sd.get("mode", "exclusive")
+        if mode not in ("exclusive", "shared", "failover"):
+            v.fail(f"data.subscriptions[{i}].mode", "one of ['exclusive', 'shared', 'failover']", mode)
+        subs.append((v.string(f"data.subscriptions[{i}].name", sd.get("name")), mode,
+                     v.integer(f"data.subscriptions[{i}].consumers", sd.get("consumers", 1), 1, 16),
+                     v.number(f"data.subscriptions[{i}].nack_ratio", sd.get("nack_ratio", 0.0), 0, 0.5)))
     topics_doc = d.get("topics")
     if not isinstance(topics_doc, list) or not topics_doc:
         v.fail("data.topics", "a non-empty list of topics", topics_doc)
@@ -278,6 +288,7 @@ def _data(v: _V, d: Any, nodes: int) -> DataPlane:
         timeout_s=v.number("data.timeout_s", d.get("timeout_s", 0.5), 0.01, 600),
         grace_s=v.number("data.grace_s", d.get("grace_s", 0.6), 0.05, 600),
         tuning=dict(tun),
+        subscriptions=tuple(subs),
     )
 
 

@@ -1,0 +1,200 @@
+"""Durable named subscriptions of one shard, run by the shard's leader.
+
+Each subscription is a ``SubscriptionCore`` (actors/subscription.py) fed
+with the shard's committed records (below the high watermark).  Its cursor
+-- the first unacknowledged offset -- is persisted as a *control record in
+the shard's own log* (``chorus.control: cursor``), appended at most every
+``cursor_flush_s`` and replicated like data, so a subscription survives the
+loss of any minority of the shard's replicas.  A new leader rebuilds every
+subscription's cursor (and mode) from the control records in its log;
+records after a cursor that had not yet been persisted are delivered again
+(at-least-once).
+
+Control records occupy offsets; they are handed to the core as ``None`` and
+acknowledged on the consumer's behalf as soon as they are "delivered".
+
+Consumers send ``Subscribe`` periodically as a heartbeat; one silent for
+``consumer_timeout_s`` is detached (in failover mode the next consumer takes
+over and receives everything unacknowledged, in order).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from actors.replication import CONTROL_HEADER
+from actors.subscription import SubscriptionCore
+from protocol.consume import (
+    AckRecords,
+    Deliver,
+    Delivery,
+    FetchMore,
+    PersistCursor,
+    Refused,
+    Subscribe,
+    SubscribeReply,
+)
+from protocol.records import Record, decode_batch
+
+CURSOR = b"cursor"
+SUBSCRIPTIONS_MAX = 1_000
+CONSUMERS_MAX = 10_000
+
+
+def cursor_record(subscription: str, mode: str, offset: int) -> Record:
+    return Record(key=None, payload=b"", headers=(
+        (CONTROL_HEADER, CURSOR), ("subscription", subscription.encode()), ("mode", mode.encode()),
+        ("offset", str(offset).encode())))
+
+
+def read_cursors(batches: list[bytes]) -> dict[str, tuple[str, int]]:
+    """Latest (mode, cursor) of every subscription recorded in the batches."""
+    out: dict[str, tuple[str, int]] = {}
+    for b in batches:
+        _h, recs = decode_batch(b)
+        for r in recs:
+            h = dict(r.headers)
+            if h.get(CONTROL_HEADER) == CURSOR:
+                out[h["subscription"].decode()] = (h["mode"].decode(), int(h["offset"]))
+    return out
+
+
+class ShardSubscriptions:
+    def __init__(self, shard: str, *, ack_timeout_s: float = 5.0, consumer_timeout_s: float = 2.0,
+                 cursor_flush_s: float = 0.1) -> None:
+        self.shard = shard
+        self.ack_timeout_s = ack_timeout_s
+        self.consumer_timeout_s = consumer_timeout_s
+        self.cursor_flush_s = cursor_flush_s
+        self.cores: dict[str, SubscriptionCore] = {}
+        self.modes: dict[str, str] = {}
+        self.restored: dict[str, tuple[str, int]] = {}
+        self.consumers: dict[tuple[str, str], tuple[Any, float]] = {}
+        self.dirty: dict[str, int] = {}
+        self.persisted: dict[str, int] = {}
+        self.fetches: dict[str, FetchMore] = {}
+        self.last_flush_s = 0.0
+        self.out: list[tuple[Any, Any]] = []
+        self.epoch = 0
+
+    def reset(self, log_batches: list[bytes], epoch: int = 0) -> None:
+        """On becoming leader: forget volatile state, restore cursors."""
+        self.epoch = epoch
+        self.cores, self.modes, self.consumers, self.dirty, self.fetches = {}, {}, {}, {}, {}
+        self.restored = read_cursors(log_batches)
+        self.persisted = {s: off for s, (_m, off) in self.restored.items()}
+
+    def _core(self, name: str, mode: str) -> SubscriptionCore | str:
+        core = self.cores.get(name)
+        if core is not None:
+            return core
+        if len(self.cores) >= SUBSCRIPTIONS_MAX:
+            return "too many subscriptions on this shard"
+        stored = self.restored.get(name)
+        if stored is not None:
+            mode = stored[0]
+        try:
+            core = SubscriptionCore(name, mode, [0], cursors={0: stored[1]} if stored else None,
+                                    ack_timeout_s=self.ack_timeout_s, fetch_retry_s=0.05)
+        except ValueError as exc:
+            return str(exc)
+        self.cores[name] = core
+        self.modes[name] = mode
+        return core
+
+    # ------------------------------------------------------------- inputs
+    def subscribe(self, m: Subscribe, reply_to: Any, now_s: float, read: Any) -> None:
+        core = self._core(m.subscription, m.mode)
+        if isinstance(core, str):
+            self.out.append((reply_to, SubscribeReply(m.shard, m.subscription, m.consumer, "fail", error=core)))
+            return
+        if self.modes[m.subscription] != m.mode:
+            self.out.append((reply_to, SubscribeReply(
+                m.shard, m.subscription, m.consumer, "fail",
+                error=f"subscription {m.subscription!r} is {self.modes[m.subscription]}, not {m.mode}")))
+            return
+        key = (m.subscription, m.consumer)
+        fresh = key not in self.consumers
+        if fresh and len(self.consumers) >= CONSUMERS_MAX:
+            self.out.append((reply_to, SubscribeReply(m.shard, m.subscription, m.consumer, "fail",
+                                                      error="too many consumers")))
+            return
+        self.consumers[key] = (reply_to, now_s)
+        if fresh:
+            effects = core.attach(m.consumer, now_s)
+            refused = [e for e in effects if isinstance(e, Refused)]
+            if refused:
+                del self.consumers[key]
+                self.out.append((reply_to, SubscribeReply(m.shard, m.subscription, m.consumer, "fail",
+                                                          error=refused[0].reason)))
+                return
+            self.out.append((reply_to, SubscribeReply(m.shard, m.subscription, m.consumer, "ok")))
+            self._effects(m.subscription, effects, now_s, read)
+
+    def ack(self, m: AckRecords, now_s: float, read: Any) -> None:
+        core = self.cores.get(m.subscription)
+        if core is None:
+            return
+        for off in m.offsets:
+            eff = core.nack(m.consumer, 0, off, now_s) if m.negative else core.ack(m.consumer, 0, off, now_s)
+            self._effects(m.subscription, eff, now_s, read)
+
+    def tick(self, now_s: float, read: Any) -> list[tuple[str, str, int]]:
+        """Returns cursor records to append: (subscription, mode, offset)."""
+        for key in sorted(self.consumers):
+            _addr, seen = self.consumers[key]
+            if now_s - seen > self.consumer_timeout_s:
+                del self.consumers[key]
+                core = self.cores.get(key[0])
+                if core is not None:
+                    self._effects(key[0], core.detach(key[1], now_s), now_s, read)
+        for name in sorted(self.cores):
+            self._effects(name, self.cores[name].tick(now_s), now_s, read)
+        self.feed(now_s, read)
+        if self.dirty and now_s - self.last_flush_s >= self.cursor_flush_s:
+            self.last_flush_s = now_s
+            out = [(s, self.modes[s], off) for s, off in sorted(self.dirty.items())]
+            self.persisted.update(self.dirty)
+            self.dirty = {}
+            return out
+        return []
+
+    def feed(self, now_s: float, read: Any) -> None:
+        """Answer outstanding fetches with committed records, if any."""
+        for name in sorted(self.fetches):
+            f = self.fetches.get(name)
+            if f is None:
+                continue
+            recs = read(f.from_offset, f.max_records)
+            if recs:
+                del self.fetches[name]
+                self._effects(name, self.cores[name].records(0, f.from_offset, recs, now_s), now_s, read)
+
+    # ------------------------------------------------------------ effects
+    def _effects(self, name: str, effects: list[Any], now_s: float, read: Any) -> None:
+        deliveries: dict[str, list[tuple[int, bytes, bool]]] = {}
+        auto_ack: list[tuple[str, int]] = []
+        for e in effects:
+            if isinstance(e, Deliver):
+                if e.record is None:
+                    auto_ack.append((e.consumer, e.offset))
+                else:
+                    deliveries.setdefault(e.consumer, []).append((e.offset, e.record, e.redelivery))
+            elif isinstance(e, PersistCursor):
+                if e.offset > self.persisted.get(name, -1):
+                    self.dirty[name] = e.offset
+            elif isinstance(e, FetchMore):
+                self.fetches[name] = e
+        for consumer in sorted(deliveries):
+            entry = self.consumers.get((name, consumer))
+            if entry is not None:
+                self.out.append((entry[0], Delivery(self.shard, name, consumer, tuple(deliveries[consumer]),
+                                                         self.epoch)))
+        core = self.cores.get(name)
+        for consumer, off in auto_ack:
+            self._effects(name, core.ack(consumer, 0, off, now_s), now_s, read)
+        if any(isinstance(e, FetchMore) for e in effects):
+            self.feed(now_s, read)
+
+    def take(self) -> list[tuple[Any, Any]]:
+        out, self.out = self.out, []
+        return out
