@@ -80,7 +80,8 @@ class _Follower:
     acked: int = 0
     inflight: int = 0
     last_ack_s: float = 0.0
-    last_progress_s: float = 0.0
+    last_progress_s: float = 0.0  # acked advanced, or the follower was caught up
+    last_probe_s: float = 0.0
 
 
 @dataclass
@@ -246,7 +247,7 @@ class ShardCore:
         else:
             self.epoch_start = self.log.end_of_epoch(self.epoch - 1)
         self.followers = {
-            n: _Follower(next=self.log.end_offset, last_ack_s=now_s, last_progress_s=now_s)
+            n: _Follower(next=self.epoch_start, last_ack_s=now_s, last_progress_s=now_s)
             for n in self.replicas if n != self.id
         }
         self.in_sync = tuple(sorted(self.replicas))
@@ -361,7 +362,7 @@ class ShardCore:
         f = self.followers[node]
         f.next = self._batch_start_at_or_below(f.acked)
         f.inflight = 0
-        f.last_progress_s = now_s
+        f.last_probe_s = now_s  # not progress: the in-sync timeout keeps running
         if f.next >= self.log.end_offset:
             self._send(Push(self.shard, self.id, node, self.epoch, f.next, self._epoch_before(f.next), (), self.hw))
         else:
@@ -428,8 +429,8 @@ class ShardCore:
         f.last_ack_s = now_s
         if m.success:
             f.inflight = max(0, f.inflight - 1)
-            if m.end > f.acked:
-                f.acked = m.end
+            if m.end > f.acked or m.end >= self.log.end_offset:
+                f.acked = max(f.acked, m.end)
                 f.last_progress_s = now_s
             if f.next < f.acked:
                 f.next = f.acked
@@ -476,7 +477,7 @@ class ShardCore:
             for n in sorted(self.followers):
                 f = self.followers[n]
                 behind = f.acked < self.log.end_offset
-                if behind and now_s - f.last_progress_s >= timeout / 2:
+                if behind and now_s - max(f.last_progress_s, f.last_probe_s) >= timeout / 2:
                     self._probe(n, now_s)
                 elif not behind and now_s - f.last_ack_s >= timeout / 2:
                     # keep the follower's high watermark fresh; also a liveness probe

@@ -69,6 +69,9 @@ class ShardReplica(ChorusActor):
         self._handle(self.core.resume(msg.epoch, msg.leader, msg.replicas, self.now()))
         self._arm()
 
+    def on_ReplicaAddress(self, msg: Any, sender: Any) -> None:
+        self.addrs[msg.node] = msg.address
+
     def on_SupervisorsAre(self, msg: SupervisorsAre, sender: Any) -> None:
         for addr in msg.addresses:
             if not any(addr == known for known in self.supervisors):

@@ -1,28 +1,38 @@
-"""Supervision of shard leaders (after ArangoDB's agency supervision).
+"""Supervision of shards (after ArangoDB's agency supervision).
 
 One Supervisor actor runs on every node; it is *active* only while the
 agency peer on its node is the agency leader.  Replicas report their state
-to every supervisor every 250 ms.  When the supervisor has not heard the
-planned leader of a shard claim leadership of the planned epoch for
-``grace_s``, it fails the shard over in three steps, each a single agency
-transaction with a precondition on the shard's epoch, so that no two
-leaders can ever be promoted for one epoch:
+to every supervisor every 150 ms and nodes heartbeat every 250 ms.
 
-1. **fence**: ``epoch := e+1, leader := ""`` if ``epoch == e``; then tell
-   every replica to adopt epoch e+1 (which stops them accepting data from
-   the old leader) and report its log position;
-2. **collect** positions from a majority of the replicas, all taken after
+**Failover.**  When the active supervisor has not heard the planned leader
+of a shard claim leadership of the planned epoch for ``grace_s``, it fails
+the shard over in three steps, each a single agency transaction with a
+precondition on the shard's epoch, so no two leaders can ever be promoted
+for one epoch:
+
+1. *fence*: ``epoch := e+1, leader := ""`` if ``epoch == e``; then tell
+   every replica to adopt epoch e+1 (they stop accepting data from the old
+   leader) and report its log position;
+2. *collect* positions from a majority of the replicas, all taken after
    they adopted e+1: every write acknowledged at ``quorum`` in epoch e is on
    a majority, so on at least one of them;
-3. **promote** the replica with the longest log -- greatest (epoch of last
+3. *promote* the replica with the longest log -- greatest (epoch of last
    batch, end offset) -- with ``leader := X`` if ``epoch == e+1 and leader
    == ""``, then send ``Assign`` to the replicas.
 
+**Replacement.**  A follower whose node has been silent for
+``replace_after_s`` is replaced by a live spare node (actors/placement.py
+picks the least loaded): ``replicas := new set, epoch := e+1`` if ``epoch
+== e``, leader unchanged.  The spare's NodeActor creates the replica; the
+leader starts epoch e+1 and copies its log to it.
+
+**Topics.**  ``CreateTopic`` places the shards (placement.py) and writes the
+topic and its shard plans in one transaction with the precondition that the
+topic is absent; a non-active supervisor forwards it to the active one.
+
 It also reconciles: a replica that reports an older epoch, or the planned
 leader that came back from a restart without its role, is sent the plan
-again.  Placement of new topics uses actors/placement.py.
-
-The logic is the sans-IO ``SupervisorCore``; the actor routes messages.
+again.  The logic is the sans-IO ``SupervisorCore``; the actor routes.
 """
 from __future__ import annotations
 
@@ -30,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from actors.base import ChorusActor
+from actors.placement import choose_replacement, cluster_load, place_topic
 from protocol.agency import (
     AgencyReply,
     AgencyRequest,
@@ -40,13 +51,32 @@ from protocol.agency import (
     StatusReply,
     Txn,
 )
+from protocol.node import CreateTopic, NodeHeartbeat, ReplicaAddress, TopicReply
 from protocol.shard import Assign, Fence, Position, ReplicaState, ShardBugs
+from protocol.topics import TopicSpec, topic_path
 
 PLAN_ROOT = "/chorus/plan/shards"
 
 
 def plan_path(shard: str) -> str:
     return PLAN_ROOT + "/" + shard.replace("#", "/")
+
+
+def shard_from_path(parts: tuple[str, ...]) -> str:
+    """("t", "p", "c", "x", "3") -> "t/p/c/x#3"."""
+    return "/".join(parts[:-1]) + "#" + parts[-1]
+
+
+def walk_plans(tree: Any, parts: tuple[str, ...] = ()) -> list[tuple[str, dict]]:
+    """(shard name, plan dict) for every plan in the agency subtree."""
+    if not isinstance(tree, dict):
+        return []
+    if "epoch" in tree and "replicas" in tree:
+        return [(shard_from_path(parts), tree)]
+    out = []
+    for k in sorted(tree):
+        out.extend(walk_plans(tree[k], parts + (k,)))
+    return out
 
 
 @dataclass
@@ -58,43 +88,51 @@ class Plan:
 
 @dataclass
 class _Failover:
-    phase: str  # fencing | collecting | promoting
+    phase: str  # fencing | collecting | promoting | replacing
     epoch: int  # the new epoch
     old_leader: str
     started_s: float
     last_send_s: float = -1.0
     positions: dict[str, Position] = field(default_factory=dict)
     req_id: int = 0
+    new_replicas: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class SupervisorBoot:
     node_id: str
     agency: Any  # address of the local RaftPeer
-    replicas: tuple[tuple[str, str, Any], ...]  # (shard, node, address) of every replica
-    plans: tuple[tuple[str, int, str, tuple[str, ...]], ...]  # initial (shard, epoch, leader, replicas)
+    supervisors: tuple[tuple[str, Any], ...] = ()  # every node's supervisor
+    nodes: tuple[str, ...] = ()  # every node of the cluster
     grace_s: float = 0.6
+    replace_after_s: float = 5.0
     bugs: ShardBugs = ShardBugs()
     host: Any = None
 
 
 class SupervisorCore:
-    def __init__(self, node_id: str, client_id: str, grace_s: float, bugs: ShardBugs | None = None) -> None:
+    def __init__(self, node_id: str, client_id: str, grace_s: float, bugs: ShardBugs | None = None,
+                 replace_after_s: float = 5.0, nodes: tuple[str, ...] = ()) -> None:
         self.node = node_id
         self.client = client_id
         self.grace_s = grace_s
+        self.replace_after_s = replace_after_s
+        self.nodes = tuple(nodes)
         self.bugs = bugs or ShardBugs()
         self.active = False
         self.active_since = 0.0
         self.loaded = False
+        self.agency_leader: str | None = None
         self.plans: dict[str, Plan] = {}
-        self.initial: dict[str, Plan] = {}
         self.seen: dict[tuple[str, str], tuple[float, ReplicaState]] = {}
+        self.node_seen: dict[str, float] = {}
         self.failovers: dict[str, _Failover] = {}
         self.req_seq = 0
-        self.inflight: dict[int, tuple[str, str]] = {}  # req id -> (kind, shard)
+        self.inflight: dict[int, tuple[str, Any]] = {}  # req id -> (kind, shard or topic request)
         self.last_assign: dict[tuple[str, str], float] = {}
-        self.out: list[tuple[str, Any]] = []  # ("agency", Txn|Read, req_id) / ("replica", shard, node, msg)
+        self.last_load_s = 0.0
+        self.refresh_s = 1.0  # re-read the plans: another supervisor may have changed them
+        self.out: list[tuple] = []  # ("agency", op, req_id) / ("replica", shard, node, msg) / ("reply", to, msg)
         self.records: list[tuple[str, dict]] = []
 
     def take(self) -> tuple[list, list]:
@@ -102,23 +140,27 @@ class SupervisorCore:
         self.out, self.records = [], []
         return out, rec
 
-    def _agency(self, kind: str, shard: str, op: Any) -> int:
+    def _agency(self, kind: str, key: Any, op: Any) -> int:
         self.req_seq += 1
-        self.inflight[self.req_seq] = (kind, shard)
+        self.inflight[self.req_seq] = (kind, key)
         self.out.append(("agency", op, self.req_seq))
         return self.req_seq
 
     def _to_replica(self, shard: str, node: str, msg: Any) -> None:
         self.out.append(("replica", shard, node, msg))
 
+    def _reload(self) -> None:
+        self.loaded = False
+        self._agency("load", "", Read((PLAN_ROOT,)))
+
     # ----------------------------------------------------------- activity
-    def set_active(self, active: bool, now_s: float) -> None:
+    def set_active(self, active: bool, leader: str | None, now_s: float) -> None:
+        self.agency_leader = leader
         if active and not self.active:
             self.active = True
             self.active_since = now_s
-            self.loaded = False
             self.failovers = {}
-            self._agency("load", "", Read((PLAN_ROOT,)))
+            self._reload()
             self.records.append(("supervisor.active", {"node": self.node}))
         elif not active and self.active:
             self.active = False
@@ -126,25 +168,67 @@ class SupervisorCore:
 
     def replica_state(self, st: ReplicaState, now_s: float) -> None:
         self.seen[(st.shard, st.node)] = (now_s, st)
+        self.node_seen[st.node] = now_s
+
+    def heartbeat(self, hb: NodeHeartbeat, now_s: float) -> None:
+        self.node_seen[hb.node] = now_s
+
+    def _alive(self, node: str, now_s: float, within_s: float) -> bool:
+        t = self.node_seen.get(node)
+        return t is not None and now_s - t <= within_s
+
+    # -------------------------------------------------------------- topics
+    def create_topic(self, m: CreateTopic, reply_to: Any, now_s: float) -> None:
+        def fail(err: str) -> None:
+            self.out.append(("reply", reply_to, TopicReply(m.client, m.req_id, "fail", error=err)))
+
+        if not self.active or not self.loaded:
+            fail("supervisor is not ready")
+            return
+        try:
+            spec = TopicSpec.from_json(m.spec)
+            alive = sorted(n for n in self.nodes if self._alive(n, now_s, 2 * self.grace_s))
+            spec.validate(len(alive))
+            load = cluster_load([(p.replicas, p.leader) for p in self.plans.values()])
+            placed = place_topic(spec.shards, spec.replication_factor, alive, load)
+        except ValueError as exc:
+            fail(str(exc))
+            return
+        name = str(spec.name)
+        shards = tuple(f"{name}#{i}" for i in range(spec.shards))
+        muts = [Mutation(topic_path(spec.name), "set", spec.to_json())]
+        for shard, reps in zip(shards, placed):
+            muts.append(Mutation(plan_path(shard), "set", {"epoch": 1, "leader": reps[0], "replicas": list(reps)}))
+        self._agency("create", (m, reply_to, shards, tuple(placed)),
+                     Txn(tuple(muts), (Precondition(topic_path(spec.name), "absent"),)))
 
     # -------------------------------------------------------- agency replies
     def agency_reply(self, r: AgencyReply, now_s: float) -> None:
-        kind, shard = self.inflight.pop(r.req_id, ("", ""))
+        kind, key = self.inflight.pop(r.req_id, ("", None))
         if not kind or not self.active:
             return
         ok = r.status == "ok" and isinstance(r.result, dict)
         if kind == "load":
             if not ok:
-                self._agency("load", "", Read((PLAN_ROOT,)))
+                self._reload()
                 return
             self._load(r.result["values"][0] or {})
+            self.last_load_s = now_s
         elif kind == "create":
+            m, reply_to, shards, placed = key
             if ok and r.result.get("ok"):
-                self.plans[shard] = self.initial[shard]
+                for shard, reps in zip(shards, placed):
+                    self.plans[shard] = Plan(1, reps[0], tuple(reps))
+                    for n in reps:
+                        self._to_replica(shard, n, Assign(shard, 1, reps[0], tuple(reps)))
+                self.records.append(("supervisor.topic_created", {"shards": list(shards)}))
+                self.out.append(("reply", reply_to, TopicReply(m.client, m.req_id, "ok", shards)))
             else:
-                self.loaded = False
-                self._agency("load", "", Read((PLAN_ROOT,)))
-        elif kind in ("fence", "promote"):
+                err = "topic exists" if ok else (r.error or r.status)
+                status = "unknown" if r.status == "unknown" else "fail"
+                self.out.append(("reply", reply_to, TopicReply(m.client, m.req_id, status, error=err)))
+        elif kind in ("fence", "promote", "replace"):
+            shard = key
             fo = self.failovers.get(shard)
             if fo is None or fo.req_id != r.req_id:
                 return
@@ -152,8 +236,7 @@ class SupervisorCore:
                 # precondition failed or outcome unknown: start over from the agency's plan
                 self.records.append(("supervisor.txn_failed", {"shard": shard, "step": kind, "status": r.status}))
                 del self.failovers[shard]
-                self.loaded = False
-                self._agency("load", "", Read((PLAN_ROOT,)))
+                self._reload()
                 return
             plan = self.plans[shard]
             if kind == "fence":
@@ -162,7 +245,7 @@ class SupervisorCore:
                 fo.last_send_s = -1.0
                 self.records.append(("supervisor.fenced", {"shard": shard, "epoch": fo.epoch}))
                 self._send_fences(shard, fo, now_s)
-            else:
+            elif kind == "promote":
                 leader = self._best(fo)
                 self.plans[shard] = Plan(fo.epoch, leader, plan.replicas)
                 del self.failovers[shard]
@@ -170,23 +253,24 @@ class SupervisorCore:
                                                              "old_leader": fo.old_leader}))
                 for n in plan.replicas:
                     self._to_replica(shard, n, Assign(shard, fo.epoch, leader, plan.replicas))
+            else:
+                self.plans[shard] = Plan(fo.epoch, plan.leader, fo.new_replicas)
+                del self.failovers[shard]
+                self.records.append(("supervisor.replaced", {"shard": shard, "epoch": fo.epoch,
+                                                             "replicas": list(fo.new_replicas)}))
+                for n in sorted(set(plan.replicas) | set(fo.new_replicas)):
+                    self._to_replica(shard, n, Assign(shard, fo.epoch, plan.leader, fo.new_replicas))
 
     def _load(self, tree: dict) -> None:
-        plans: dict[str, Plan] = {}
-        for shard in sorted(self.initial):
-            node = tree
-            for part in plan_path(shard)[len(PLAN_ROOT) + 1:].split("/"):
-                node = node.get(part, {}) if isinstance(node, dict) else {}
-            if isinstance(node, dict) and "epoch" in node:
-                plans[shard] = Plan(int(node["epoch"]), str(node.get("leader", "")),
-                                    tuple(node.get("replicas", ())))
-            else:
-                p = self.initial[shard]
-                self._agency("create", shard, Txn(
-                    (Mutation(plan_path(shard), "set", {"epoch": p.epoch, "leader": p.leader,
-                                                         "replicas": list(p.replicas)}),),
-                    (Precondition(plan_path(shard), "absent"),)))
-        self.plans = plans
+        fresh = {
+            shard: Plan(int(p["epoch"]), str(p.get("leader", "")), tuple(p.get("replicas", ())))
+            for shard, p in walk_plans(tree)
+        }
+        for shard, plan in fresh.items():
+            mine = self.plans.get(shard)
+            # keep a newer plan we committed after this read was taken
+            if mine is None or plan.epoch > mine.epoch or (plan.epoch == mine.epoch and shard not in self.failovers):
+                self.plans[shard] = plan
         self.loaded = True
 
     # ------------------------------------------------------------ failover
@@ -240,10 +324,32 @@ class SupervisorCore:
             if n not in fo.positions:
                 self._to_replica(shard, n, Fence(shard, fo.epoch))
 
+    def _maybe_replace(self, shard: str, plan: Plan, now_s: float) -> bool:
+        dead = [n for n in plan.replicas if n != plan.leader and self.node_seen.get(n) is not None
+                and not self._alive(n, now_s, self.replace_after_s)]
+        if not dead:
+            return False
+        alive = sorted(n for n in self.nodes if self._alive(n, now_s, 2 * self.grace_s))
+        load = cluster_load([(p.replicas, p.leader) for p in self.plans.values()])
+        spare = choose_replacement(plan.replicas, alive, load)
+        if spare is None:
+            return False
+        new = tuple(spare if n == dead[0] else n for n in plan.replicas)
+        fo = _Failover("replacing", plan.epoch + 1, plan.leader, now_s, new_replicas=new)
+        self.failovers[shard] = fo
+        path = plan_path(shard)
+        self.records.append(("supervisor.replace", {"shard": shard, "dead": dead[0], "spare": spare}))
+        fo.req_id = self._agency("replace", shard, Txn(
+            (Mutation(path + "/epoch", "set", fo.epoch), Mutation(path + "/replicas", "set", list(new))),
+            (Precondition(path + "/epoch", "equals", plan.epoch),)))
+        return True
+
     # ---------------------------------------------------------------- tick
     def tick(self, now_s: float) -> None:
         if not self.active or not self.loaded:
             return
+        if now_s - self.last_load_s >= self.refresh_s and "load" not in {k for k, _ in self.inflight.values()}:
+            self._agency("load", "", Read((PLAN_ROOT,)))
         settling = now_s - self.active_since < self.grace_s
         for shard in sorted(self.plans):
             plan = self.plans[shard]
@@ -259,6 +365,8 @@ class SupervisorCore:
             if not plan.leader or not self._leader_alive(shard, plan, now_s):
                 self._start_failover(shard, plan, now_s)
                 continue
+            if self._maybe_replace(shard, plan, now_s):
+                continue
             self._reconcile(shard, plan, now_s)
 
     def _leader_alive(self, shard: str, plan: Plan, now_s: float) -> bool:
@@ -271,7 +379,7 @@ class SupervisorCore:
         if st.epoch == plan.epoch and st.role == "leader":
             return True
         # alive but not (yet) leading the planned epoch: give it the plan
-        return now_s - t <= self.grace_s and st.epoch <= plan.epoch and self._nudge(shard, plan.leader, plan, now_s)
+        return st.epoch <= plan.epoch and self._nudge(shard, plan.leader, plan, now_s)
 
     def _nudge(self, shard: str, node: str, plan: Plan, now_s: float) -> bool:
         last = self.last_assign.get((shard, node), -1e9)
@@ -292,9 +400,9 @@ class SupervisorCore:
 
 
 class Supervisor(ChorusActor):
-    """Actor shell: routes replica states, positions and agency replies to
-    the core, asks the local agency peer whether it leads, and sends the
-    core's effects."""
+    """Actor shell: routes replica states, heartbeats, positions, topic
+    requests and agency replies to the core; asks the local agency peer
+    whether it leads; sends the core's effects."""
 
     TICK_S = 0.1
 
@@ -302,6 +410,7 @@ class Supervisor(ChorusActor):
         super().__init__()
         self.core: SupervisorCore | None = None
         self.gen = 0
+        self.replica_addrs: dict[tuple[str, str], Any] = {}
 
     def on_SupervisorBoot(self, msg: SupervisorBoot, sender: Any) -> None:
         if self.core is not None:
@@ -309,10 +418,9 @@ class Supervisor(ChorusActor):
         if msg.host is not None:
             self.adopt_host_config(msg.host)
         self.boot = msg
+        self.sup_addrs = dict(msg.supervisors)
         client = f"supervisor-{msg.node_id}-{self.rng.getrandbits(48):012x}"
-        self.core = SupervisorCore(msg.node_id, client, msg.grace_s, msg.bugs)
-        self.core.initial = {s: Plan(e, l, tuple(r)) for s, e, l, r in msg.plans}
-        self.replica_addrs = {(s, n): a for s, n, a in msg.replicas}
+        self.core = SupervisorCore(msg.node_id, client, msg.grace_s, msg.bugs, msg.replace_after_s, msg.nodes)
         self._arm()
 
     def _arm(self) -> None:
@@ -328,17 +436,41 @@ class Supervisor(ChorusActor):
         self._arm()
 
     def on_StatusReply(self, msg: StatusReply, sender: Any) -> None:
-        self.core.set_active(msg.status.get("role") == "leader", self.now())
+        self.core.set_active(msg.status.get("role") == "leader", msg.status.get("leader"), self.now())
         self._flush()
 
     def on_ReplicaState(self, msg: ReplicaState, sender: Any) -> None:
+        # The sender is the replica itself: this is also how a supervisor
+        # that restarted learns (again) where every replica lives.
+        self.replica_addrs[(msg.shard, msg.node)] = sender
         if self.core is not None:
             self.core.replica_state(msg, self.now())
+
+    def on_NodeHeartbeat(self, msg: NodeHeartbeat, sender: Any) -> None:
+        if self.core is not None:
+            self.core.heartbeat(msg, self.now())
+
+    def on_ReplicaAddress(self, msg: ReplicaAddress, sender: Any) -> None:
+        self.replica_addrs[(msg.shard, msg.node)] = msg.address
 
     def on_Position(self, msg: Position, sender: Any) -> None:
         if self.core is not None:
             self.core.position(msg, self.now())
             self._flush()
+
+    def on_CreateTopic(self, msg: CreateTopic, sender: Any) -> None:
+        to = msg.reply_to or sender
+        if self.core is None:
+            return
+        if not self.core.active:
+            target = self.sup_addrs.get(self.core.agency_leader or "")
+            if target is not None and self.core.agency_leader != self.boot.node_id:
+                self.send(target, CreateTopic(msg.client, msg.req_id, msg.spec, to))
+            else:
+                self.send(to, TopicReply(msg.client, msg.req_id, "fail", error="no active supervisor; retry"))
+            return
+        self.core.create_topic(CreateTopic(msg.client, msg.req_id, msg.spec, to), to, self.now())
+        self._flush()
 
     def on_AgencyReply(self, msg: AgencyReply, sender: Any) -> None:
         if self.core is not None:
@@ -351,6 +483,8 @@ class Supervisor(ChorusActor):
             if eff[0] == "agency":
                 _, op, req_id = eff
                 self.send(self.boot.agency, AgencyRequest(self.core.client, req_id, op))
+            elif eff[0] == "reply":
+                self.send(eff[1], eff[2])
             else:
                 _, shard, node, m = eff
                 addr = self.replica_addrs.get((shard, node))

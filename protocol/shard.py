@@ -145,12 +145,6 @@ class ShardStatusReply:
 
 
 @dataclass(frozen=True)
-class NodeHeartbeat:
-    node: str
-    seq: int
-
-
-@dataclass(frozen=True)
 class ShardBugs:
     """Deliberately broken replication, for proving the simulator catches it."""
 

@@ -27,6 +27,7 @@ class ConsumerBoot:
     shards: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...]
     heartbeat_s: float = 0.3
     nack_ratio: float = 0.0
+    stop_after_s: float = 1e9  # then it goes quiet (no heartbeats, no acks)
 
 
 class ShardConsumer(ChorusActor):
@@ -43,13 +44,19 @@ class ShardConsumer(ChorusActor):
         self.boot = msg
         self.routes = {s: dict(r) for s, r in msg.shards}
         now = self.now()
+        self.started = now
         for s in self.routes:
             self.heard[s] = now
             self.tries[s] = 0
         self._heartbeat()
 
+    def _stopped(self) -> bool:
+        return self.now() - self.started >= self.boot.stop_after_s
+
     def _heartbeat(self) -> None:
         now = self.now()
+        if self._stopped():
+            return
         for shard in sorted(self.routes):
             nodes = sorted(self.routes[shard])
             if now - self.heard[shard] > 3 * self.boot.heartbeat_s:
@@ -77,6 +84,8 @@ class ShardConsumer(ChorusActor):
 
     def on_Delivery(self, msg: Delivery, sender: Any) -> None:
         b = self.boot
+        if self._stopped():
+            return
         self.heard[msg.shard] = self.now()
         acks, nacks = [], []
         for offset, payload, redelivery in msg.records:

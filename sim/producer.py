@@ -6,8 +6,11 @@ flight per shard, each batch carrying the producer id and the sequence
 number of its first record (idempotent producer).  A batch that gets no
 definite answer -- timeout, ``unknown``, leader moved -- is retried with
 the *same* sequence, to the leader named in the last answer or to another
-replica, up to ``attempts_max`` times; the leader answers a retried batch
-with its original offset instead of appending it again.
+node, until it gets a definite answer; the leader answers a retried batch
+with its original offset instead of appending it again.  (Giving up and
+moving on would leave a hole in the sequence that the leader must refuse:
+later batches would never be accepted.)  ``attempts_max`` only bounds a
+batch that can never succeed.
 
 History records (for sim/datachecks.py):
 
@@ -36,7 +39,7 @@ class ProducerBoot:
     records_per_batch: int = 5
     level: str = "quorum"
     timeout_s: float = 1.0
-    attempts_max: int = 20
+    attempts_max: int = 100_000
     stop_after_s: float = 1e9
 
 
@@ -120,6 +123,7 @@ class ShardProducer(ChorusActor):
             self._done(shard, "unknown", -1, False, why)
             return
         self.inflight[shard] = (seq, count, req, attempt + 1)
+        backoff_s = max(backoff_s, min(0.5, 0.02 * attempt))  # grows with the attempts
         if backoff_s:
             self.set_timer(backoff_s, ("retry", shard, attempt + 1))
         else:

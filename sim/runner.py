@@ -70,20 +70,6 @@ class RunResult:
         return out + (["crashed"] if self.error else [])
 
 
-def shard_actor_name(shard: str) -> str:
-    return "shard-" + shard.replace("/", ".")
-
-
-def place(shards: int, rf: int, nodes: list[str]) -> list[tuple[str, ...]]:
-    """Replica placement: actors/placement.py when present, else a simple
-    deterministic rotation (distinct nodes, leaders spread)."""
-    try:
-        from actors.placement import place_topic
-    except ImportError:
-        return [tuple(nodes[(i + k) % len(nodes)] for k in range(rf)) for i in range(shards)]
-    return place_topic(shards, rf, list(nodes))
-
-
 def peer_ids(n: int) -> list[str]:
     return [f"n{i}" for i in range(1, n + 1)]
 
@@ -120,7 +106,6 @@ class Harness:
         self.shards: list[str] = []
         self.producers: list[str] = []
         self.leader_crashes: list[tuple[float, str, list[str]]] = []
-        self.shard_replicas: dict[str, tuple[str, ...]] = {}
         if scn.data is not None:
             self._build_data_plane(scn, addrs)
         wl = scn.workload
@@ -136,53 +121,60 @@ class Harness:
     def _build_data_plane(self, scn: Scenario, agency_addrs: tuple) -> None:
         from dataclasses import replace as dc_replace
 
-        from actors.shard_replica import ShardReplica
+        from actors.node import NodeActor
         from actors.supervisor import Supervisor, SupervisorBoot
-        from protocol.shard import ShardBoot, ShardBugs, ShardTuning
+        from protocol.node import CreateTopic, NodeBoot
+        from protocol.shard import ShardBugs, ShardTuning
+        from sim.consumer import ConsumerBoot, ShardConsumer
         from sim.producer import ProducerBoot, ShardProducer
 
         d = scn.data
         bugs = scn.shard_bugs or ShardBugs()
         tuning = dc_replace(ShardTuning(**d.tuning), bugs=bugs)
-        placed: list[tuple[str, tuple[str, ...]]] = []
-        for t in d.topics:
-            for i, reps in enumerate(place(t.shards, t.replication_factor, self.peers)):
-                placed.append((f"{t.name}#{i}", reps))
-        self.shards = [s for s, _ in placed]
-        self.shard_replicas = dict(placed)
-        sup_addrs = tuple(ActorAddress(f"{n}/supervisor") for n in self.peers)
-        replica_addr = {(s, n): ActorAddress(f"{n}/{shard_actor_name(s)}") for s, reps in placed for n in reps}
-        for s, reps in placed:
-            addrs = tuple((n, replica_addr[(s, n)]) for n in reps)
-            for n in reps:
-                boot = ShardBoot(s, n, reps, addrs, epoch=1, leader=reps[0], tuning=tuning, supervisors=sup_addrs)
-                self.world.spawn(n, ShardReplica, shard_actor_name(s), boot)
         agency = dict(agency_addrs)
+        sups = tuple((n, ActorAddress(f"{n}/supervisor")) for n in self.peers)
+        node_addrs = tuple((n, ActorAddress(f"{n}/node")) for n in self.peers)
         for n in self.peers:
-            boot = SupervisorBoot(
-                n, agency[n], tuple((s, rn, a) for (s, rn), a in sorted(replica_addr.items(),
-                                                                      key=lambda kv: kv[0])),
-                tuple((s, 1, reps[0], reps) for s, reps in placed), grace_s=d.grace_s, bugs=bugs)
-            self.world.spawn(n, Supervisor, "supervisor", boot)
-        self.producers = [f"p{i}" for i in range(1, d.producers + 1)]
-        for i, p in enumerate(self.producers, start=1):
+            self.world.spawn(n, Supervisor, "supervisor", SupervisorBoot(
+                n, agency[n], sups, tuple(self.peers), grace_s=d.grace_s, bugs=bugs))
+            self.world.spawn(n, NodeActor, "node", NodeBoot(
+                n, agency[n], node_addrs, tuple(a for _, a in sups), dict(sups)[n], tuning))
+        self.shards = [f"{t.name}#{i}" for t in d.topics for i in range(t.shards)]
+        for i, t in enumerate(d.topics, start=1):
+            spec = {"name": t.name, "shards": t.shards, "replication_factor": t.replication_factor}
+            req = CreateTopic("harness", i, spec)
+            # any node takes it; repeat until the agency and supervisor are up (idempotent: absent precondition)
+            for k, at in enumerate((1.0, 2.0, 3.0, 5.0)):
+                self.world.at(at, lambda req=req, k=k: self.world.send(node_addrs[k % len(node_addrs)][1], req),
+                              f"create topic {t.name}")
+        routes = tuple((s, node_addrs) for s in self.shards)
+        for i, p in enumerate(self.producers_for(d), start=1):
             self.world.add_node(p)
-            routes = tuple((s, tuple((n, replica_addr[(s, n)]) for n in reps)) for s, reps in placed)
             boot = ProducerBoot(p, 1000 + i, routes, rate_per_s=d.rate_per_s,
                                 records_per_batch=d.records_per_batch, level=d.level, timeout_s=d.timeout_s,
                                 stop_after_s=scn.duration_s + scn.settle_s / 2)
             self.world.spawn(p, ShardProducer, "producer", boot)
-        from sim.consumer import ConsumerBoot, ShardConsumer
-
         self.consumers: list[str] = []
         for name, mode, count, nack in d.subscriptions:
             for k in range(1, count + 1):
                 node = f"{name}-c{k}"
                 self.world.add_node(node)
                 self.consumers.append(node)
-                routes = tuple((s, tuple((n, replica_addr[(s, n)]) for n in reps)) for s, reps in placed)
                 self.world.spawn(node, ShardConsumer, "consumer",
-                                 ConsumerBoot(node, name, mode, routes, nack_ratio=nack))
+                                 ConsumerBoot(node, name, mode, routes, nack_ratio=nack,
+                                              stop_after_s=scn.duration_s + 0.8 * scn.settle_s))
+
+    def producers_for(self, d) -> list[str]:
+        self.producers = [f"p{i}" for i in range(1, d.producers + 1)]
+        return self.producers
+
+    def replica(self, shard: str, node: str) -> Any:
+        """The live ShardReplica instance of ``shard`` on ``node``, if any."""
+        if not self.world.is_up(node):
+            return None
+        host = self.world.actor(f"{node}/node")
+        addr = host.local.get(shard) if host is not None else None
+        return self.world.actor(addr) if addr is not None else None
 
     def shard_leader(self, shard: str | None = None) -> str | None:
         """The node whose replica leads the shard in the highest epoch."""
@@ -190,10 +182,8 @@ class Harness:
         if shard is None:
             return None
         best: tuple[int, str] | None = None
-        for n in self.shard_replicas.get(shard, ()):
-            if not self.world.is_up(n):
-                continue
-            a = self.world.actor(f"{n}/{shard_actor_name(shard)}")
+        for n in self.peers:
+            a = self.replica(shard, n)
             if a is not None and a.core is not None and a.core.role == "leader":
                 if best is None or a.core.epoch > best[0]:
                     best = (a.core.epoch, n)
@@ -216,6 +206,11 @@ class Harness:
             return self.leader()
         if target == "shard_leader":
             return self.shard_leader()
+        if target == "shard_follower":
+            lead = self.shard_leader()
+            core = self.replica(self.shards[0], lead).core if lead else None
+            cands = sorted(n for n in (core.replicas if core else ()) if n != lead and self.world.is_up(n))
+            return self.rng.choice(cands) if cands else None
         if target == "follower":
             lead = self.leader()
             cands = [p for p in self.peers if p != lead and self.world.is_up(p)]
@@ -514,13 +509,17 @@ def judge_data(h: Harness, scn: Scenario, checks: set[str]) -> dict[str, list[Vi
     leaders: dict[str, tuple[str, int]] = {}
     for s in h.shards:
         logs[s] = {}
-        for n in h.shard_replicas[s]:
-            a = w.actor(f"{n}/{shard_actor_name(s)}")
+        lead = h.shard_leader(s)
+        if lead is None:
+            continue
+        core = h.replica(s, lead).core
+        leaders[s] = (lead, core.hw)
+        for n in core.replicas:  # the current replica set (replacements included)
+            a = h.replica(s, n)
             if a is not None and a.core is not None:
                 logs[s][n] = a.log.read(a.log.start_offset, 1 << 40) if a.log.end_offset > a.log.start_offset else []
-        lead = h.shard_leader(s)
-        if lead is not None:
-            leaders[s] = (lead, w.actor(f"{lead}/{shard_actor_name(s)}").core.hw)
+            else:
+                logs[s][n] = [b"<replica missing>"]
     found, stats = check_data(w.history, logs, leaders, [sd[0] for sd in scn.data.subscriptions])
     h.data_stats = stats
     out = {k: v for k, v in found.items() if k in checks}

@@ -1,0 +1,155 @@
+"""NodeActor: a node's host for shard replicas and its request coordinator.
+
+* Every ``poll_s`` it reads the shard plans from its local agency peer (a
+  local, non-linearizable read: cheap) and creates a ShardReplica child for
+  every shard whose plan places a replica on this node -- so topics created
+  at run time and replacement followers on spare nodes come to life here.
+* When it creates a replica it tells every node and supervisor where it
+  lives (``ReplicaAddress``); nodes pass addresses on to their local
+  replicas of the same shard.  At boot it says ``NodeHello`` to every node,
+  and each answers with its own replicas' addresses.
+* It heartbeats to every supervisor (node liveness, used to pick spares).
+* Any node coordinates any request: ``Produce``, ``Subscribe`` and
+  ``ReadShard`` for a shard go to the replica of the planned leader (local
+  when it is here, else through the leader's node), answering to the
+  original sender; ``CreateTopic`` goes to the local supervisor, which
+  forwards it to the active one.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from actors.base import ChorusActor
+from actors.shard_replica import ShardReplica
+from actors.supervisor import PLAN_ROOT, walk_plans
+from protocol.agency import AgencyReply, AgencyRequest, Read
+from protocol.consume import Subscribe, SubscribeReply
+from protocol.node import CreateTopic, NodeBoot, NodeHeartbeat, NodeHello, ReplicaAddress, TopicReply
+from protocol.shard import Produce, ProduceReply, ReadShard, ReadShardReply, ShardBoot
+
+REPLICAS_MAX = 10_000
+
+
+class NodeActor(ChorusActor):
+    def __init__(self) -> None:
+        super().__init__()
+        self.boot: NodeBoot | None = None
+        self.local: dict[str, Any] = {}  # shard -> ShardReplica address
+        self.known: dict[tuple[str, str], Any] = {}  # (shard, node) -> address
+        self.plans: dict[str, dict] = {}
+        self.gen = 0
+        self.seq = 0
+        self.req = 0
+
+    def on_NodeBoot(self, msg: NodeBoot, sender: Any) -> None:
+        if self.boot is not None:
+            return
+        if msg.host is not None:
+            self.adopt_host_config(msg.host)
+        self.boot = msg
+        self.node_addrs = dict(msg.nodes)
+        self.client = f"node-{msg.node_id}-{self.rng.getrandbits(48):012x}"
+        for node in sorted(self.node_addrs):
+            if node != msg.node_id:
+                self.send(self.node_addrs[node], NodeHello(msg.node_id, ()))
+        self._poll()
+
+    def _poll(self) -> None:
+        self.req += 1
+        self.send(self.boot.agency, AgencyRequest(self.client, self.req, Read((PLAN_ROOT,), linearizable=False)))
+        self.seq += 1
+        hb = NodeHeartbeat(self.boot.node_id, self.seq)
+        for sup in self.boot.supervisors:
+            self.send(sup, hb)
+        self.gen += 1
+        self.set_timer(self.boot.poll_s, ("poll", self.gen))
+
+    def on_WakeupMessage(self, msg: Any, sender: Any) -> None:
+        if msg.payload == ("poll", self.gen):
+            self._poll()
+
+    def on_AgencyReply(self, msg: AgencyReply, sender: Any) -> None:
+        if msg.status != "ok" or not isinstance(msg.result, dict):
+            return
+        for shard, plan in walk_plans(msg.result["values"][0] or {}):
+            self.plans[shard] = plan
+            if self.boot.node_id in plan.get("replicas", ()) and shard not in self.local:
+                self._create(shard, plan)
+
+    def _create(self, shard: str, plan: dict) -> None:
+        if len(self.local) >= REPLICAS_MAX:
+            return
+        b = self.boot
+        addr = self.createActor(ShardReplica)
+        self.local[shard] = addr
+        self.known[(shard, b.node_id)] = addr
+        peers = tuple((n, a) for (s, n), a in sorted(self.known.items(), key=lambda kv: kv[0]) if s == shard)
+        leader = plan.get("leader") or None
+        self.send(addr, ShardBoot(shard, b.node_id, tuple(plan["replicas"]), peers, int(plan["epoch"]), leader,
+                                  b.tuning, b.host, tuple(b.supervisors)))
+        note = ReplicaAddress(shard, b.node_id, addr)
+        for node in sorted(self.node_addrs):
+            if node != b.node_id:
+                self.send(self.node_addrs[node], note)
+        for sup in b.supervisors:
+            self.send(sup, note)
+        self.record("node.replica_created", node=b.node_id, shard=shard)
+
+    def on_ReplicaAddress(self, msg: ReplicaAddress, sender: Any) -> None:
+        self.known[(msg.shard, msg.node)] = msg.address
+        local = self.local.get(msg.shard)
+        if local is not None:
+            self.send(local, msg)
+
+    def on_NodeHello(self, msg: NodeHello, sender: Any) -> None:
+        self.node_addrs.setdefault(msg.node, sender)
+        for shard, addr in msg.replicas:
+            self.on_ReplicaAddress(ReplicaAddress(shard, msg.node, addr), sender)
+        if not msg.reply and self.boot is not None:
+            mine = tuple(sorted(self.local.items()))
+            self.send(sender, NodeHello(self.boot.node_id, mine, reply=True))
+
+    # --------------------------------------------------------- coordination
+    def _route(self, shard: str, hint: str | None = None) -> Any:
+        """Address to forward a shard request to, or None if unknown."""
+        plan = self.plans.get(shard)
+        leader = hint or (plan.get("leader") if plan else None)
+        if not leader:
+            return None
+        if leader == self.boot.node_id:
+            return self.local.get(shard)
+        return self.known.get((shard, leader)) or self.node_addrs.get(leader)
+
+    def on_Produce(self, msg: Produce, sender: Any) -> None:
+        to = msg.reply_to or sender
+        target = self._route(msg.shard) if self.boot else None
+        if target is None:
+            self.send(to, ProduceReply(msg.shard, msg.client, msg.req_id, "fail",
+                                       error=f"no leader known for shard {msg.shard}"))
+            return
+        self.send(target, Produce(msg.shard, msg.client, msg.req_id, msg.batch, msg.count, msg.level,
+                                  msg.producer_id, msg.sequence, to))
+
+    def on_Subscribe(self, msg: Subscribe, sender: Any) -> None:
+        to = msg.reply_to or sender
+        target = self._route(msg.shard) if self.boot else None
+        if target is None:
+            self.send(to, SubscribeReply(msg.shard, msg.subscription, msg.consumer, "fail",
+                                         error=f"no leader known for shard {msg.shard}"))
+            return
+        self.send(target, Subscribe(msg.shard, msg.subscription, msg.mode, msg.consumer, to))
+
+    def on_ReadShard(self, msg: ReadShard, sender: Any) -> None:
+        to = msg.reply_to or sender
+        target = self._route(msg.shard) if self.boot else None
+        if target is None:
+            self.send(to, ReadShardReply(msg.shard, msg.client, msg.req_id, "fail", error="no leader known"))
+            return
+        self.send(target, ReadShard(msg.shard, msg.client, msg.req_id, msg.from_offset, msg.max_bytes, to))
+
+    def on_CreateTopic(self, msg: CreateTopic, sender: Any) -> None:
+        to = msg.reply_to or sender
+        if self.boot is None or self.boot.supervisor is None:
+            self.send(to, TopicReply(msg.client, msg.req_id, "fail", error="node is starting"))
+            return
+        self.send(self.boot.supervisor, CreateTopic(msg.client, msg.req_id, msg.spec, to))
