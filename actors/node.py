@@ -19,12 +19,23 @@ from __future__ import annotations
 
 from typing import Any
 
+from thespian.actors import ActorExitRequest
+
 from actors.base import ChorusActor
 from actors.shard_replica import ShardReplica
 from actors.supervisor import PLAN_ROOT, walk_plans
 from protocol.agency import AgencyReply, AgencyRequest, Read
 from protocol.consume import Subscribe, SubscribeReply
-from protocol.node import CreateTopic, NodeBoot, NodeHeartbeat, NodeHello, ReplicaAddress, TopicReply
+from protocol.node import (
+    AlterTopic,
+    CreateTopic,
+    DeleteTopic,
+    NodeBoot,
+    NodeHeartbeat,
+    NodeHello,
+    ReplicaAddress,
+    TopicReply,
+)
 from protocol.shard import Produce, ProduceReply, ReadShard, ReadShardReply, ShardBoot
 
 REPLICAS_MAX = 10_000
@@ -40,6 +51,7 @@ class NodeActor(ChorusActor):
         self.gen = 0
         self.seq = 0
         self.req = 0
+        self.revision = 0
 
     def on_NodeBoot(self, msg: NodeBoot, sender: Any) -> None:
         if self.boot is not None:
@@ -71,10 +83,20 @@ class NodeActor(ChorusActor):
     def on_AgencyReply(self, msg: AgencyReply, sender: Any) -> None:
         if msg.status != "ok" or not isinstance(msg.result, dict):
             return
-        for shard, plan in walk_plans(msg.result["values"][0] or {}):
-            self.plans[shard] = plan
+        revision = msg.result.get("revision", 0)
+        if revision < self.revision:
+            return  # an older view (e.g. our agency peer is catching up after a restart)
+        self.revision = revision
+        plans = dict(walk_plans(msg.result["values"][0] or {}))
+        self.plans = plans
+        for shard, plan in plans.items():
             if self.boot.node_id in plan.get("replicas", ()) and shard not in self.local:
                 self._create(shard, plan)
+        for shard in [s for s in self.local if s not in plans]:
+            # the topic was deleted: stop the replica (its data stays on disk)
+            self.send(self.local.pop(shard), ActorExitRequest())
+            self.known.pop((shard, self.boot.node_id), None)
+            self.record("node.replica_stopped", node=self.boot.node_id, shard=shard)
 
     def _create(self, shard: str, plan: dict) -> None:
         if len(self.local) >= REPLICAS_MAX:
@@ -146,6 +168,18 @@ class NodeActor(ChorusActor):
             self.send(to, ReadShardReply(msg.shard, msg.client, msg.req_id, "fail", error="no leader known"))
             return
         self.send(target, ReadShard(msg.shard, msg.client, msg.req_id, msg.from_offset, msg.max_bytes, to))
+
+    def on_AlterTopic(self, msg: AlterTopic, sender: Any) -> None:
+        self._to_supervisor(msg, msg.reply_to or sender)
+
+    def on_DeleteTopic(self, msg: DeleteTopic, sender: Any) -> None:
+        self._to_supervisor(msg, msg.reply_to or sender)
+
+    def _to_supervisor(self, msg: Any, to: Any) -> None:
+        if self.boot is None or self.boot.supervisor is None:
+            self.send(to, TopicReply(msg.client, msg.req_id, "fail", error="node is starting"))
+            return
+        self.send(self.boot.supervisor, type(msg)(**{**msg.__dict__, "reply_to": to}))
 
     def on_CreateTopic(self, msg: CreateTopic, sender: Any) -> None:
         to = msg.reply_to or sender

@@ -69,6 +69,7 @@ CONTROL_HEADER = "chorus.control"
 @dataclass
 class ShardReady:
     persist_epoch: int | None = None
+    flush_after_s: float | None = None  # group commit: call flush() after this delay
     messages: list[Any] = field(default_factory=list)  # replica-to-replica (have .to)
     replies: list[tuple[Any, Any]] = field(default_factory=list)  # (reply_to, message)
     records: list[tuple[str, dict]] = field(default_factory=list)
@@ -130,6 +131,7 @@ class ShardCore:
         self.followers: dict[str, _Follower] = {}
         self.in_sync: tuple[str, ...] = ()
         self.waiters: list[_Waiter] = []
+        self.flush_armed = False
         # producer id -> (next sequence, base offset of last batch, count of last batch, its base sequence)
         self.producers: dict[int, tuple[int, int, int, int]] = {}
         self._ready = ShardReady()
@@ -307,16 +309,34 @@ class ShardCore:
                                                  epoch=self.epoch, error=f"bad batch: {exc}"))
             return self._take()
         self.log.append(batch)
-        self.log.sync()
         self._note_producer(h)
         self._record("shard.append", shard=self.shard, node=self.id, epoch=self.epoch, base=base, count=h.record_count,
                      client=m.client, req_id=m.req_id)
         self.waiters.append(_Waiter(base + h.record_count, m.level, m.reply_to, m.client, m.req_id, base, deadline))
-        for n in sorted(self.followers):
-            self._push(n)
-        self._advance_hw()
-        self._resolve_waiters(now_s)
+        if self.tuning.group_commit_ms > 0:
+            # Group commit: the first unsynced append arms the flush; every
+            # batch appended until then shares its one sync.
+            if not self.flush_armed:
+                self.flush_armed = True
+                self._ready.flush_after_s = self.tuning.group_commit_ms / 1000.0
+            return self._take()
+        return self.flush(now_s)
+
+    def flush(self, now_s: float) -> ShardReady:
+        """Sync what was appended, then replicate it and answer whom it
+        satisfies -- nothing leaves before the sync."""
+        self._flush(now_s)
         return self._take()
+
+    def _flush(self, now_s: float) -> None:
+        self.flush_armed = False
+        if self.log.synced_offset < self.log.end_offset:
+            self.log.sync()
+        if self.role == LEADER:
+            for n in sorted(self.followers):
+                self._push(n)
+            self._advance_hw()
+            self._resolve_waiters(now_s)
 
     def _resolve_waiters(self, now_s: float) -> None:
         keep = []
@@ -345,10 +365,12 @@ class ShardCore:
     # -------------------------------------------------------- replication
     def _push(self, node: str) -> None:
         f = self.followers[node]
-        if f.inflight >= self.tuning.inflight_max or f.next >= self.log.end_offset:
+        synced = self.log.synced_offset
+        if f.inflight >= self.tuning.inflight_max or f.next >= synced:
             return
         start = self._batch_start_at_or_below(f.next)
-        batches = self.log.read(start, self.tuning.push_bytes_max)[: self.tuning.push_batches_max]
+        batches = self.log.read(start, self.tuning.push_bytes_max, max_offset=synced - 1)[
+            : self.tuning.push_batches_max]
         if not batches:
             return
         last = read_header(batches[-1])
@@ -472,6 +494,8 @@ class ShardCore:
 
     # ---------------------------------------------------------------- tick
     def tick(self, now_s: float) -> ShardReady:
+        if self.flush_armed:
+            self._flush(now_s)  # safety net: a lost flush timer never strands writes
         if self.role == LEADER:
             timeout = self.tuning.isr_timeout_s
             for n in sorted(self.followers):

@@ -82,7 +82,12 @@ class ShardReplica(ChorusActor):
         self.set_timer(self.core.tuning.tick_ms / 1000.0, ("tick", self.gen))
 
     def on_WakeupMessage(self, msg: Any, sender: Any) -> None:
-        if msg.payload != ("tick", self.gen) or self.core is None:
+        if self.core is None:
+            return
+        if msg.payload == "flush":
+            self._handle(self.core.flush(self.now()))
+            return
+        if msg.payload != ("tick", self.gen):
             return
         self._handle(self.core.tick(self.now()))
         if self.leading:
@@ -123,6 +128,8 @@ class ShardReplica(ChorusActor):
             self.send(to, m)
 
     def _handle_ready(self, rd: Any) -> None:
+        if rd.flush_after_s is not None:
+            self.set_timer(rd.flush_after_s, "flush")
         if rd.persist_epoch is not None:
             self.meta.put(b"epoch", str(rd.persist_epoch).encode())
             self.meta.sync()

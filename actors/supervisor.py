@@ -51,9 +51,9 @@ from protocol.agency import (
     StatusReply,
     Txn,
 )
-from protocol.node import CreateTopic, NodeHeartbeat, ReplicaAddress, TopicReply
+from protocol.node import AlterTopic, CreateTopic, DeleteTopic, NodeHeartbeat, ReplicaAddress, TopicReply
 from protocol.shard import Assign, Fence, Position, ReplicaState, ShardBugs
-from protocol.topics import TopicSpec, topic_path
+from protocol.topics import TopicName, TopicSpec, topic_path
 
 PLAN_ROOT = "/chorus/plan/shards"
 
@@ -202,6 +202,87 @@ class SupervisorCore:
         self._agency("create", (m, reply_to, shards, tuple(placed)),
                      Txn(tuple(muts), (Precondition(topic_path(spec.name), "absent"),)))
 
+    def change_topic(self, m: AlterTopic | DeleteTopic, reply_to: Any) -> None:
+        """Alter or delete: read the current spec, then one transaction whose
+        precondition is that the spec is still what was read."""
+        if not self.active or not self.loaded:
+            self.out.append(("reply", reply_to, TopicReply(m.client, m.req_id, "fail",
+                                                           error="supervisor is not ready")))
+            return
+        try:
+            path = topic_path(TopicName.parse(m.name))
+        except ValueError as exc:
+            self.out.append(("reply", reply_to, TopicReply(m.client, m.req_id, "fail", error=str(exc))))
+            return
+        self._agency("topic_read", (m, reply_to, path), Read((path,)))
+
+    def _topic_read(self, key: Any, r: AgencyReply, now_s: float) -> None:
+        m, reply_to, path = key
+
+        def answer(status: str, error: str = "", shards: tuple = ()) -> None:
+            self.out.append(("reply", reply_to, TopicReply(m.client, m.req_id, status, shards, error)))
+
+        if r.status != "ok":
+            answer("fail", r.error or "agency unavailable")
+            return
+        current = r.result["values"][0]
+        if not current:
+            answer("fail", f"topic {m.name} does not exist")
+            return
+        try:
+            spec = TopicSpec.from_json(current)
+        except ValueError as exc:
+            answer("fail", f"stored spec unreadable: {exc}")
+            return
+        old_shards = tuple(f"{spec.name}#{i}" for i in range(spec.shards))
+        if isinstance(m, DeleteTopic):
+            muts = [Mutation(path, "delete")] + [Mutation(plan_path(s), "delete") for s in old_shards]
+            self._agency("topic_write", (m, reply_to, (), (), old_shards),
+                         Txn(tuple(muts), (Precondition(path, "equals", current),)))
+            return
+        try:
+            if m.changes.get("replication_factor", spec.replication_factor) != spec.replication_factor:
+                raise ValueError("changing the replication factor of an existing topic is not supported yet")
+            new = spec.alter(**m.changes)
+            alive = sorted(n for n in self.nodes if self._alive(n, now_s, 2 * self.grace_s))
+            added = new.shards - spec.shards
+            placed = []
+            if added:
+                new.validate(len(alive))
+                load = cluster_load([(p.replicas, p.leader) for p in self.plans.values()])
+                placed = place_topic(added, new.replication_factor, alive, load)
+        except (ValueError, TypeError) as exc:
+            answer("fail", str(exc))
+            return
+        shards = tuple(f"{new.name}#{i}" for i in range(spec.shards, new.shards))
+        muts = [Mutation(path, "set", new.to_json())]
+        for shard, reps in zip(shards, placed):
+            muts.append(Mutation(plan_path(shard), "set", {"epoch": 1, "leader": reps[0], "replicas": list(reps)}))
+        all_shards = old_shards + shards
+        self._agency("topic_write", (m, reply_to, shards, tuple(placed), all_shards),
+                     Txn(tuple(muts), (Precondition(path, "equals", current),)))
+
+    def _topic_written(self, key: Any, r: AgencyReply) -> None:
+        m, reply_to, shards, placed, all_shards = key
+        ok = r.status == "ok" and isinstance(r.result, dict) and r.result.get("ok")
+        if not ok:
+            status = "unknown" if r.status == "unknown" else "fail"
+            err = "the topic changed concurrently; retry" if r.status == "ok" else (r.error or r.status)
+            self.out.append(("reply", reply_to, TopicReply(m.client, m.req_id, status, error=err)))
+            return
+        if isinstance(m, DeleteTopic):
+            for s in all_shards:
+                self.plans.pop(s, None)
+            self.records.append(("supervisor.topic_deleted", {"topic": m.name}))
+            self.out.append(("reply", reply_to, TopicReply(m.client, m.req_id, "ok", ())))
+            return
+        for shard, reps in zip(shards, placed):
+            self.plans[shard] = Plan(1, reps[0], tuple(reps))
+            for n in reps:
+                self._to_replica(shard, n, Assign(shard, 1, reps[0], tuple(reps)))
+        self.records.append(("supervisor.topic_altered", {"topic": m.name, "new_shards": list(shards)}))
+        self.out.append(("reply", reply_to, TopicReply(m.client, m.req_id, "ok", all_shards)))
+
     # -------------------------------------------------------- agency replies
     def agency_reply(self, r: AgencyReply, now_s: float) -> None:
         kind, key = self.inflight.pop(r.req_id, ("", None))
@@ -227,6 +308,10 @@ class SupervisorCore:
                 err = "topic exists" if ok else (r.error or r.status)
                 status = "unknown" if r.status == "unknown" else "fail"
                 self.out.append(("reply", reply_to, TopicReply(m.client, m.req_id, status, error=err)))
+        elif kind == "topic_read":
+            self._topic_read(key, r, now_s)
+        elif kind == "topic_write":
+            self._topic_written(key, r)
         elif kind in ("fence", "promote", "replace"):
             shard = key
             fo = self.failovers.get(shard)
@@ -266,6 +351,8 @@ class SupervisorCore:
             shard: Plan(int(p["epoch"]), str(p.get("leader", "")), tuple(p.get("replicas", ())))
             for shard, p in walk_plans(tree)
         }
+        for shard in [s for s in self.plans if s not in fresh and s not in self.failovers]:
+            del self.plans[shard]  # deleted (by us or by another supervisor)
         for shard, plan in fresh.items():
             mine = self.plans.get(shard)
             # keep a newer plan we committed after this read was taken
@@ -470,6 +557,26 @@ class Supervisor(ChorusActor):
                 self.send(to, TopicReply(msg.client, msg.req_id, "fail", error="no active supervisor; retry"))
             return
         self.core.create_topic(CreateTopic(msg.client, msg.req_id, msg.spec, to), to, self.now())
+        self._flush()
+
+    def on_AlterTopic(self, msg: AlterTopic, sender: Any) -> None:
+        self._topic_change(msg, msg.reply_to or sender)
+
+    def on_DeleteTopic(self, msg: DeleteTopic, sender: Any) -> None:
+        self._topic_change(msg, msg.reply_to or sender)
+
+    def _topic_change(self, msg: AlterTopic | DeleteTopic, to: Any) -> None:
+        if self.core is None:
+            return
+        msg = type(msg)(**{**msg.__dict__, "reply_to": to})
+        if not self.core.active:
+            target = self.sup_addrs.get(self.core.agency_leader or "")
+            if target is not None and self.core.agency_leader != self.boot.node_id:
+                self.send(target, msg)
+            else:
+                self.send(to, TopicReply(msg.client, msg.req_id, "fail", error="no active supervisor; retry"))
+            return
+        self.core.change_topic(msg, to)
         self._flush()
 
     def on_AgencyReply(self, msg: AgencyReply, sender: Any) -> None:

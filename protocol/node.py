@@ -62,3 +62,23 @@ class TopicReply:
     status: str  # ok | fail | unknown
     shards: tuple[str, ...] = ()
     error: str = ""
+
+
+@dataclass(frozen=True)
+class AlterTopic:
+    """Change a topic: ``changes`` may grow ``shards`` and set
+    ``retention_ms``/``retention_bytes`` (see TopicSpec.alter)."""
+
+    client: str
+    req_id: int
+    name: str
+    changes: dict
+    reply_to: Any = None
+
+
+@dataclass(frozen=True)
+class DeleteTopic:
+    client: str
+    req_id: int
+    name: str
+    reply_to: Any = None

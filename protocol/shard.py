@@ -169,6 +169,7 @@ class ShardTuning:
     request_timeout_s: float = 5.0
     producers_max: int = 10_000
     pending_max: int = 10_000
+    group_commit_ms: float = 0.0  # 0: sync each produce at once; >0: one sync for all appends in this window
     bugs: ShardBugs = ShardBugs()
 
 

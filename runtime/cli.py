@@ -153,6 +153,7 @@ def _sweep(scn, seeds: list[int], jobs: int) -> None:
     failures = []
     walls, events, sims = [], 0, 0.0
     failovers: list[float] = []
+    lost_one = acked = 0
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[failed]} failed"), TimeElapsedColumn(),
                   console=console, transient=False) as prog:
@@ -160,6 +161,8 @@ def _sweep(scn, seeds: list[int], jobs: int) -> None:
         for r in sweep(scn, seeds, jobs):
             walls.append(r.wall_seconds)
             failovers.extend(r.failover_s)
+            lost_one += r.data_stats.get("loss_at_one", 0)
+            acked += r.data_stats.get("acked_records", 0)
             events += r.events
             sims += r.sim_seconds
             if not r.ok:
@@ -170,6 +173,9 @@ def _sweep(scn, seeds: list[int], jobs: int) -> None:
     console.print(f"{len(seeds)} seeds, {len(failures)} failed; {events} events; "
                   f"{sims:.0f} simulated s in {cpu:.1f} CPU s ({sims / cpu if cpu else 0:.0f}x real time per core); "
                   f"median run {statistics.median(walls):.2f} s")
+    if acked:
+        console.print(f"{acked} records acknowledged; {lost_one} acknowledged at level one were lost "
+                      "(allowed: the leader died before replicating them)")
     if failovers:
         fo = sorted(failovers)
         console.print(f"shard failover over {len(fo)} leader crashes: p50 {_pct(fo, 50):.2f} s, "

@@ -130,7 +130,7 @@ class Harness:
 
         d = scn.data
         bugs = scn.shard_bugs or ShardBugs()
-        tuning = dc_replace(ShardTuning(**d.tuning), bugs=bugs)
+        tuning = dc_replace(ShardTuning(**{"group_commit_ms": 2.0, **d.tuning}), bugs=bugs)
         agency = dict(agency_addrs)
         sups = tuple((n, ActorAddress(f"{n}/supervisor")) for n in self.peers)
         node_addrs = tuple((n, ActorAddress(f"{n}/node")) for n in self.peers)
@@ -151,7 +151,8 @@ class Harness:
         for i, p in enumerate(self.producers_for(d), start=1):
             self.world.add_node(p)
             boot = ProducerBoot(p, 1000 + i, routes, rate_per_s=d.rate_per_s,
-                                records_per_batch=d.records_per_batch, level=d.level, timeout_s=d.timeout_s,
+                                records_per_batch=d.records_per_batch, level=d.level[(i - 1) % len(d.level)],
+                                timeout_s=d.timeout_s,
                                 stop_after_s=scn.duration_s + scn.settle_s / 2)
             self.world.spawn(p, ShardProducer, "producer", boot)
         self.consumers: list[str] = []

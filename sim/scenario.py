@@ -56,7 +56,7 @@ DATA_CHECKS = (
 )
 ALL_CHECKS = CHECKS + DATA_CHECKS
 SHARD_TUNING_KEYS = ("tick_ms", "push_batches_max", "push_bytes_max", "inflight_max", "isr_timeout_s",
-                     "request_timeout_s")
+                     "request_timeout_s", "group_commit_ms")
 LEVEL_NAMES = ("any", "one", "quorum", "all")
 TUNING_KEYS = tuple(f for f in RaftTuning.__dataclass_fields__ if f != "bugs")
 OPTION_KEYS = tuple(SimOptions.__dataclass_fields__)
@@ -101,7 +101,7 @@ class DataPlane:
     producers: int = 2
     rate_per_s: float = 20.0
     records_per_batch: int = 5
-    level: str = "quorum"
+    level: tuple[str, ...] = ("quorum",)  # producer i writes at level[i % len]
     timeout_s: float = 0.5
     grace_s: float = 0.6
     tuning: dict = field(default_factory=dict)
@@ -274,8 +274,12 @@ def _data(v: _V, d: Any, nodes: int) -> DataPlane:
         rf = v.integer(f"data.topics[{i}].replication_factor", t.get("replication_factor", 3), 1, nodes)
         topics.append(DataTopic(name, v.integer(f"data.topics[{i}].shards", t.get("shards", 1), 1, 64), rf))
     level = d.get("level", "quorum")
-    if level not in LEVEL_NAMES:
-        v.fail("data.level", f"one of {list(LEVEL_NAMES)}", level)
+    levels = level if isinstance(level, list) else [level]
+    for i, lv in enumerate(levels):
+        if lv not in LEVEL_NAMES:
+            v.fail("data.level" + (f"[{i}]" if isinstance(level, list) else ""),
+                   f"one of {list(LEVEL_NAMES)} (or a list of them, one per producer in turn)", lv)
+    level = tuple(levels)
     tun = v.mapping("data.tuning", d.get("tuning", {}), SHARD_TUNING_KEYS)
     for k, val in tun.items():
         v.number(f"data.tuning.{k}", val, 0.001, 10_000_000)

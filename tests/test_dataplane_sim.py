@@ -138,3 +138,60 @@ def test_topics_are_created_through_any_node_with_validation():
     for s in replies[40].shards:
         assert h.shard_leader(s) is not None, s
     assert w.errors == []
+
+
+def test_topics_are_altered_and_deleted_through_the_agency():
+    from thespian.actors import ActorAddress
+
+    from actors.base import ChorusActor
+    from protocol.node import AlterTopic, CreateTopic, DeleteTopic
+    from sim.runner import Harness
+    from sim.scenario import parse
+
+    class Probe(ChorusActor):
+        def __init__(self):
+            super().__init__()
+            self.replies = {}
+
+        def on_TopicReply(self, msg, sender):
+            self.replies[msg.req_id] = msg
+
+        def on_unhandled(self, msg, sender):  # requests from the test: pass them to a node
+            self.send(ActorAddress("n3/node"), msg)
+
+    doc = {"name": "t", "duration_s": 20, "settle_s": 0, "cluster": {"peers": 3}, "workload": {"clients": 0},
+           "data": {"topics": [{"name": "a/b/c/first", "shards": 1, "replication_factor": 3}], "producers": 0},
+           "checks": ["election_safety"]}
+    h = Harness(parse(doc), 2)
+    w = h.world
+    w.add_node("probe")
+    probe = w.spawn("probe", Probe, "probe")
+    name = "a/b/c/orders"
+    steps = [
+        (4.0, CreateTopic("probe", 1, {"name": name, "shards": 2, "replication_factor": 3})),
+        (6.0, AlterTopic("probe", 2, name, {"shards": 4, "retention_ms": 3_600_000})),
+        (7.0, AlterTopic("probe", 3, name, {"shards": 1})),
+        (7.5, AlterTopic("probe", 4, name, {"replication_factor": 2})),
+        (8.0, AlterTopic("probe", 5, "a/b/c/missing", {"shards": 2})),
+        (11.0, DeleteTopic("probe", 6, name)),
+        (12.0, DeleteTopic("probe", 7, name)),
+    ]
+    for t, msg in steps:
+        w.at(t, lambda msg=msg: w.send(probe, msg), "topic op")
+    w.run_until(10.0)
+    replies = w.actor(probe).replies
+    assert replies[1].status == "ok"
+    assert replies[2].status == "ok" and replies[2].shards == tuple(f"{name}#{i}" for i in range(4))
+    assert replies[3].status == "fail" and "only grow" in replies[3].error
+    assert replies[4].status == "fail" and "replication factor" in replies[4].error
+    assert replies[5].status == "fail" and "does not exist" in replies[5].error
+    for i in range(4):
+        assert h.shard_leader(f"{name}#{i}") is not None, i
+    w.run_until(14.0)
+    replies = w.actor(probe).replies
+    assert replies[6].status == "ok" and replies[7].status == "fail"
+    for n in h.peers:
+        local = w.actor(f"{n}/node").local
+        assert not any(s.startswith(name + "#") for s in local), (n, sorted(local))
+        assert "a/b/c/first#0" in local  # the other topic is untouched
+    assert w.errors == []

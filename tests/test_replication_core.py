@@ -640,3 +640,37 @@ def test_bug_no_truncation_keeps_a_divergent_batch(bug):
     else:
         assert net.raw("a") == net.raw("b") and b"lost" not in net.payloads("a")
 
+
+
+def test_group_commit_shares_one_sync_and_acks_only_after_it():
+    """With group_commit_ms > 0, appends from several produce requests are
+    synced once by flush(); nothing is replicated or acknowledged before."""
+    from protocol.records import Record, encode_batch
+    from protocol.shard import Assign, Produce, ShardTuning
+    from actors.replication import ShardCore
+    from storage.memory import MemoryStore
+    from storage.shardlog import ShardLog
+
+    class CountingStore(MemoryStore):
+        syncs = 0
+
+        def sync(self):
+            CountingStore.syncs += 1
+            super().sync()
+
+    store = CountingStore()
+    core = ShardCore("t/p/c/x#0", "a", ShardLog(store), ShardTuning(group_commit_ms=2.0),
+                     replicas=("a",))
+    core.assign(Assign("t/p/c/x#0", 1, "a", ("a",)), 0.0)
+    before = CountingStore.syncs
+    readies = []
+    for i in range(5):
+        batch = encode_batch([Record(None, b"v%d" % i)])
+        readies.append(core.produce(Produce("t/p/c/x#0", "c", i, batch, 1, "one", reply_to="me"), 0.001 * i))
+    assert readies[0].flush_after_s == 0.002 and all(r.flush_after_s is None for r in readies[1:])
+    assert all(not r.replies for r in readies)  # nothing acknowledged before the sync
+    assert CountingStore.syncs == before
+    done = core.flush(0.006)
+    assert CountingStore.syncs == before + 1
+    assert sorted(m.req_id for _, m in done.replies) == [0, 1, 2, 3, 4]
+    assert all(m.status == "ok" for _, m in done.replies)
