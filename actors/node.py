@@ -133,7 +133,14 @@ class NodeActor(ChorusActor):
 
     # --------------------------------------------------------- coordination
     def _route(self, shard: str, hint: str | None = None) -> Any:
-        """Address to forward a shard request to, or None if unknown."""
+        """Address to forward a shard request to, or None if unknown.
+
+        A local replica comes first: it learns a new leader at once (Assign,
+        Push), so it either serves the request or names the current leader,
+        where the plan read from the agency may be up to ``poll_s`` old."""
+        local = self.local.get(shard)
+        if local is not None:
+            return local
         plan = self.plans.get(shard)
         leader = hint or (plan.get("leader") if plan else None)
         if not leader:

@@ -131,6 +131,7 @@ class SupervisorCore:
         self.inflight: dict[int, tuple[str, Any]] = {}  # req id -> (kind, shard or topic request)
         self.last_assign: dict[tuple[str, str], float] = {}
         self.last_load_s = 0.0
+        self.started_s: float | None = None
         self.refresh_s = 1.0  # re-read the plans: another supervisor may have changed them
         self.out: list[tuple] = []  # ("agency", op, req_id) / ("replica", shard, node, msg) / ("reply", to, msg)
         self.records: list[tuple[str, dict]] = []
@@ -433,11 +434,16 @@ class SupervisorCore:
 
     # ---------------------------------------------------------------- tick
     def tick(self, now_s: float) -> None:
+        if self.started_s is None:
+            self.started_s = now_s
         if not self.active or not self.loaded:
             return
         if now_s - self.last_load_s >= self.refresh_s and "load" not in {k for k, _ in self.inflight.values()}:
             self._agency("load", "", Read((PLAN_ROOT,)))
-        settling = now_s - self.active_since < self.grace_s
+        # Every supervisor receives replica states all the time, so a newly
+        # active one already knows who is alive: it only waits out its own
+        # start (restart), not its activation.
+        settling = now_s - self.started_s < self.grace_s
         for shard in sorted(self.plans):
             plan = self.plans[shard]
             fo = self.failovers.get(shard)
@@ -459,7 +465,7 @@ class SupervisorCore:
     def _leader_alive(self, shard: str, plan: Plan, now_s: float) -> bool:
         seen = self.seen.get((shard, plan.leader))
         if seen is None:
-            return now_s - self.active_since < 2 * self.grace_s
+            return now_s - self.started_s < 2 * self.grace_s
         t, st = seen
         if now_s - t > self.grace_s:
             return False

@@ -56,6 +56,8 @@ class ShardProducer(ChorusActor):
         self.leader: dict[str, str] = {}
         self.rr = 0
         self.req = 0
+        self.suspect: dict[str, float] = {}  # node -> when a request to it went unanswered
+        self.last_target: dict[str, str] = {}
 
     def on_ProducerBoot(self, msg: ProducerBoot, sender: Any) -> None:
         if self.boot is not None:
@@ -80,6 +82,9 @@ class ShardProducer(ChorusActor):
         if cur is None or cur[3] != attempt:
             return
         if kind == "timeout":
+            silent = self.last_target.get(shard)
+            if silent is not None:
+                self.suspect[silent] = self.now()  # skip it in the rotation for a while
             self.leader.pop(shard, None)
             self._retry(shard, "timeout")
         elif kind == "retry":
@@ -112,8 +117,10 @@ class ShardProducer(ChorusActor):
         reps = self.routes[shard]
         target = self.leader.get(shard)
         if target not in reps:
-            nodes = sorted(reps)
+            now = self.now()
+            nodes = [n for n in sorted(reps) if now - self.suspect.get(n, -1e9) > 1.0] or sorted(reps)
             target = nodes[(attempt - 1) % len(nodes)]
+        self.last_target[shard] = target
         self.send(reps[target], req)
         self.set_timer(self.boot.timeout_s, ("timeout", shard, attempt))
 
@@ -123,7 +130,6 @@ class ShardProducer(ChorusActor):
             self._done(shard, "unknown", -1, False, why)
             return
         self.inflight[shard] = (seq, count, req, attempt + 1)
-        backoff_s = max(backoff_s, min(0.5, 0.02 * attempt))  # grows with the attempts
         if backoff_s:
             self.set_timer(backoff_s, ("retry", shard, attempt + 1))
         else:
@@ -142,7 +148,7 @@ class ShardProducer(ChorusActor):
         else:
             if msg.leader is None:
                 self.leader.pop(msg.shard, None)
-            self._retry(msg.shard, msg.error or msg.status, backoff_s=0.1)
+            self._retry(msg.shard, msg.error or msg.status, backoff_s=0.05)
 
     def _done(self, shard: str, status: str, base: int, duplicate: bool, error: str) -> None:
         seq, count, req, _attempt = self.inflight.pop(shard)

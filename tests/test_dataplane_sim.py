@@ -32,7 +32,7 @@ def test_data_scenarios_pass(name):
 def test_leader_crash_fails_over_within_two_simulated_seconds():
     r = run(scenario("shard-leader-crash"), 2)
     assert r.ok and r.failover_s, r.failover_s
-    assert max(r.failover_s) <= 2.5, r.failover_s
+    assert max(r.failover_s) <= 2.0, r.failover_s
 
 
 @pytest.mark.parametrize("bug,name,expect", [
