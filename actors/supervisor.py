@@ -130,6 +130,7 @@ class SupervisorCore:
         self.req_seq = 0
         self.inflight: dict[int, tuple[str, Any]] = {}  # req id -> (kind, shard or topic request)
         self.last_assign: dict[tuple[str, str], float] = {}
+        self.resizing: dict[str, tuple[int, tuple[str, ...]]] = {}
         self.last_load_s = 0.0
         self.started_s: float | None = None
         self.refresh_s = 1.0  # re-read the plans: another supervisor may have changed them
@@ -242,26 +243,56 @@ class SupervisorCore:
                          Txn(tuple(muts), (Precondition(path, "equals", current),)))
             return
         try:
-            if m.changes.get("replication_factor", spec.replication_factor) != spec.replication_factor:
-                raise ValueError("changing the replication factor of an existing topic is not supported yet")
             new = spec.alter(**m.changes)
             alive = sorted(n for n in self.nodes if self._alive(n, now_s, 2 * self.grace_s))
             added = new.shards - spec.shards
             placed = []
-            if added:
+            load = cluster_load([(p.replicas, p.leader) for p in self.plans.values()])
+            if added or new.replication_factor > spec.replication_factor:
                 new.validate(len(alive))
-                load = cluster_load([(p.replicas, p.leader) for p in self.plans.values()])
+            if added:
                 placed = place_topic(added, new.replication_factor, alive, load)
+            resized = self._resize(old_shards, new.replication_factor, alive, load)
         except (ValueError, TypeError) as exc:
             answer("fail", str(exc))
             return
         shards = tuple(f"{new.name}#{i}" for i in range(spec.shards, new.shards))
         muts = [Mutation(path, "set", new.to_json())]
+        pres = [Precondition(path, "equals", current)]
+        for shard, (epoch, reps) in resized.items():
+            pp = plan_path(shard)
+            muts += [Mutation(pp + "/epoch", "set", epoch), Mutation(pp + "/replicas", "set", list(reps))]
+            pres.append(Precondition(pp + "/epoch", "equals", epoch - 1))
+        self.resizing = resized
         for shard, reps in zip(shards, placed):
             muts.append(Mutation(plan_path(shard), "set", {"epoch": 1, "leader": reps[0], "replicas": list(reps)}))
         all_shards = old_shards + shards
         self._agency("topic_write", (m, reply_to, shards, tuple(placed), all_shards),
-                     Txn(tuple(muts), (Precondition(path, "equals", current),)))
+                     Txn(tuple(muts), tuple(pres)))
+
+    def _resize(self, shards: tuple[str, ...], rf: int, alive: list[str], load: dict) -> dict:
+        """New (epoch, replicas) of every shard whose replica set must change
+        for replication factor ``rf``: add least-loaded live spares, or drop
+        followers (never the leader), each in a new epoch."""
+        out = {}
+        for shard in shards:
+            plan = self.plans.get(shard)
+            if plan is None or len(plan.replicas) == rf:
+                continue
+            if not plan.leader or shard in self.failovers:
+                raise ValueError(f"shard {shard} is failing over; retry")
+            reps = list(plan.replicas)
+            while len(reps) < rf:
+                spare = choose_replacement(tuple(reps), alive, load)
+                if spare is None:
+                    raise ValueError(f"not enough live nodes for replication factor {rf}")
+                reps.append(spare)
+                leaders, count = load.get(spare, (0, 0))
+                load = {**load, spare: (leaders, count + 1)}
+            while len(reps) > rf:
+                reps.remove(next(n for n in reversed(reps) if n != plan.leader))
+            out[shard] = (plan.epoch + 1, tuple(reps))
+        return out
 
     def _topic_written(self, key: Any, r: AgencyReply) -> None:
         m, reply_to, shards, placed, all_shards = key
@@ -281,6 +312,12 @@ class SupervisorCore:
             self.plans[shard] = Plan(1, reps[0], tuple(reps))
             for n in reps:
                 self._to_replica(shard, n, Assign(shard, 1, reps[0], tuple(reps)))
+        for shard, (epoch, reps) in self.resizing.items():
+            old = self.plans[shard]
+            self.plans[shard] = Plan(epoch, old.leader, reps)
+            for n in sorted(set(old.replicas) | set(reps)):
+                self._to_replica(shard, n, Assign(shard, epoch, old.leader, reps))
+        self.resizing = {}
         self.records.append(("supervisor.topic_altered", {"topic": m.name, "new_shards": list(shards)}))
         self.out.append(("reply", reply_to, TopicReply(m.client, m.req_id, "ok", all_shards)))
 

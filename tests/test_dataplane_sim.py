@@ -172,6 +172,7 @@ def test_topics_are_altered_and_deleted_through_the_agency():
         (6.0, AlterTopic("probe", 2, name, {"shards": 4, "retention_ms": 3_600_000})),
         (7.0, AlterTopic("probe", 3, name, {"shards": 1})),
         (7.5, AlterTopic("probe", 4, name, {"replication_factor": 2})),
+        (7.7, AlterTopic("probe", 41, name, {"replication_factor": 5})),
         (8.0, AlterTopic("probe", 5, "a/b/c/missing", {"shards": 2})),
         (11.0, DeleteTopic("probe", 6, name)),
         (12.0, DeleteTopic("probe", 7, name)),
@@ -183,10 +184,14 @@ def test_topics_are_altered_and_deleted_through_the_agency():
     assert replies[1].status == "ok"
     assert replies[2].status == "ok" and replies[2].shards == tuple(f"{name}#{i}" for i in range(4))
     assert replies[3].status == "fail" and "only grow" in replies[3].error
-    assert replies[4].status == "fail" and "replication factor" in replies[4].error
+    assert replies[4].status == "ok"  # replication factor 3 -> 2: a follower leaves each shard
+    assert replies[41].status == "fail" and "nodes" in replies[41].error  # 5 replicas on 3 nodes
     assert replies[5].status == "fail" and "does not exist" in replies[5].error
     for i in range(4):
-        assert h.shard_leader(f"{name}#{i}") is not None, i
+        lead = h.shard_leader(f"{name}#{i}")
+        assert lead is not None, i
+        core = h.replica(f"{name}#{i}", lead).core
+        assert len(core.replicas) == 2 and lead in core.replicas, core.replicas
     w.run_until(14.0)
     replies = w.actor(probe).replies
     assert replies[6].status == "ok" and replies[7].status == "fail"
@@ -194,4 +199,45 @@ def test_topics_are_altered_and_deleted_through_the_agency():
         local = w.actor(f"{n}/node").local
         assert not any(s.startswith(name + "#") for s in local), (n, sorted(local))
         assert "a/b/c/first#0" in local  # the other topic is untouched
+    assert w.errors == []
+
+
+def test_growing_the_replication_factor_adds_a_replica_that_catches_up():
+    from thespian.actors import ActorAddress
+
+    from actors.base import ChorusActor
+    from protocol.node import AlterTopic
+    from sim.runner import Harness
+    from sim.scenario import parse
+
+    class Probe(ChorusActor):
+        def __init__(self):
+            super().__init__()
+            self.replies = {}
+
+        def on_TopicReply(self, msg, sender):
+            self.replies[msg.req_id] = msg
+
+        def on_unhandled(self, msg, sender):
+            self.send(ActorAddress("n1/node"), msg)
+
+    name = "a/b/c/grow"
+    doc = {"name": "t", "duration_s": 14, "settle_s": 0, "cluster": {"peers": 4}, "workload": {"clients": 0},
+           "data": {"topics": [{"name": name, "shards": 2, "replication_factor": 2}], "producers": 1,
+                    "rate_per_s": 20},
+           "checks": ["election_safety"]}
+    h = Harness(parse(doc), 3)
+    w = h.world
+    w.add_node("probe")
+    probe = w.spawn("probe", Probe, "probe")
+    w.at(6.0, lambda: w.send(probe, AlterTopic("probe", 1, name, {"replication_factor": 3})), "grow rf")
+    w.run_until(12.0)
+    assert w.actor(probe).replies[1].status == "ok"
+    for i in range(2):
+        shard = f"{name}#{i}"
+        lead = h.shard_leader(shard)
+        core = h.replica(shard, lead).core
+        assert len(core.replicas) == 3
+        ends = {n: h.replica(shard, n).log.end_offset for n in core.replicas}
+        assert min(ends.values()) > 0 and len(set(ends.values())) == 1, ends  # the new replica caught up
     assert w.errors == []
