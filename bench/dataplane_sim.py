@@ -16,16 +16,16 @@ import argparse
 import time
 from pathlib import Path
 
+import sys
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _stats import pct  # noqa: E402
+
 from sim.runner import run
 from sim.scenario import load, parse
 from sim.sweep import sweep
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def pct(vals: list[float], p: float) -> float:
-    vals = sorted(vals)
-    return vals[min(len(vals) - 1, int(round(p / 100 * (len(vals) - 1))))] if vals else 0.0
 
 
 def main() -> None:

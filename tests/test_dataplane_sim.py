@@ -140,13 +140,12 @@ def test_topics_are_created_through_any_node_with_validation():
     assert w.errors == []
 
 
-def test_topics_are_altered_and_deleted_through_the_agency():
+def topic_probe(node: str):
+    """A test actor that passes any request it is sent to ``node``'s NodeActor
+    and keeps the TopicReply answers by request id."""
     from thespian.actors import ActorAddress
 
     from actors.base import ChorusActor
-    from protocol.node import AlterTopic, CreateTopic, DeleteTopic
-    from sim.runner import Harness
-    from sim.scenario import parse
 
     class Probe(ChorusActor):
         def __init__(self):
@@ -156,8 +155,18 @@ def test_topics_are_altered_and_deleted_through_the_agency():
         def on_TopicReply(self, msg, sender):
             self.replies[msg.req_id] = msg
 
-        def on_unhandled(self, msg, sender):  # requests from the test: pass them to a node
-            self.send(ActorAddress("n3/node"), msg)
+        def on_unhandled(self, msg, sender):
+            self.send(ActorAddress(f"{node}/node"), msg)
+
+    return Probe
+
+
+def test_topics_are_altered_and_deleted_through_the_agency():
+    from protocol.node import AlterTopic, CreateTopic, DeleteTopic
+    from sim.runner import Harness
+    from sim.scenario import parse
+
+    Probe = topic_probe("n3")
 
     doc = {"name": "t", "duration_s": 20, "settle_s": 0, "cluster": {"peers": 3}, "workload": {"clients": 0},
            "data": {"topics": [{"name": "a/b/c/first", "shards": 1, "replication_factor": 3}], "producers": 0},
@@ -203,23 +212,11 @@ def test_topics_are_altered_and_deleted_through_the_agency():
 
 
 def test_growing_the_replication_factor_adds_a_replica_that_catches_up():
-    from thespian.actors import ActorAddress
-
-    from actors.base import ChorusActor
     from protocol.node import AlterTopic
     from sim.runner import Harness
     from sim.scenario import parse
 
-    class Probe(ChorusActor):
-        def __init__(self):
-            super().__init__()
-            self.replies = {}
-
-        def on_TopicReply(self, msg, sender):
-            self.replies[msg.req_id] = msg
-
-        def on_unhandled(self, msg, sender):
-            self.send(ActorAddress("n1/node"), msg)
+    Probe = topic_probe("n1")
 
     name = "a/b/c/grow"
     doc = {"name": "t", "duration_s": 14, "settle_s": 0, "cluster": {"peers": 4}, "workload": {"clients": 0},
