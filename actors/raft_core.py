@@ -56,7 +56,6 @@ from protocol.raft import (
     InstallSnapshot,
     InstallSnapshotResp,
     RequestVote,
-    RaftBugs,
     RaftTuning,
     RequestVoteResp,
     SnapshotMeta,

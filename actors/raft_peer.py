@@ -38,18 +38,10 @@ from protocol.agency import (
 )
 from protocol.raft import (
     ENTRY_COMMAND,
-    AppendEntries,
-    AppendResp,
     ClusterConfig,
     Entry,
-    Heartbeat,
-    HeartbeatResp,
     Hello,
-    InstallSnapshot,
-    InstallSnapshotResp,
     RaftBoot,
-    RequestVote,
-    RequestVoteResp,
     SnapshotMeta,
 )
 from storage.base import WriteBatch

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import statistics
-import sys
 from pathlib import Path
 from typing import List, Optional
 

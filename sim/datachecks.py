@@ -28,7 +28,6 @@ which every fault was healed.
 """
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Any, Iterable
 
 from protocol.records import decode_batch

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import random
 
-import pytest
 
 from actors.raft_core import CANDIDATE, FOLLOWER, LEADER, PRECANDIDATE, RaftCore
 from protocol.raft import (
