@@ -17,6 +17,7 @@
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from thespian.actors import ActorExitRequest
@@ -149,48 +150,31 @@ class NodeActor(ChorusActor):
             return self.local.get(shard)
         return self.known.get((shard, leader)) or self.node_addrs.get(leader)
 
-    def on_Produce(self, msg: Produce, sender: Any) -> None:
+    def _forward(self, msg: Any, sender: Any, refusal: Any) -> None:
+        """Forward a shard request to its leader, answering to the original
+        sender; ``refusal(error)`` builds the answer when no leader is known."""
         to = msg.reply_to or sender
         target = self._route(msg.shard) if self.boot else None
         if target is None:
-            self.send(to, ProduceReply(msg.shard, msg.client, msg.req_id, "fail",
-                                       error=f"no leader known for shard {msg.shard}"))
+            self.send(to, refusal(f"no leader known for shard {msg.shard}"))
             return
-        self.send(target, Produce(msg.shard, msg.client, msg.req_id, msg.batch, msg.count, msg.level,
-                                  msg.producer_id, msg.sequence, to))
+        self.send(target, replace(msg, reply_to=to))
+
+    def on_Produce(self, msg: Produce, sender: Any) -> None:
+        self._forward(msg, sender, lambda err: ProduceReply(msg.shard, msg.client, msg.req_id, "fail", error=err))
 
     def on_Subscribe(self, msg: Subscribe, sender: Any) -> None:
-        to = msg.reply_to or sender
-        target = self._route(msg.shard) if self.boot else None
-        if target is None:
-            self.send(to, SubscribeReply(msg.shard, msg.subscription, msg.consumer, "fail",
-                                         error=f"no leader known for shard {msg.shard}"))
-            return
-        self.send(target, Subscribe(msg.shard, msg.subscription, msg.mode, msg.consumer, to))
+        self._forward(msg, sender, lambda err: SubscribeReply(msg.shard, msg.subscription, msg.consumer, "fail",
+                                                              error=err))
 
     def on_ReadShard(self, msg: ReadShard, sender: Any) -> None:
-        to = msg.reply_to or sender
-        target = self._route(msg.shard) if self.boot else None
-        if target is None:
-            self.send(to, ReadShardReply(msg.shard, msg.client, msg.req_id, "fail", error="no leader known"))
-            return
-        self.send(target, ReadShard(msg.shard, msg.client, msg.req_id, msg.from_offset, msg.max_bytes, to))
+        self._forward(msg, sender, lambda err: ReadShardReply(msg.shard, msg.client, msg.req_id, "fail", error=err))
 
-    def on_AlterTopic(self, msg: AlterTopic, sender: Any) -> None:
-        self._to_supervisor(msg, msg.reply_to or sender)
-
-    def on_DeleteTopic(self, msg: DeleteTopic, sender: Any) -> None:
-        self._to_supervisor(msg, msg.reply_to or sender)
-
-    def _to_supervisor(self, msg: Any, to: Any) -> None:
-        if self.boot is None or self.boot.supervisor is None:
-            self.send(to, TopicReply(msg.client, msg.req_id, "fail", error="node is starting"))
-            return
-        self.send(self.boot.supervisor, type(msg)(**{**msg.__dict__, "reply_to": to}))
-
-    def on_CreateTopic(self, msg: CreateTopic, sender: Any) -> None:
+    def _to_supervisor(self, msg: CreateTopic | AlterTopic | DeleteTopic, sender: Any) -> None:
         to = msg.reply_to or sender
         if self.boot is None or self.boot.supervisor is None:
             self.send(to, TopicReply(msg.client, msg.req_id, "fail", error="node is starting"))
             return
-        self.send(self.boot.supervisor, CreateTopic(msg.client, msg.req_id, msg.spec, to))
+        self.send(self.boot.supervisor, replace(msg, reply_to=to))
+
+    on_CreateTopic = on_AlterTopic = on_DeleteTopic = _to_supervisor

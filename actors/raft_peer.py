@@ -366,9 +366,7 @@ class RaftPeer(ChorusActor):
             return
         now = self.now()
         for index in [i for i, p in self.pending.items() if p[4] <= now]:
-            _term, reply_to, client, req_id, _ = self.pending.pop(index)
-            self.send(reply_to, AgencyReply(client, req_id, UNKNOWN, None, self.core.leader,
-                                            "not committed within the request timeout"))
+            self._answer_pending(self.pending.pop(index), UNKNOWN, "not committed within the request timeout")
 
     # -------------------------------------------------------- membership
     def on_MembershipChange(self, msg: MembershipChange, sender: Any) -> None:

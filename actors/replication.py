@@ -162,10 +162,11 @@ class ShardCore:
 
     def _rebuild_producers(self) -> None:
         self.producers = {}
-        for batch in self._all_batches():
+        for batch in self.all_batches():
             self._note_producer(read_header(batch))
 
-    def _all_batches(self) -> list[bytes]:
+    def all_batches(self) -> list[bytes]:
+        """Every batch of the log, in order (read in bounded chunks)."""
         out, pos = [], self.log.start_offset
         while pos < self.log.end_offset:
             chunk = self.log.read(pos, 1 << 24)

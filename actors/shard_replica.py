@@ -113,8 +113,7 @@ class ShardReplica(ChorusActor):
         c = self.core
         leading = c.role == "leader"
         if leading and (not self.leading or c.epoch != self.lead_epoch):
-            self.subs.reset(self.log.read(self.log.start_offset, 1 << 40)
-                            if self.log.end_offset > self.log.start_offset else [], c.epoch)
+            self.subs.reset(c.all_batches(), c.epoch)
         elif not leading and self.leading:
             self.subs.reset([])
         self.leading, self.lead_epoch = leading, c.epoch

@@ -36,7 +36,7 @@ again.  The logic is the sans-IO ``SupervisorCore``; the actor routes.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from actors.base import ChorusActor
@@ -588,30 +588,13 @@ class Supervisor(ChorusActor):
             self.core.position(msg, self.now())
             self._flush()
 
-    def on_CreateTopic(self, msg: CreateTopic, sender: Any) -> None:
+    def _topic_request(self, msg: CreateTopic | AlterTopic | DeleteTopic, sender: Any) -> None:
+        """Carry out a topic request if active, else pass it to the active
+        supervisor (the one on the agency leader's node)."""
+        if self.core is None:
+            return
         to = msg.reply_to or sender
-        if self.core is None:
-            return
-        if not self.core.active:
-            target = self.sup_addrs.get(self.core.agency_leader or "")
-            if target is not None and self.core.agency_leader != self.boot.node_id:
-                self.send(target, CreateTopic(msg.client, msg.req_id, msg.spec, to))
-            else:
-                self.send(to, TopicReply(msg.client, msg.req_id, "fail", error="no active supervisor; retry"))
-            return
-        self.core.create_topic(CreateTopic(msg.client, msg.req_id, msg.spec, to), to, self.now())
-        self._flush()
-
-    def on_AlterTopic(self, msg: AlterTopic, sender: Any) -> None:
-        self._topic_change(msg, msg.reply_to or sender)
-
-    def on_DeleteTopic(self, msg: DeleteTopic, sender: Any) -> None:
-        self._topic_change(msg, msg.reply_to or sender)
-
-    def _topic_change(self, msg: AlterTopic | DeleteTopic, to: Any) -> None:
-        if self.core is None:
-            return
-        msg = type(msg)(**{**msg.__dict__, "reply_to": to})
+        msg = replace(msg, reply_to=to)
         if not self.core.active:
             target = self.sup_addrs.get(self.core.agency_leader or "")
             if target is not None and self.core.agency_leader != self.boot.node_id:
@@ -619,8 +602,13 @@ class Supervisor(ChorusActor):
             else:
                 self.send(to, TopicReply(msg.client, msg.req_id, "fail", error="no active supervisor; retry"))
             return
-        self.core.change_topic(msg, to)
+        if isinstance(msg, CreateTopic):
+            self.core.create_topic(msg, to, self.now())
+        else:
+            self.core.change_topic(msg, to)
         self._flush()
+
+    on_CreateTopic = on_AlterTopic = on_DeleteTopic = _topic_request
 
     def on_AgencyReply(self, msg: AgencyReply, sender: Any) -> None:
         if self.core is not None:

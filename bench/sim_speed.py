@@ -14,11 +14,7 @@ import statistics
 import time
 from pathlib import Path
 
-import sys
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _stats import pct  # noqa: E402
-
+from sim.runner import percentile as pct
 from sim.runner import run
 from sim.scenario import load, parse
 

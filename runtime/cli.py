@@ -139,11 +139,10 @@ def _verdicts(r) -> None:
     console.print(t)
 
 
-def _pct(sorted_vals: list[float], p: float) -> float:
-    if not sorted_vals:
-        return 0.0
-    k = min(len(sorted_vals) - 1, max(0, int(round(p / 100 * (len(sorted_vals) - 1)))))
-    return sorted_vals[k]
+def _pct(values: list[float], p: float) -> float:
+    from sim.runner import percentile
+
+    return percentile(values, p)
 
 
 def _sweep(scn, seeds: list[int], jobs: int) -> None:

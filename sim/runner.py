@@ -395,6 +395,12 @@ def _ops(world: World) -> list[Op]:
     return ops
 
 
+def percentile(values: list[float], p: float) -> float:
+    """The p-th percentile (nearest rank) of values; 0.0 for none."""
+    vals = sorted(values)
+    return vals[min(len(vals) - 1, max(0, int(round(p / 100 * (len(vals) - 1)))))] if vals else 0.0
+
+
 def failover_times(h: Harness) -> list[float]:
     """For each crash of a shard leader's node: seconds until the first
     write acknowledged on each shard it led (None-free: shards that never
@@ -518,7 +524,7 @@ def judge_data(h: Harness, scn: Scenario, checks: set[str]) -> dict[str, list[Vi
         for n in core.replicas:  # the current replica set (replacements included)
             a = h.replica(s, n)
             if a is not None and a.core is not None:
-                logs[s][n] = a.log.read(a.log.start_offset, 1 << 40) if a.log.end_offset > a.log.start_offset else []
+                logs[s][n] = a.core.all_batches()
             else:
                 logs[s][n] = [b"<replica missing>"]
     found, stats = check_data(w.history, logs, leaders, [sd[0] for sd in scn.data.subscriptions])
