@@ -34,10 +34,21 @@ from protocol.node import (
     NodeBoot,
     NodeHeartbeat,
     NodeHello,
+    PeersAre,
     ReplicaAddress,
+    Routed,
+    ShardInfo,
     TopicReply,
 )
-from protocol.shard import Produce, ProduceReply, ReadShard, ReadShardReply, ShardBoot
+from protocol.shard import (
+    Produce,
+    ProduceReply,
+    ReadShard,
+    ReadShardReply,
+    ShardBoot,
+    ShardStatusReply,
+    SupervisorsAre,
+)
 
 REPLICAS_MAX = 10_000
 
@@ -61,6 +72,7 @@ class NodeActor(ChorusActor):
             self.adopt_host_config(msg.host)
         self.boot = msg
         self.node_addrs = dict(msg.nodes)
+        self.sups = list(msg.supervisors)
         self.client = f"node-{msg.node_id}-{self.rng.getrandbits(48):012x}"
         for node in sorted(self.node_addrs):
             if node != msg.node_id:
@@ -72,7 +84,7 @@ class NodeActor(ChorusActor):
         self.send(self.boot.agency, AgencyRequest(self.client, self.req, Read((PLAN_ROOT,), linearizable=False)))
         self.seq += 1
         hb = NodeHeartbeat(self.boot.node_id, self.seq)
-        for sup in self.boot.supervisors:
+        for sup in self.sups:
             self.send(sup, hb)
         self.gen += 1
         self.set_timer(self.boot.poll_s, ("poll", self.gen))
@@ -109,12 +121,12 @@ class NodeActor(ChorusActor):
         peers = tuple((n, a) for (s, n), a in sorted(self.known.items(), key=lambda kv: kv[0]) if s == shard)
         leader = plan.get("leader") or None
         self.send(addr, ShardBoot(shard, b.node_id, tuple(plan["replicas"]), peers, int(plan["epoch"]), leader,
-                                  b.tuning, b.host, tuple(b.supervisors)))
+                                  b.tuning, b.host, tuple(self.sups)))
         note = ReplicaAddress(shard, b.node_id, addr)
         for node in sorted(self.node_addrs):
             if node != b.node_id:
                 self.send(self.node_addrs[node], note)
-        for sup in b.supervisors:
+        for sup in self.sups:
             self.send(sup, note)
         self.record("node.replica_created", node=b.node_id, shard=shard)
 
@@ -125,12 +137,36 @@ class NodeActor(ChorusActor):
             self.send(local, msg)
 
     def on_NodeHello(self, msg: NodeHello, sender: Any) -> None:
-        self.node_addrs.setdefault(msg.node, sender)
+        self.node_addrs[msg.node] = sender  # a restarted node has new addresses
         for shard, addr in msg.replicas:
             self.on_ReplicaAddress(ReplicaAddress(shard, msg.node, addr), sender)
         if not msg.reply and self.boot is not None:
             mine = tuple(sorted(self.local.items()))
             self.send(sender, NodeHello(self.boot.node_id, mine, reply=True))
+
+    def on_PeersAre(self, msg: PeersAre, sender: Any) -> None:
+        """The launcher's directory (production): adopt every node's current
+        addresses and tell the local supervisor and replicas."""
+        if self.boot is None:
+            return
+        changed_sups = False
+        sups = []
+        for ep in msg.nodes:
+            if ep.node is not None:
+                if ep.node_id != self.boot.node_id and not self.node_addrs.get(ep.node_id) == ep.node:
+                    self.node_addrs[ep.node_id] = ep.node
+                    self.send(ep.node, NodeHello(self.boot.node_id, tuple(sorted(self.local.items()))))
+            if ep.supervisor is not None:
+                sups.append(ep.supervisor)
+        if sups and (len(sups) != len(self.sups) or any(not a == b for a, b in zip(sups, self.sups))):
+            self.sups = sups
+            changed_sups = True
+        if changed_sups:
+            note = SupervisorsAre(tuple(sups), replace=True)
+            for addr in self.local.values():
+                self.send(addr, note)
+        if self.boot.supervisor is not None:
+            self.send(self.boot.supervisor, msg)
 
     # --------------------------------------------------------- coordination
     def _route(self, shard: str, hint: str | None = None) -> Any:
@@ -140,7 +176,7 @@ class NodeActor(ChorusActor):
         Push), so it either serves the request or names the current leader,
         where the plan read from the agency may be up to ``poll_s`` old."""
         local = self.local.get(shard)
-        if local is not None:
+        if local is not None and (hint is None or hint == self.boot.node_id):
             return local
         plan = self.plans.get(shard)
         leader = hint or (plan.get("leader") if plan else None)
@@ -150,25 +186,37 @@ class NodeActor(ChorusActor):
             return self.local.get(shard)
         return self.known.get((shard, leader)) or self.node_addrs.get(leader)
 
-    def _forward(self, msg: Any, sender: Any, refusal: Any) -> None:
+    def _forward(self, msg: Any, sender: Any, refusal: Any, hint: str | None = None) -> None:
         """Forward a shard request to its leader, answering to the original
         sender; ``refusal(error)`` builds the answer when no leader is known."""
         to = msg.reply_to or sender
-        target = self._route(msg.shard) if self.boot else None
+        target = self._route(msg.shard, hint) if self.boot else None
         if target is None:
             self.send(to, refusal(f"no leader known for shard {msg.shard}"))
             return
         self.send(target, replace(msg, reply_to=to))
 
-    def on_Produce(self, msg: Produce, sender: Any) -> None:
-        self._forward(msg, sender, lambda err: ProduceReply(msg.shard, msg.client, msg.req_id, "fail", error=err))
+    def on_Produce(self, msg: Produce, sender: Any, hint: str | None = None) -> None:
+        self._forward(msg, sender, lambda err: ProduceReply(msg.shard, msg.client, msg.req_id, "fail", error=err),
+                      hint)
 
-    def on_Subscribe(self, msg: Subscribe, sender: Any) -> None:
+    def on_Subscribe(self, msg: Subscribe, sender: Any, hint: str | None = None) -> None:
         self._forward(msg, sender, lambda err: SubscribeReply(msg.shard, msg.subscription, msg.consumer, "fail",
-                                                              error=err))
+                                                              error=err), hint)
 
-    def on_ReadShard(self, msg: ReadShard, sender: Any) -> None:
-        self._forward(msg, sender, lambda err: ReadShardReply(msg.shard, msg.client, msg.req_id, "fail", error=err))
+    def on_ReadShard(self, msg: ReadShard, sender: Any, hint: str | None = None) -> None:
+        self._forward(msg, sender, lambda err: ReadShardReply(msg.shard, msg.client, msg.req_id, "fail", error=err),
+                      hint)
+
+    def on_Routed(self, msg: Routed, sender: Any) -> None:
+        handler = {Produce: self.on_Produce, ReadShard: self.on_ReadShard, Subscribe: self.on_Subscribe,
+                   ShardInfo: self.on_ShardInfo}.get(type(msg.inner))
+        if handler is not None:
+            handler(msg.inner, sender, msg.leader)
+
+    def on_ShardInfo(self, msg: ShardInfo, sender: Any, hint: str | None = None) -> None:
+        self._forward(msg, sender, lambda err: ShardStatusReply(msg.shard, self.boot.node_id if self.boot else "",
+                                                                {"error": err}), hint)
 
     def _to_supervisor(self, msg: CreateTopic | AlterTopic | DeleteTopic, sender: Any) -> None:
         to = msg.reply_to or sender

@@ -14,7 +14,7 @@ from typing import Any
 from actors.base import ChorusActor
 from actors.replication import ShardCore
 from actors.shard_subscriptions import ShardSubscriptions, cursor_record
-from protocol.consume import AckRecords, Subscribe, SubscribeReply
+from protocol.consume import AckRecords, Subscribe, SubscribeReply, Unsubscribe
 from protocol.shard import (
     Assign,
     Fence,
@@ -73,6 +73,9 @@ class ShardReplica(ChorusActor):
         self.addrs[msg.node] = msg.address
 
     def on_SupervisorsAre(self, msg: SupervisorsAre, sender: Any) -> None:
+        if msg.replace:
+            self.supervisors = tuple(msg.addresses)
+            return
         for addr in msg.addresses:
             if not any(addr == known for known in self.supervisors):
                 self.supervisors = self.supervisors + (addr,)
@@ -192,6 +195,11 @@ class ShardReplica(ChorusActor):
         self.subs.subscribe(msg, to, self.now(), c.committed_records)
         self._flush_subs()
 
+    def on_Unsubscribe(self, msg: Unsubscribe, sender: Any) -> None:
+        if self.leading:
+            self.subs.unsubscribe(msg.subscription, msg.consumer, self.now(), self.core.committed_records)
+            self._flush_subs()
+
     def on_AckRecords(self, msg: AckRecords, sender: Any) -> None:
         if self.leading:
             self.subs.ack(msg, self.now(), self.core.committed_records)
@@ -200,3 +208,9 @@ class ShardReplica(ChorusActor):
     def on_ShardStatus(self, msg: ShardStatus, sender: Any) -> None:
         if self.core is not None:
             self.send(sender, ShardStatusReply(self.core.shard, self.core.id, self.core.status()))
+
+    def on_ShardInfo(self, msg: Any, sender: Any) -> None:
+        if self.core is not None:
+            status = self.core.status()
+            status["subscriptions"] = self.subs.describe() if self.leading else []
+            self.send(msg.reply_to or sender, ShardStatusReply(self.core.shard, self.core.id, status))

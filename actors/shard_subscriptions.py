@@ -138,6 +138,28 @@ class ShardSubscriptions:
             eff = core.nack(m.consumer, 0, off, now_s) if m.negative else core.ack(m.consumer, 0, off, now_s)
             self._effects(m.subscription, eff, now_s, read)
 
+    def unsubscribe(self, subscription: str, consumer: str, now_s: float, read: Any) -> None:
+        """Detach a consumer at once (its connection closed)."""
+        if self.consumers.pop((subscription, consumer), None) is None:
+            return
+        core = self.cores.get(subscription)
+        if core is not None:
+            self._effects(subscription, core.detach(consumer, now_s), now_s, read)
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Each subscription: name, mode, committed cursor and consumers."""
+        out = []
+        for name in sorted(set(self.cores) | set(self.restored)):
+            core = self.cores.get(name)
+            if core is not None:
+                cursor = core.cursors().get(0, 0)
+                consumers = sorted(c for (s, c) in self.consumers if s == name)
+            else:
+                cursor, consumers = self.restored[name][1], []
+            out.append({"subscription": name, "mode": self.modes.get(name) or self.restored[name][0],
+                        "committed": cursor, "consumers": consumers})
+        return out
+
     def tick(self, now_s: float, read: Any) -> list[tuple[str, str, int]]:
         """Returns cursor records to append: (subscription, mode, offset)."""
         for key in sorted(self.consumers):

@@ -610,6 +610,20 @@ class Supervisor(ChorusActor):
 
     on_CreateTopic = on_AlterTopic = on_DeleteTopic = _topic_request
 
+    def on_NodesQuery(self, msg: Any, sender: Any) -> None:
+        from protocol.node import NodesReply
+
+        if self.core is not None:
+            now = self.now()
+            seen = tuple((n, round(now - t, 3)) for n, t in sorted(self.core.node_seen.items()))
+            self.send(sender, NodesReply(seen, tuple(self.core.nodes)))
+
+    def on_PeersAre(self, msg: Any, sender: Any) -> None:
+        """Production directory update: every node's current supervisor."""
+        for ep in msg.nodes:
+            if ep.supervisor is not None:
+                self.sup_addrs[ep.node_id] = ep.supervisor
+
     def on_AgencyReply(self, msg: AgencyReply, sender: Any) -> None:
         if self.core is not None:
             self.core.agency_reply(msg, self.now())

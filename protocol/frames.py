@@ -61,6 +61,7 @@ __all__ = [
     "Handshake", "HandshakeOk", "MetadataRequest", "MetadataResponse", "ProduceRequest", "ProduceResponse",
     "FetchRequest", "FetchResponse", "SubscribeRequest", "SubscribeResponse", "AckRequest", "AckResponse",
     "CommitRequest", "CommitResponse", "Heartbeat", "HeartbeatResponse", "ErrorResponse",
+    "DeliveredRecord", "Delivery",
     "FRAME_TYPES", "REQUEST_TYPES", "RESPONSE_TYPES",
     "encode_frame", "decode_message", "decode_frame", "negotiate_version", "FrameDecoder",
 ]
@@ -640,6 +641,25 @@ class Heartbeat(Message):
 @_frame(0x10)
 class HeartbeatResponse(Message):
     pass
+
+
+@_structure
+class DeliveredRecord(_Struct):
+    offset: int = wire(U64)  # position in the shard's log
+    redelivery: bool = wire(BOOL, False)  # delivered before and not acknowledged
+    payload: bytes = wire(BYTES)  # the record's value
+
+
+@_frame(0x20)
+class Delivery(Message):
+    """Server push: records of a subscription, framed with the correlation
+    id of the SubscribeRequest that attached the consumer.  Not a response:
+    a client must never send it."""
+
+    topic: str = wire(STR)
+    shard: int = wire(U32)
+    subscription: str = wire(STR)
+    records: tuple[DeliveredRecord, ...] = wire(_List(_Nested(DeliveredRecord)), ())
 
 
 @_frame(0xFE)

@@ -82,3 +82,98 @@ class DeleteTopic:
     req_id: int
     name: str
     reply_to: Any = None
+
+
+@dataclass(frozen=True)
+class ListenConfig:
+    """Where and how a node's Dispatcher serves clients (units in the names).
+
+    ``http_port`` -1 disables the HTTP API; port 0 picks a free port."""
+
+    host: str = "127.0.0.1"
+    client_port: int = 7171
+    http_port: int = 7181
+    frame_bytes_max: int = 16 << 20
+    max_in_flight: int = 64  # requests outstanding per connection; reading pauses beyond
+    conn_out_bytes_max: int = 32 << 20  # unsent bytes per connection before a slow client is dropped
+    connections_max: int = 1024
+    session_timeout_ms: int = 30_000
+    shard_inflight_bytes_max: int = 64 << 20  # produce bytes waiting on one shard before OVERLOADED
+    request_timeout_s: float = 10.0  # an internal request unanswered this long fails with TIMEOUT
+
+
+@dataclass(frozen=True)
+class NodeEndpoints:
+    """A node's public endpoints and Thespian addresses of its actors."""
+
+    node_id: str
+    client: str = ""  # host:port of the binary protocol
+    http: str = ""  # host:port of the HTTP API
+    admin: str = ""  # host:port of the node's Thespian admin (cluster port)
+    raft: Any = None
+    supervisor: Any = None
+    node: Any = None
+    dispatcher: Any = None
+
+
+@dataclass(frozen=True)
+class DispatcherBoot:
+    """First message to a node's Dispatcher."""
+
+    node_id: str
+    cluster_id: str
+    node: Any  # the local NodeActor
+    agency: Any  # the local RaftPeer
+    supervisor: Any  # the local Supervisor
+    listen: ListenConfig = ListenConfig()
+    endpoints: NodeEndpoints | None = None
+    host: Any = None  # HostConfig
+    version: str = ""
+
+
+@dataclass(frozen=True)
+class PeersAre:
+    """The directory of the cluster as a node's launcher sees it: every
+    node's endpoints.  Sent (again whenever it changes) to the local
+    NodeActor, which updates its address book and passes it on to the
+    local Supervisor and replicas."""
+
+    nodes: tuple[NodeEndpoints, ...]
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """Ask the leader of ``shard`` for its status (answered with
+    ``protocol.shard.ShardStatusReply``); any node forwards it."""
+
+    shard: str
+    reply_to: Any = None
+
+
+@dataclass(frozen=True)
+class Routed:
+    """A shard request (``Produce``, ``ReadShard``, ``Subscribe``,
+    ``ShardInfo``) for a NodeActor to forward to ``leader``'s replica, named
+    by a replica that is not the leader (its ``leader`` hint)."""
+
+    inner: Any
+    leader: str
+
+
+@dataclass(frozen=True)
+class NodesQuery:
+    """Ask a Supervisor when it last heard from each node."""
+
+
+@dataclass(frozen=True)
+class NodesReply:
+    seen_ago_s: tuple[tuple[str, float], ...]  # (node, seconds since its last heartbeat)
+    nodes: tuple[str, ...] = ()  # the cluster's nodes as the supervisor knows them
+
+
+@dataclass(frozen=True)
+class Directory:
+    """The directory document a node's Dispatcher serves at
+    ``/api/v1/cluster/directory`` (JSON-able; addresses as host:port)."""
+
+    doc: dict

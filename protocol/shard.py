@@ -187,6 +187,8 @@ class ReplicaState:
 
 @dataclass(frozen=True)
 class SupervisorsAre:
-    """Tells a replica where to report its state."""
+    """Tells a replica where to report its state (``replace``: these are
+    all of them, forget the others -- e.g. a restarted node's old ones)."""
 
     addresses: tuple[Any, ...]
+    replace: bool = False

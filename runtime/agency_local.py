@@ -162,6 +162,23 @@ def _children_of(ppid: int) -> list[int]:
     return out
 
 
+def reap_new_children(before: set[int]) -> None:
+    """Thespian starts the admin through a short-lived intermediate child
+    of this process (it forks the admin and exits) and never waits for it;
+    reap exactly the children that appeared since ``before`` and have
+    exited, so no zombie is left."""
+    for pid in set(_children_of(os.getpid())) - before:
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if done:
+                break
+            time.sleep(0.01)
+
+
 def process_exists(pid: int) -> bool:
     """True while ``pid`` names a process, zombies included
     (``os.kill(pid, 0)`` succeeds)."""
@@ -512,19 +529,7 @@ class LocalAgency:
         self._env_saved = None
 
     def _reap_intermediate(self, before: set[int]) -> None:
-        """Thespian starts the admin through a short-lived intermediate
-        child of this process (it forks the admin and exits) and never
-        waits for it; reap exactly that child so no zombie is left."""
-        for pid in set(_children_of(os.getpid())) - before:
-            deadline = time.monotonic() + 2.0
-            while time.monotonic() < deadline:
-                try:
-                    done, _ = os.waitpid(pid, os.WNOHANG)
-                except ChildProcessError:
-                    break
-                if done:
-                    break
-                time.sleep(0.01)
+        reap_new_children(before)
 
     def _learn_system_pids(self) -> None:
         """The admin is the parent of the actor processes; the logger is the

@@ -190,6 +190,62 @@ def _sweep(scn, seeds: list[int], jobs: int) -> None:
     console.print("[green bold]no violation[/]")
 
 
+@app.command()
+def run(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML or TOML file (see docs/ARCHITECTURE.md)"),
+    nodes: int = typer.Option(1, "--nodes", min=1, max=9, help="start a local cluster of this many nodes"),
+    node_id: Optional[str] = typer.Option(None, "--node-id", help="this node's unique name [n1]"),
+    join: Optional[str] = typer.Option(None, "--join", help="HOST:PORT (HTTP) of a node of a running cluster"),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="where data lives [./data]"),
+    host: Optional[str] = typer.Option(None, "--host", help="address every port binds to [127.0.0.1]"),
+    client_port: Optional[int] = typer.Option(None, "--client-port", help="binary protocol [7171]"),
+    http_port: Optional[int] = typer.Option(None, "--http-port", help="HTTP API [7181]"),
+    admin_port: Optional[int] = typer.Option(None, "--admin-port", help="cluster (Thespian admin) port [7191]"),
+    cluster_id: Optional[str] = typer.Option(None, "--cluster-id", help="refuse data or peers of another cluster"),
+    initial_nodes: Optional[str] = typer.Option(None, "--initial-nodes",
+                                                help="comma-separated node ids of a new cluster's agency"),
+) -> None:
+    """Run a node (or, with --nodes N, a local cluster) until Ctrl-C / SIGTERM.
+
+    Settings come from defaults, then --config, then CHORUS_<SETTING>
+    environment variables (e.g. CHORUS_DATA_DIR), then these flags."""
+    from runtime.node import NodeConfig, run_node
+
+    peers = [join] if join else None
+    try:
+        cfg = NodeConfig.load(str(config) if config else None, node_id=node_id, data_dir=data_dir, host=host,
+                              client_port=client_port, http_port=http_port, admin_port=admin_port,
+                              cluster_id=cluster_id, peers=peers,
+                              initial_nodes=initial_nodes.split(",") if initial_nodes else None)
+    except (OSError, ValueError) as exc:
+        console.print(f"[red]configuration error:[/] {exc}")
+        raise typer.Exit(2)
+    if nodes > 1:
+        from runtime.local_cluster import run_local_cluster
+
+        raise typer.Exit(run_local_cluster(cfg, nodes))
+    try:
+        code = run_node(cfg, say=lambda text: console.print(text, highlight=False))
+    except SystemExit as exc:
+        if isinstance(exc.code, str):
+            console.print(f"[red]{exc.code}[/]")
+            raise typer.Exit(2)
+        raise
+    except OSError as exc:
+        console.print(f"[red]cannot start the node:[/] {exc}")
+        raise typer.Exit(2)
+    raise typer.Exit(code)
+
+
+def _register_admin() -> None:
+    from runtime.admin_cli import register
+
+    register(app)
+
+
+_register_admin()
+
+
 def main() -> None:
     app()
 

@@ -38,6 +38,13 @@ class ProductionHost:
             self._stores[name] = store
         return store
 
+    def open_bridge(self, listen: Any, *, node_id: str, cluster_id: str) -> Any:
+        """The Dispatcher's socket bridge: servers in an I/O thread of this process."""
+        from runtime.bridge import IOBridge
+
+        self._bridge = IOBridge(listen, node_id=node_id, cluster_id=cluster_id).start()
+        return self._bridge
+
     def record(self, kind: str, /, **fields: Any) -> None:
         log.debug("%s %s %s", self.node_id, kind, fields)
 

@@ -29,6 +29,8 @@ from protocol.frames import (
     Auth,
     CommitRequest,
     CommitResponse,
+    DeliveredRecord,
+    Delivery,
     ErrorCode,
     ErrorResponse,
     FetchRequest,
@@ -104,6 +106,9 @@ MESSAGES = {
     Heartbeat: st.just(Heartbeat()),
     HeartbeatResponse: st.just(HeartbeatResponse()),
     ErrorResponse: st.builds(ErrorResponse, code=st.sampled_from(ErrorCode), message=text),
+    Delivery: st.builds(Delivery, topic=text, shard=u32, subscription=text,
+                        records=tuples(st.builds(DeliveredRecord, offset=u64, redelivery=st.booleans(),
+                                                 payload=blobs), 4)),
 }
 any_message = st.one_of(*MESSAGES.values())
 framed = st.tuples(any_message, u32)  # (message, correlation id)
@@ -391,6 +396,8 @@ SAMPLES = [
     AckRequest(topic="t", shard=0, subscription="s", consumer_id="c", offsets=(1, 2), nack=True),
     CommitRequest(topic="t", shard=0, subscription="s", offset=3),
     ErrorResponse(code=ErrorCode.TIMEOUT, message="slow"),
+    Delivery(topic="t", shard=2, subscription="s",
+             records=(DeliveredRecord(offset=7, payload=b"x"), DeliveredRecord(offset=8, redelivery=True, payload=b""))),
 ]
 
 
@@ -636,7 +643,7 @@ def doc_section(title: str) -> str:
     return m.group(1)
 
 
-@pytest.mark.parametrize("cls", [*FRAME_TYPES.values(), Limits, TopicMetadata, ShardMetadata],
+@pytest.mark.parametrize("cls", [*FRAME_TYPES.values(), Limits, TopicMetadata, ShardMetadata, DeliveredRecord],
                          ids=lambda c: c.__name__)
 def test_docs_list_every_field_in_order(cls) -> None:
     title = f"0x{cls.TYPE:02X} {cls.__name__}" if cls in FRAME_TYPES.values() else cls.__name__

@@ -1,0 +1,1123 @@
+"""Dispatcher: a node's front door for clients (binary protocol and HTTP API).
+
+The actor owns no sockets.  Its host gives it an I/O bridge
+(``host.open_bridge``; ``runtime/bridge.py`` in production): an I/O thread
+decodes client frames and HTTP calls and posts them as events; the actor
+watches the bridge's descriptor with ``ThespianWatch``, takes the events on
+each ``WatchMessage`` and answers through ``bridge.send``.
+
+What it does with them is the same as what the simulator's clients do:
+
+* ``ProduceRequest`` -> ``Produce`` to the local NodeActor, which forwards
+  it to the shard's leader (node-side routing: any node coordinates any
+  request); ``FetchRequest`` -> ``ReadShard``; ``SubscribeRequest`` ->
+  one ``Subscribe`` per shard, kept alive every ``KEEPALIVE_S`` while the
+  connection lives; ``Delivery`` messages from the leaders become
+  ``Delivery`` frames; ``AckRequest`` -> ``AckRecords`` to the replica that
+  delivered.
+* A replica that is not the leader answers with the leader's name; the
+  request is sent again through ``Routed`` (at most ``HOPS_MAX`` times), and
+  while a shard has no leader the request is retried every
+  ``RETRY_S`` until its deadline.
+* Metadata (topics, shard plans, node endpoints) is a local read of the
+  agency every ``POLL_S``.
+* Admin calls from the HTTP API (status, shard map, topics, lookups,
+  produce and fetch for small use, subscriptions, namespaces) are answered
+  from that view, the agency, the supervisor and the shard leaders.
+
+Bounds: requests waiting here (``PENDING_MAX``), produce bytes waiting per
+shard (``ListenConfig.shard_inflight_bytes_max``, beyond which a produce is
+refused with ``OVERLOADED``), subscriptions per connection.
+"""
+from __future__ import annotations
+
+import base64
+from typing import Any, Callable
+
+from thespian.actors import ThespianWatch
+
+from actors.base import ChorusActor
+from actors.replication import is_control
+from actors.supervisor import PLAN_ROOT, walk_plans
+from protocol.agency import AgencyReply, AgencyRequest, Mutation, Precondition, Read, StatusQuery, StatusReply, Txn
+from protocol.consume import AckRecords, Delivery, Subscribe, SubscribeReply, Unsubscribe
+from protocol.frames import (
+    AckRequest,
+    AckResponse,
+    CommitRequest,
+    DeliveredRecord,
+    ErrorCode,
+    FetchRequest,
+    FetchResponse,
+    Level,
+    MetadataRequest,
+    MetadataResponse,
+    ProduceRequest,
+    ProduceResponse,
+    ShardMetadata,
+    SubscribeRequest,
+    SubscribeResponse,
+    TopicMetadata,
+)
+from protocol.frames import Delivery as DeliveryFrame
+from protocol.hashing import RoundRobin
+from protocol.node import (
+    AlterTopic,
+    CreateTopic,
+    DeleteTopic,
+    DispatcherBoot,
+    NodesQuery,
+    NodesReply,
+    Routed,
+    ShardInfo,
+    TopicReply,
+)
+from protocol.records import Record, decode_batch, encode_batch, read_header
+from protocol.shard import Produce, ProduceReply, ReadShard, ReadShardReply, ShardStatusReply
+from protocol.topics import TOPICS_ROOT, TopicName, TopicSpec
+
+NODES_ROOT = "/chorus/nodes"
+NAMESPACES_ROOT = "/chorus/namespaces"
+POLL_S = 0.25
+TICK_S = 0.05
+RETRY_S = 0.1
+KEEPALIVE_S = 0.5
+HOPS_MAX = 3
+PENDING_MAX = 100_000
+SUBSCRIPTIONS_PER_CONN_MAX = 256
+FETCH_WAIT_MS_MAX = 30_000
+HTTP_RECORDS_MAX = 1000
+
+
+class Refusal(Exception):
+    """A request this node refuses: a wire error code, an HTTP status and a text."""
+
+    def __init__(self, code: ErrorCode, status: int, slug: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.status, self.slug, self.message = code, status, slug, message
+
+
+def _classify(error: str) -> tuple[ErrorCode, int, str]:
+    """Map an internal failure text to (wire code, HTTP status, slug)."""
+    e = error.lower()
+    if "out-of-order" in e:
+        return ErrorCode.OUT_OF_ORDER_SEQUENCE, 409, "out_of_order_sequence"
+    if "overloaded" in e or "too many" in e:
+        return ErrorCode.OVERLOADED, 503, "overloaded"
+    if "bad batch" in e:
+        return ErrorCode.INVALID_REQUEST, 400, "bad_request"
+    if "busy" in e or "exclusive" in e:
+        return ErrorCode.SUBSCRIPTION_BUSY, 409, "subscription_busy"
+    if "not " in e and "is " in e and "subscription" in e:
+        return ErrorCode.INVALID_REQUEST, 409, "conflict"
+    if "timed out" in e or "timeout" in e:
+        return ErrorCode.TIMEOUT, 504, "timeout"
+    return ErrorCode.NOT_LEADER, 503, "unavailable"
+
+
+class _Pending:
+    """An internal request awaiting its answer."""
+
+    __slots__ = ("req_id", "msg", "target_hint", "hops", "deadline", "on_ok", "on_fail", "retry_at", "bytes",
+                 "shard")
+
+    def __init__(self, req_id: int, msg: Any, deadline: float, on_ok: Callable, on_fail: Callable,
+                 shard: str = "", nbytes: int = 0) -> None:
+        self.req_id = req_id
+        self.msg = msg
+        self.target_hint: str | None = None
+        self.hops = 0
+        self.deadline = deadline
+        self.on_ok = on_ok
+        self.on_fail = on_fail
+        self.retry_at: float | None = None
+        self.bytes = nbytes
+        self.shard = shard
+
+
+class _Sub:
+    """One client subscription on one shard."""
+
+    __slots__ = ("conn", "corr", "topic", "index", "shard", "subscription", "mode", "consumer", "replica",
+                 "answered", "hint", "last_sent")
+
+    def __init__(self, conn: int, corr: int, topic: str, index: int, subscription: str, mode: str,
+                 consumer: str) -> None:
+        self.conn, self.corr, self.topic, self.index = conn, corr, topic, index
+        self.shard = f"{topic}#{index}"
+        self.subscription, self.mode, self.consumer = subscription, mode, consumer
+        self.replica: Any = None
+        self.answered = False
+        self.hint: str | None = None
+        self.last_sent = -1e9
+
+
+class Dispatcher(ChorusActor):
+    def __init__(self) -> None:
+        super().__init__()
+        self.boot: DispatcherBoot | None = None
+        self.bridge: Any = None
+        self.out: list[tuple] = []
+        self.req = 0
+        self.agency_req = 0
+        self.pending: dict[int, _Pending] = {}
+        self.agency_waiters: dict[int, Callable[[AgencyReply], None]] = {}
+        self.status_waiters: list[Callable[[dict], None]] = []
+        self.nodes_waiters: list[Callable[[NodesReply], None]] = []
+        self.info_waiters: dict[str, list[Callable[[dict], None]]] = {}
+        self.topics: dict[str, dict] = {}
+        self.plans: dict[str, dict] = {}
+        self.nodes: dict[str, dict] = {}
+        self.namespaces: set[str] = set()
+        self.revision = -1
+        self.loaded = False
+        self.after_poll: list[Callable[[], None]] = []
+        self.shard_bytes: dict[str, int] = {}
+        self.subs: dict[tuple[str, str, str], _Sub] = {}  # (shard, subscription, internal consumer)
+        self.conn_subs: dict[int, list[_Sub]] = {}
+        self.subscribe_waits: dict[tuple[int, int], dict] = {}
+        self.rr = RoundRobin()
+        self.gen = 0
+        self.ticks = 0
+        self.registered = False
+        self.started = 0.0
+        self.directory: dict = {"cluster_id": "", "nodes": []}
+
+    # --------------------------------------------------------------- boot
+    def on_DispatcherBoot(self, msg: DispatcherBoot, sender: Any) -> None:
+        if self.boot is not None:
+            return
+        if msg.host is not None:
+            self.adopt_host_config(msg.host)
+        self.boot = msg
+        self.client = f"dispatcher-{msg.node_id}-{self.rng.getrandbits(48):012x}"
+        self.started = self.now()
+        self.bridge = self.host.open_bridge(msg.listen, node_id=msg.node_id, cluster_id=msg.cluster_id)
+        self.record("dispatcher.listening", node=msg.node_id, client_port=self.bridge.client_port,
+                    http_port=self.bridge.http_port)
+        self.send(sender, ("listening", self.bridge.client_port, self.bridge.http_port))
+        self._poll()
+        self._arm()
+
+    def receiveMessage(self, msg: Any, sender: Any) -> Any:
+        super().receiveMessage(msg, sender)
+        if self.out and self.bridge is not None:
+            out, self.out = self.out, []
+            self.bridge.send(out)
+        if self.bridge is not None:
+            return ThespianWatch([self.bridge.fileno()])
+        return None
+
+    def _arm(self) -> None:
+        self.gen += 1
+        self.set_timer(TICK_S, ("tick", self.gen))
+
+    def on_WakeupMessage(self, msg: Any, sender: Any) -> None:
+        if msg.payload != ("tick", self.gen) or self.boot is None:
+            return
+        self.ticks += 1
+        now = self.now()
+        if self.ticks % max(1, int(POLL_S / TICK_S)) == 0:
+            self._poll()
+        self._retry_and_expire(now)
+        self._keepalive(now)
+        self._arm()
+
+    # ------------------------------------------------------- bridge events
+    def on_WatchMessage(self, msg: Any, sender: Any) -> None:
+        if self.bridge is None:
+            return
+        for event in self.bridge.take():
+            kind = event[0]
+            try:
+                if kind == "request":
+                    self._request(event[1], event[2], event[3])
+                elif kind == "closed":
+                    self._closed(event[1])
+                elif kind == "admin":
+                    self._admin(event[1], event[2], event[3])
+            except Refusal as r:
+                if kind == "request":
+                    self._error(event[1], event[2], r.code, r.message)
+                elif kind == "admin":
+                    self.out.append(("admin", event[1], False, (r.status, r.slug, r.message)))
+
+    def _frame(self, conn: int, corr: int, message: Any, answers: bool = True) -> None:
+        self.out.append(("frame", conn, corr, message, answers))
+
+    def _error(self, conn: int, corr: int, code: ErrorCode, text: str) -> None:
+        from protocol.frames import ErrorResponse
+
+        self._frame(conn, corr, ErrorResponse(code=code, message=text[:1000]))
+
+    # --------------------------------------------------------- agency view
+    def _poll(self) -> None:
+        self._agency(Read((TOPICS_ROOT, PLAN_ROOT, NODES_ROOT, NAMESPACES_ROOT), linearizable=False), self._polled)
+        if not self.registered:
+            self._register()
+
+    def _agency(self, op: Any, on_reply: Callable[[AgencyReply], None]) -> None:
+        self.agency_req += 1
+        self.agency_waiters[self.agency_req] = on_reply
+        if len(self.agency_waiters) > 1000:  # a silent agency: forget the oldest
+            del self.agency_waiters[min(self.agency_waiters)]
+        self.send(self.boot.agency, AgencyRequest(self.client, self.agency_req, op))
+
+    def on_AgencyReply(self, msg: AgencyReply, sender: Any) -> None:
+        cb = self.agency_waiters.pop(msg.req_id, None)
+        if cb is not None:
+            cb(msg)
+
+    def _register(self) -> None:
+        ep = self.boot.endpoints
+        b = self.bridge
+        host = self.boot.listen.host
+        doc = {"client": f"{host}:{b.client_port}", "http": f"{host}:{b.http_port}" if b.http_port else "",
+               "admin": ep.admin if ep else "", "version": self.boot.version, "started": self.wall()}
+
+        def done(reply: AgencyReply) -> None:
+            self.registered = reply.status == "ok"
+
+        self._agency(Txn((Mutation(f"{NODES_ROOT}/{self.boot.node_id}", "set", doc),)), done)
+
+    def _polled(self, reply: AgencyReply) -> None:
+        if reply.status != "ok" or not isinstance(reply.result, dict):
+            return
+        rev = reply.result.get("revision", 0)
+        if rev < self.revision:
+            return
+        self.revision = rev
+        topics_tree, plans_tree, nodes_tree, ns_tree = (list(reply.result["values"]) + [None] * 4)[:4]
+        self.topics = dict(_walk_topics(topics_tree or {}))
+        self.plans = dict(walk_plans(plans_tree or {}))
+        self.nodes = {k: v for k, v in (nodes_tree or {}).items() if isinstance(v, dict)}
+        self.namespaces = set(_walk_namespaces(ns_tree or {}))
+        self.loaded = True
+        waiting, self.after_poll = self.after_poll, []
+        for cb in waiting:
+            cb()
+
+    def _spec(self, topic: str, *, wait: Callable[[], None] | None = None) -> dict | None:
+        """The topic's spec; None (after calling ``wait`` later) if unknown."""
+        spec = self.topics.get(topic)
+        if spec is None and wait is not None:
+            self.after_poll.append(wait)
+        return spec
+
+    # ------------------------------------------------------------ requests
+    def _request(self, conn: int, corr: int, m: Any) -> None:
+        if isinstance(m, ProduceRequest):
+            self._produce_frame(conn, corr, m)
+        elif isinstance(m, FetchRequest):
+            self._fetch_frame(conn, corr, m)
+        elif isinstance(m, MetadataRequest):
+            self._metadata(conn, corr, m)
+        elif isinstance(m, SubscribeRequest):
+            self._subscribe(conn, corr, m)
+        elif isinstance(m, AckRequest):
+            self._ack(conn, corr, m)
+        elif isinstance(m, CommitRequest):
+            raise Refusal(ErrorCode.INVALID_REQUEST, 400, "bad_request",
+                          "CommitRequest is not supported yet: acknowledge records with AckRequest")
+        else:
+            raise Refusal(ErrorCode.UNKNOWN_TYPE, 400, "bad_request", f"unexpected {type(m).__name__}")
+
+    def _shard_of(self, topic: str, index: int, retry: Callable[[], None], first: bool) -> str | None:
+        """Internal shard name, or None when waiting for a fresher view;
+        raises Refusal for unknown topics and shards."""
+        spec = self.topics.get(topic)
+        if spec is None:
+            if first:
+                self.after_poll.append(retry)
+                return None
+            raise Refusal(ErrorCode.UNKNOWN_TOPIC, 404, "not_found", f"topic {topic!r} does not exist")
+        if not 0 <= index < int(spec.get("shards", 1)):
+            raise Refusal(ErrorCode.UNKNOWN_SHARD, 404, "not_found",
+                          f"topic {topic!r} has {spec.get('shards')} shards; there is no shard {index}")
+        return f"{topic}#{index}"
+
+    def _produce_frame(self, conn: int, corr: int, m: ProduceRequest, first: bool = True) -> None:
+        def again() -> None:
+            try:
+                self._produce_frame(conn, corr, m, False)
+            except Refusal as r:
+                self._error(conn, corr, r.code, r.message)
+
+        shard = self._shard_of(m.topic, m.shard, again, first)
+        if shard is None:
+            return
+
+        def ok(reply: ProduceReply) -> None:
+            self._frame(conn, corr, ProduceResponse(base_offset=max(0, reply.base_offset),
+                                                    level_met=Level(reply.level or m.level.value),
+                                                    duplicate=reply.duplicate))
+
+        def fail(code: ErrorCode, text: str) -> None:
+            self._error(conn, corr, code, text)
+
+        self._produce(shard, m.batch, m.level.value, m.producer_id, m.sequence, m.timeout_ms / 1000.0, ok, fail)
+
+    def _produce(self, shard: str, batch: bytes, level: str, producer_id: int, sequence: int, timeout_s: float,
+                 ok: Callable, fail: Callable) -> None:
+        try:
+            count = read_header(batch).record_count
+        except ValueError as exc:
+            raise Refusal(ErrorCode.INVALID_REQUEST, 400, "bad_request", f"bad record batch: {exc}") from None
+        used = self.shard_bytes.get(shard, 0)
+        if used + len(batch) > self.boot.listen.shard_inflight_bytes_max:
+            raise Refusal(ErrorCode.OVERLOADED, 503, "overloaded",
+                          f"shard {shard} has {used} bytes of writes in flight; retry later")
+        self.shard_bytes[shard] = used + len(batch)
+        req_id = self._next_req()
+        msg = Produce(shard, self.client, req_id, batch, count, level, producer_id, sequence)
+        timeout_s = min(max(timeout_s, 0.1), self.boot.listen.request_timeout_s * 3)
+        self._start(_Pending(req_id, msg, self.now() + timeout_s, ok, fail, shard, len(batch)))
+
+    def _fetch_frame(self, conn: int, corr: int, m: FetchRequest, first: bool = True) -> None:
+        def again() -> None:
+            try:
+                self._fetch_frame(conn, corr, m, False)
+            except Refusal as r:
+                self._error(conn, corr, r.code, r.message)
+
+        shard = self._shard_of(m.topic, m.shard, again, first)
+        if shard is None:
+            return
+        wait_s = min(m.max_wait_ms, FETCH_WAIT_MS_MAX) / 1000.0
+        self._read(shard, m.offset, min(m.max_bytes, self.boot.listen.frame_bytes_max - 4096), wait_s,
+                   lambda r: self._frame(conn, corr, FetchResponse(high_watermark=r.hw, batches=r.batches)),
+                   lambda code, text: self._error(conn, corr, code, text))
+
+    def _read(self, shard: str, offset: int, max_bytes: int, wait_s: float, ok: Callable, fail: Callable) -> None:
+        req_id = self._next_req()
+        now = self.now()
+        deadline = now + max(wait_s, self.boot.listen.request_timeout_s)
+        wait_until = now + wait_s
+
+        def got(reply: ReadShardReply) -> None:
+            if not reply.batches and self.now() < wait_until:
+                p = self.pending.get(req_id) or _Pending(req_id, msg, deadline, got, fail, shard)
+                p.retry_at = self.now() + 0.01
+                self.pending[req_id] = p
+                return
+            ok(reply)
+
+        msg = ReadShard(shard, self.client, req_id, offset, max(1, max_bytes))
+        self._start(_Pending(req_id, msg, deadline, got, fail, shard))
+
+    def _next_req(self) -> int:
+        self.req += 1
+        return self.req
+
+    def _start(self, p: _Pending) -> None:
+        if len(self.pending) >= PENDING_MAX:
+            self._release(p)
+            p.on_fail(ErrorCode.OVERLOADED, "node overloaded: too many requests in flight")
+            return
+        self.pending[p.req_id] = p
+        self._send_pending(p)
+
+    def _send_pending(self, p: _Pending) -> None:
+        p.retry_at = None
+        msg = p.msg if p.target_hint is None else Routed(p.msg, p.target_hint)
+        self.send(self.boot.node, msg)
+
+    def _release(self, p: _Pending) -> None:
+        if p.bytes:
+            left = self.shard_bytes.get(p.shard, 0) - p.bytes
+            if left > 0:
+                self.shard_bytes[p.shard] = left
+            else:
+                self.shard_bytes.pop(p.shard, None)
+            p.bytes = 0
+
+    def _answer(self, req_id: int, status: str, leader: str | None, error: str, reply: Any) -> None:
+        p = self.pending.get(req_id)
+        if p is None:
+            return
+        if status == "ok":
+            del self.pending[req_id]
+            self._release(p)
+            p.on_ok(reply)
+            return
+        if status == "unknown":
+            # the write may or may not be in the log (leadership lost while
+            # waiting): an idempotent producer's retry settles it
+            del self.pending[req_id]
+            self._release(p)
+            p.on_fail(ErrorCode.TIMEOUT, f"outcome unknown: {error or 'leadership changed'}; retry")
+            return
+        code, _status, _slug = _classify(error)
+        if code is ErrorCode.NOT_LEADER:
+            if leader and leader != p.target_hint and p.hops < HOPS_MAX:
+                p.hops += 1
+                p.target_hint = leader
+                self._send_pending(p)
+                return
+            p.target_hint = None
+            p.retry_at = self.now() + RETRY_S  # no leader right now: try again shortly
+            return
+        del self.pending[req_id]
+        self._release(p)
+        p.on_fail(code, error)
+
+    def on_ProduceReply(self, msg: ProduceReply, sender: Any) -> None:
+        self._answer(msg.req_id, msg.status, msg.leader, msg.error, msg)
+
+    def on_ReadShardReply(self, msg: ReadShardReply, sender: Any) -> None:
+        p = self.pending.get(msg.req_id)
+        if p is not None and msg.status == "ok":
+            # the read handler may re-arm the same pending entry (long poll)
+            del self.pending[msg.req_id]
+            p.on_ok(msg)
+            return
+        self._answer(msg.req_id, msg.status, msg.leader, msg.error, msg)
+
+    def on_TopicReply(self, msg: TopicReply, sender: Any) -> None:
+        p = self.pending.pop(msg.req_id, None)
+        if p is None:
+            return
+        if msg.status == "ok":
+            p.on_ok(msg)
+        else:
+            p.on_fail(None, msg.error or msg.status)
+
+    def _retry_and_expire(self, now: float) -> None:
+        for req_id in list(self.pending):
+            p = self.pending.get(req_id)
+            if p is None:
+                continue
+            if now >= p.deadline:
+                del self.pending[req_id]
+                self._release(p)
+                p.on_fail(ErrorCode.TIMEOUT, f"no answer for {type(p.msg).__name__} on {p.shard or 'the cluster'} "
+                                             "before the deadline")
+            elif p.retry_at is not None and now >= p.retry_at:
+                self._send_pending(p)
+
+    # ---------------------------------------------------------- metadata
+    def _metadata(self, conn: int, corr: int, m: MetadataRequest, first: bool = True) -> None:
+        names = list(m.topics) or sorted(self.topics)
+        if first and (not self.loaded or any(t not in self.topics for t in names)):
+            self.after_poll.append(lambda: self._metadata(conn, corr, m, False))
+            return
+        out = []
+        for t in names:
+            spec = self.topics.get(t)
+            if spec is None:
+                out.append(TopicMetadata(topic=t, error=ErrorCode.UNKNOWN_TOPIC))
+                continue
+            shards = []
+            for i in range(int(spec.get("shards", 1))):
+                plan = self.plans.get(f"{t}#{i}") or {}
+                leader = plan.get("leader") or ""
+                host, port = _split(self.nodes.get(leader, {}).get("client", ""))
+                shards.append(ShardMetadata(shard=i, leader=leader, host=host, port=port,
+                                            epoch=int(plan.get("epoch", 0))))
+            out.append(TopicMetadata(topic=t, shards=tuple(shards)))
+        self._frame(conn, corr, MetadataResponse(topics=tuple(out)))
+
+    # ------------------------------------------------------ subscriptions
+    def _subscribe(self, conn: int, corr: int, m: SubscribeRequest, first: bool = True) -> None:
+        spec = self.topics.get(m.topic)
+        if spec is None:
+            if first:
+                self.after_poll.append(lambda: self._subscribe(conn, corr, m, False))
+                return
+            raise Refusal(ErrorCode.UNKNOWN_TOPIC, 404, "not_found", f"topic {m.topic!r} does not exist")
+        if not m.subscription or not m.consumer_id:
+            raise Refusal(ErrorCode.INVALID_REQUEST, 400, "bad_request", "subscription and consumer_id are required")
+        mine = self.conn_subs.setdefault(conn, [])
+        if len(mine) >= SUBSCRIPTIONS_PER_CONN_MAX:
+            raise Refusal(ErrorCode.OVERLOADED, 503, "overloaded", "too many subscriptions on this connection")
+        consumer = f"{m.consumer_id}@{self.boot.node_id}.{conn}"
+        n = int(spec.get("shards", 1))
+        wait = {"left": n, "failed": None, "deadline": self.now() + self.boot.listen.request_timeout_s}
+        self.subscribe_waits[(conn, corr)] = wait
+        for i in range(n):
+            s = _Sub(conn, corr, m.topic, i, m.subscription, str(m.mode), consumer)
+            key = (s.shard, s.subscription, s.consumer)
+            if key in self.subs:
+                continue
+            self.subs[key] = s
+            mine.append(s)
+            self._send_subscribe(s, self.now())
+
+    def _send_subscribe(self, s: _Sub, now: float) -> None:
+        s.last_sent = now
+        msg = Subscribe(s.shard, s.subscription, s.mode, s.consumer)
+        self.send(self.boot.node, msg if s.hint is None else Routed(msg, s.hint))
+
+    def on_SubscribeReply(self, msg: SubscribeReply, sender: Any) -> None:
+        s = self.subs.get((msg.shard, msg.subscription, msg.consumer))
+        if s is None:
+            return
+        if msg.status == "ok":
+            s.replica = sender
+            s.hint = None
+            if not s.answered:
+                s.answered = True
+                self._subscribe_progress(s, None)
+            return
+        code, _st, _slug = _classify(msg.error)
+        if code is ErrorCode.NOT_LEADER:
+            s.hint = msg.leader if msg.leader and msg.leader != s.hint else None
+            if s.hint:
+                self._send_subscribe(s, self.now())
+            return
+        self._subscribe_progress(s, (code, msg.error))
+
+    def _subscribe_progress(self, s: _Sub, failure: tuple | None) -> None:
+        wait = self.subscribe_waits.get((s.conn, s.corr))
+        if wait is None:
+            return
+        if failure is not None:
+            del self.subscribe_waits[(s.conn, s.corr)]
+            self._drop_subscription(s.conn, s.corr)
+            self._error(s.conn, s.corr, failure[0], failure[1])
+            return
+        wait["left"] -= 1
+        if wait["left"] <= 0:
+            del self.subscribe_waits[(s.conn, s.corr)]
+            self._frame(s.conn, s.corr, SubscribeResponse(active=True))
+
+    def _drop_subscription(self, conn: int, corr: int) -> None:
+        keep = []
+        for s in self.conn_subs.get(conn, []):
+            if s.corr == corr:
+                self.subs.pop((s.shard, s.subscription, s.consumer), None)
+                if s.replica is not None:
+                    self.send(s.replica, Unsubscribe(s.shard, s.subscription, s.consumer))
+            else:
+                keep.append(s)
+        self.conn_subs[conn] = keep
+
+    def _keepalive(self, now: float) -> None:
+        for s in list(self.subs.values()):
+            if now - s.last_sent >= (KEEPALIVE_S if s.answered else RETRY_S * 3):
+                if s.replica is not None and s.hint is None:
+                    self.send(s.replica, Subscribe(s.shard, s.subscription, s.mode, s.consumer))
+                    s.last_sent = now
+                else:
+                    self._send_subscribe(s, now)
+        for key, wait in list(self.subscribe_waits.items()):
+            if now >= wait["deadline"]:
+                del self.subscribe_waits[key]
+                self._drop_subscription(*key)
+                self._error(key[0], key[1], ErrorCode.TIMEOUT, "no leader answered the subscription in time")
+
+    def on_Delivery(self, msg: Delivery, sender: Any) -> None:
+        s = self.subs.get((msg.shard, msg.subscription, msg.consumer))
+        if s is None:
+            # nobody here any more: hand the records back at once
+            self.send(sender, AckRecords(msg.shard, msg.subscription, msg.consumer,
+                                         tuple(o for o, _p, _r in msg.records), negative=True))
+            return
+        s.replica = sender
+        recs = tuple(DeliveredRecord(offset=o, redelivery=bool(r), payload=bytes(p)) for o, p, r in msg.records)
+        self._frame(s.conn, s.corr, DeliveryFrame(topic=s.topic, shard=s.index, subscription=s.subscription,
+                                                  records=recs), answers=False)
+
+    def _ack(self, conn: int, corr: int, m: AckRequest) -> None:
+        shard = f"{m.topic}#{m.shard}"
+        consumer = f"{m.consumer_id}@{self.boot.node_id}.{conn}"
+        s = self.subs.get((shard, m.subscription, consumer))
+        if s is None:
+            raise Refusal(ErrorCode.INVALID_REQUEST, 400, "bad_request",
+                          f"consumer {m.consumer_id!r} is not subscribed to {m.subscription!r} on {shard} "
+                          "on this connection")
+        if s.replica is not None and m.offsets:
+            self.send(s.replica, AckRecords(shard, m.subscription, consumer, tuple(m.offsets), negative=m.nack))
+        self._frame(conn, corr, AckResponse())
+
+    def _closed(self, conn: int) -> None:
+        for s in self.conn_subs.pop(conn, []):
+            self.subs.pop((s.shard, s.subscription, s.consumer), None)
+            if s.replica is not None:
+                self.send(s.replica, Unsubscribe(s.shard, s.subscription, s.consumer))
+        for key in [k for k in self.subscribe_waits if k[0] == conn]:
+            del self.subscribe_waits[key]
+
+    # ------------------------------------------------------------- admin
+    def _admin(self, token: int, kind: str, args: dict) -> None:
+        def ok(result: Any) -> None:
+            self.out.append(("admin", token, True, result))
+
+        def fail(status: int, slug: str, message: str) -> None:
+            self.out.append(("admin", token, False, (status, slug, message)))
+
+        handler = getattr(self, "_admin_" + kind, None)
+        if handler is None:
+            fail(400, "bad_request", f"unknown operation {kind}")
+            return
+        if not self.loaded and kind != "directory":
+            self.after_poll.append(lambda: self._admin(token, kind, args))
+            return
+        handler(args, ok, fail)
+
+    def on_Directory(self, msg: Any, sender: Any) -> None:
+        self.directory = msg.doc
+
+    def _admin_directory(self, args: dict, ok: Callable, fail: Callable) -> None:
+        ok(self.directory)
+
+    def _admin_status(self, args: dict, ok: Callable, fail: Callable) -> None:
+        state: dict = {}
+
+        def finish() -> None:
+            if "agency" not in state or "seen" not in state:
+                return
+            st = state["agency"]
+            seen = state["seen"]
+            ep = self.boot.endpoints
+            me = self.nodes.get(self.boot.node_id, {})
+            all_nodes = sorted(set(self.nodes) | set(seen) | set(state.get("members", ())))
+            nodes = []
+            for n in all_nodes:
+                info = self.nodes.get(n, {})
+                ago = seen.get(n)
+                nodes.append({"node_id": n, "alive": ago is not None and ago < 3.0, "client": info.get("client", ""),
+                              "http": info.get("http", ""), "last_seen_s": ago})
+            ok({
+                "node_id": self.boot.node_id, "cluster_id": self.boot.cluster_id, "version": self.boot.version,
+                "uptime_s": round(self.now() - self.started, 3),
+                "endpoints": {"client": me.get("client", ""), "http": me.get("http", ""),
+                              "admin": ep.admin if ep else ""},
+                "agency": {"role": st.get("role"), "leader": st.get("leader"), "term": st.get("term"),
+                           "commit_index": st.get("commit"), "voters": list(st.get("voters", ()))},
+                "nodes": nodes,
+                "replicas": sum(1 for p in self.plans.values() if self.boot.node_id in p.get("replicas", ())),
+            })
+
+        def got_status(st: dict) -> None:
+            state["agency"] = st
+            finish()
+
+        def got_nodes(r: NodesReply) -> None:
+            state["seen"] = dict(r.seen_ago_s)
+            state["members"] = r.nodes
+            finish()
+
+        self.status_waiters.append(got_status)
+        self.nodes_waiters.append(got_nodes)
+        self.send(self.boot.agency, StatusQuery())
+        self.send(self.boot.supervisor, NodesQuery())
+
+    def on_StatusReply(self, msg: StatusReply, sender: Any) -> None:
+        waiters, self.status_waiters = self.status_waiters, []
+        for cb in waiters:
+            cb(msg.status)
+
+    def on_NodesReply(self, msg: NodesReply, sender: Any) -> None:
+        waiters, self.nodes_waiters = self.nodes_waiters, []
+        for cb in waiters:
+            cb(msg)
+
+    def _shard_list(self, topic: str | None) -> list[str]:
+        names = [topic] if topic else sorted(self.topics)
+        out = []
+        for t in names:
+            spec = self.topics.get(t)
+            if spec is not None:
+                out.extend(f"{t}#{i}" for i in range(int(spec.get("shards", 1))))
+        return out
+
+    def _gather_info(self, shards: list[str], done: Callable[[dict[str, dict]], None]) -> None:
+        """ShardInfo from each shard's leader (with a short deadline)."""
+        results: dict[str, dict] = {}
+        if not shards:
+            done(results)
+            return
+        left = {"n": len(shards), "done": False}
+
+        def one(shard: str, status: dict) -> None:
+            if left["done"] or shard in results:
+                return
+            results[shard] = status
+            left["n"] -= 1
+            if left["n"] <= 0:
+                left["done"] = True
+                done(results)
+
+        for shard in shards:
+            self.info_waiters.setdefault(shard, []).append(lambda st, shard=shard: one(shard, st))
+            self.send(self.boot.node, ShardInfo(shard))
+
+        def expire() -> None:
+            if not left["done"]:
+                left["done"] = True
+                for shard in shards:
+                    self.info_waiters.pop(shard, None)
+                done(results)
+
+        req_id = self._next_req()
+        self.pending[req_id] = _Pending(req_id, None, self.now() + 2.0, lambda _r: None, lambda *_a: expire())
+
+    def on_ShardStatusReply(self, msg: ShardStatusReply, sender: Any) -> None:
+        status = dict(msg.status)
+        if status.get("role") not in (None, "leader") and status.get("leader") and not status.get("forwarded"):
+            # a non-leader answered (local replica): ask the leader it names
+            self.send(self.boot.node, Routed(ShardInfo(msg.shard), status["leader"]))
+            return
+        for cb in self.info_waiters.pop(msg.shard, []):
+            cb(status)
+
+    def _admin_shards(self, args: dict, ok: Callable, fail: Callable) -> None:
+        topic = args.get("topic")
+        if topic and topic not in self.topics:
+            fail(404, "not_found", f"topic {topic!r} does not exist")
+            return
+        shards = self._shard_list(topic)
+
+        def done(info: dict[str, dict]) -> None:
+            out = []
+            for shard in shards:
+                t, _, idx = shard.rpartition("#")
+                plan = self.plans.get(shard) or {}
+                st = info.get(shard, {})
+                leader = plan.get("leader") or ""
+                out.append({"shard": shard, "topic": t, "index": int(idx), "leader": leader,
+                            "epoch": int(plan.get("epoch", 0)), "replicas": list(plan.get("replicas", ())),
+                            "in_sync": list(st.get("in_sync", ())) if st.get("role") == "leader" else [],
+                            "high_watermark": st.get("hw"), "end_offset": st.get("end"),
+                            "state": "ok" if leader and st.get("role") == "leader" else
+                            ("fenced" if not leader else "leaderless")})
+            ok(out)
+
+        self._gather_info(shards, done)
+
+    def _topic_json(self, spec: dict) -> dict:
+        return {"name": spec["name"], "shards": spec.get("shards", 1),
+                "replication_factor": spec.get("replication_factor", 1),
+                "retention_ms": spec.get("retention_ms"), "retention_bytes": spec.get("retention_bytes")}
+
+    def _admin_topics(self, args: dict, ok: Callable, fail: Callable) -> None:
+        ok([self._topic_json(self.topics[t]) for t in sorted(self.topics)])
+
+    def _admin_topic(self, args: dict, ok: Callable, fail: Callable) -> None:
+        spec = self.topics.get(args.get("name", ""))
+        if spec is None:
+            fail(404, "not_found", f"topic {args.get('name')!r} does not exist")
+            return
+        ok(self._topic_json(spec))
+
+    def _topic_call(self, msg: Any, ok: Callable, fail: Callable, after: Callable[[], Any]) -> None:
+        def done(_reply: TopicReply) -> None:
+            # answer once our own view shows the change, so a follow-up GET agrees
+            def check(tries: int = 0) -> None:
+                result = after()
+                if result is not None or tries >= 20:
+                    ok(result if result is not None else {})
+                else:
+                    self.after_poll.append(lambda: check(tries + 1))
+            check()
+
+        def failed(_code: Any, error: str) -> None:
+            e = error.lower()
+            if "exist" in e and ("already" in e or "precondition" in e):
+                fail(409, "conflict", error)
+            elif "unknown topic" in e or "does not exist" in e or "no such" in e:
+                fail(404, "not_found", error)
+            elif "no active supervisor" in e or "starting" in e or "timed out" in e or "no answer" in e:
+                fail(503, "unavailable", error)
+            else:
+                fail(400, "bad_request", error)
+
+        req_id = self._next_req()
+        msg = type(msg)(**{**msg.__dict__, "req_id": req_id})
+        self.pending[req_id] = _Pending(req_id, msg, self.now() + self.boot.listen.request_timeout_s, done,
+                                        failed)
+        self.send(self.boot.node, msg)
+
+    def _admin_create_topic(self, args: dict, ok: Callable, fail: Callable) -> None:
+        spec = dict(args.get("spec") or {})
+        if not isinstance(spec.get("name"), str):
+            fail(400, "bad_request", "a topic needs a name: tenant/product/component/topic")
+            return
+        live = max(1, len(self.nodes))
+        spec.setdefault("shards", 1)
+        spec.setdefault("replication_factor", min(3, live))
+        try:
+            parsed = TopicSpec.from_json({**TopicSpec(spec["name"]).to_json(), **spec})
+        except (ValueError, TypeError) as exc:
+            fail(400, "bad_request", str(exc))
+            return
+        if parsed.replication_factor > live:
+            fail(400, "bad_request", f"replication_factor {parsed.replication_factor} exceeds the "
+                                     f"{live} node(s) of the cluster")
+            return
+        name = str(parsed.name)
+        if name in self.topics:
+            fail(409, "conflict", f"topic {name!r} already exists")
+            return
+        self._topic_call(CreateTopic(self.client, 0, parsed.to_json()), ok, fail,
+                         lambda: self._topic_json(self.topics[name]) if name in self.topics else None)
+
+    def _admin_alter_topic(self, args: dict, ok: Callable, fail: Callable) -> None:
+        name, changes = args.get("name", ""), dict(args.get("changes") or {})
+        spec = self.topics.get(name)
+        if spec is None:
+            fail(404, "not_found", f"topic {name!r} does not exist")
+            return
+        try:
+            wanted = TopicSpec.from_json(spec).alter(**changes)
+        except (ValueError, TypeError) as exc:
+            fail(400, "bad_request", str(exc))
+            return
+        target = wanted.to_json()
+
+        def applied() -> dict | None:
+            cur = self.topics.get(name)
+            if cur is not None and all(cur.get(k) == v for k, v in target.items()):
+                return self._topic_json(cur)
+            return None
+
+        self._topic_call(AlterTopic(self.client, 0, name, changes), ok, fail, applied)
+
+    def _admin_delete_topic(self, args: dict, ok: Callable, fail: Callable) -> None:
+        name = args.get("name", "")
+        spec = self.topics.get(name)
+        if spec is None:
+            fail(404, "not_found", f"topic {name!r} does not exist")
+            return
+        gone = self._topic_json(spec)
+        self._topic_call(DeleteTopic(self.client, 0, name), ok, fail,
+                         lambda: {"deleted": gone} if name not in self.topics else None)
+
+    def _admin_lookup(self, args: dict, ok: Callable, fail: Callable) -> None:
+        topic = args.get("topic", "")
+        spec = self.topics.get(topic)
+        if spec is None:
+            fail(404, "not_found", f"topic {topic!r} does not exist")
+            return
+        out = []
+        for i in range(int(spec.get("shards", 1))):
+            plan = self.plans.get(f"{topic}#{i}") or {}
+            leader = plan.get("leader") or ""
+            info = self.nodes.get(leader, {})
+            out.append({"index": i, "shard": f"{topic}#{i}", "leader": leader, "epoch": int(plan.get("epoch", 0)),
+                        "client": info.get("client", ""), "http": info.get("http", "")})
+        ok(out)
+
+    def _admin_produce(self, args: dict, ok: Callable, fail: Callable) -> None:
+        topic = args.get("topic", "")
+        spec = self.topics.get(topic)
+        if spec is None:
+            fail(404, "not_found", f"topic {topic!r} does not exist")
+            return
+        records = args.get("records") or []
+        if not isinstance(records, list) or not 1 <= len(records) <= HTTP_RECORDS_MAX:
+            fail(400, "bad_request", f"records must be a list of 1 to {HTTP_RECORDS_MAX} records")
+            return
+        level = args.get("level") or "quorum"
+        if level not in ("any", "one", "quorum", "all"):
+            fail(400, "bad_request", f"level must be any, one, quorum or all, not {level!r}")
+            return
+        n = int(spec.get("shards", 1))
+        index = args.get("shard")
+        try:
+            recs = [Record(_b(r.get("key")) if r.get("key") is not None else None, _b(r.get("value", "")),
+                           tuple((str(k), _b(v)) for k, v in (r.get("headers") or {}).items()),
+                           int(self.wall() * 1000)) for r in records]
+        except (AttributeError, TypeError, ValueError) as exc:
+            fail(400, "bad_request", f"bad record: {exc}")
+            return
+        if index is None:
+            from protocol.hashing import shard_for_key
+
+            first_key = recs[0].key
+            index = shard_for_key(first_key, n) if first_key is not None else self.rr.next(n)
+        if not isinstance(index, int) or not 0 <= index < n:
+            fail(404, "not_found", f"topic {topic!r} has {n} shards; there is no shard {index}")
+            return
+        try:
+            batch = encode_batch(recs)
+        except ValueError as exc:
+            fail(400, "bad_request", str(exc))
+            return
+
+        def done(reply: ProduceReply) -> None:
+            ok({"topic": topic, "shard": index, "base_offset": reply.base_offset, "count": len(recs),
+                "level": reply.level or level})
+
+        def failed(code: Any, text: str) -> None:
+            _c, status, slug = _classify(text)
+            fail(status, slug, text)
+
+        try:
+            self._produce(f"{topic}#{index}", batch, level, 0, 0, self.boot.listen.request_timeout_s, done, failed)
+        except Refusal as r:
+            fail(r.status, r.slug, r.message)
+
+    def _admin_fetch(self, args: dict, ok: Callable, fail: Callable) -> None:
+        topic, index = args.get("topic", ""), args.get("shard", 0)
+        spec = self.topics.get(topic)
+        if spec is None:
+            fail(404, "not_found", f"topic {topic!r} does not exist")
+            return
+        if not isinstance(index, int) or not 0 <= index < int(spec.get("shards", 1)):
+            fail(404, "not_found", f"topic {topic!r} has no shard {index}")
+            return
+        offset = int(args.get("offset") or 0)
+
+        def done(reply: ReadShardReply) -> None:
+            out = []
+            for b in reply.batches:
+                _h, recs = decode_batch(b)
+                for r in recs:
+                    if r.offset < offset or is_control(r):
+                        continue
+                    out.append(_record_json(r))
+            ok({"topic": topic, "shard": index, "high_watermark": reply.hw, "records": out})
+
+        def failed(code: Any, text: str) -> None:
+            _c, status, slug = _classify(text)
+            fail(status, slug, text)
+
+        self._read(f"{topic}#{index}", offset, int(args.get("max_bytes") or (1 << 20)), 0.0, done, failed)
+
+    def _admin_subscriptions(self, args: dict, ok: Callable, fail: Callable) -> None:
+        topic = args.get("topic", "")
+        if topic not in self.topics:
+            fail(404, "not_found", f"topic {topic!r} does not exist")
+            return
+        shards = self._shard_list(topic)
+
+        def done(info: dict[str, dict]) -> None:
+            out = []
+            for shard in shards:
+                st = info.get(shard, {})
+                hw = st.get("hw")
+                for sub in st.get("subscriptions", ()):
+                    out.append({"subscription": sub["subscription"], "mode": sub["mode"],
+                                "shard": int(shard.rpartition("#")[2]), "committed": sub["committed"],
+                                "high_watermark": hw,
+                                "lag": max(0, hw - sub["committed"]) if isinstance(hw, int) else None,
+                                "consumers": [c.split("@")[0] for c in sub["consumers"]]})
+            ok(out)
+
+        self._gather_info(shards, done)
+
+    def _admin_namespaces(self, args: dict, ok: Callable, fail: Callable) -> None:
+        tree: dict[str, dict[str, list[str]]] = {}
+        paths = set(self.namespaces)
+        for t in self.topics:
+            tenant, product, component, _ = t.split("/")
+            paths.add(f"{tenant}/{product}/{component}")
+        for p in sorted(paths):
+            parts = p.split("/")
+            products = tree.setdefault(parts[0], {})
+            if len(parts) > 1:
+                comps = products.setdefault(parts[1], [])
+                if len(parts) > 2 and parts[2] not in comps:
+                    comps.append(parts[2])
+        ok({"tenants": tree})
+
+    def _ns_check(self, path: str) -> str | None:
+        parts = path.strip("/").split("/")
+        if not 1 <= len(parts) <= 3:
+            return "a namespace is tenant, tenant/product or tenant/product/component"
+        try:
+            TopicName.parse("/".join(parts + ["x"] * (4 - len(parts))))
+        except ValueError as exc:
+            return str(exc)
+        return None
+
+    def _admin_create_namespace(self, args: dict, ok: Callable, fail: Callable) -> None:
+        path = str(args.get("path", "")).strip("/")
+        err = self._ns_check(path)
+        if err:
+            fail(400, "bad_request", err)
+            return
+
+        def done(reply: AgencyReply) -> None:
+            if reply.status == "ok":
+                self.namespaces.add(path)
+                ok({"namespace": path})
+            else:
+                fail(503, "unavailable", f"agency: {reply.error or reply.status}")
+
+        self._agency(Txn((Mutation(f"{NAMESPACES_ROOT}/{path}/.ns", "set", True),)), done)
+
+    def _admin_delete_namespace(self, args: dict, ok: Callable, fail: Callable) -> None:
+        path = str(args.get("path", "")).strip("/")
+        err = self._ns_check(path)
+        if err:
+            fail(400, "bad_request", err)
+            return
+        inside = [t for t in self.topics if t.startswith(path + "/")]
+        if inside:
+            fail(409, "conflict", f"namespace {path!r} still holds {len(inside)} topic(s), e.g. {inside[0]!r}")
+            return
+        if path not in self.namespaces and not any(n.startswith(path + "/") for n in self.namespaces):
+            fail(404, "not_found", f"namespace {path!r} does not exist")
+            return
+
+        def done(reply: AgencyReply) -> None:
+            if reply.status == "ok":
+                self.namespaces = {n for n in self.namespaces if n != path and not n.startswith(path + "/")}
+                ok({"deleted": path})
+            else:
+                fail(503, "unavailable", f"agency: {reply.error or reply.status}")
+
+        self._agency(Txn((Mutation(f"{NAMESPACES_ROOT}/{path}", "delete"),),
+                         (Precondition(f"{NAMESPACES_ROOT}/{path}", "present"),)), done)
+
+
+# ---------------------------------------------------------------- helpers
+def _walk_topics(tree: Any, depth: int = 0) -> list[tuple[str, dict]]:
+    if not isinstance(tree, dict):
+        return []
+    if depth == 4 or ("name" in tree and "shards" in tree):
+        return [(tree["name"], tree)] if "name" in tree else []
+    out = []
+    for k in sorted(tree):
+        out.extend(_walk_topics(tree[k], depth + 1))
+    return out
+
+
+def _walk_namespaces(tree: Any, parts: tuple[str, ...] = ()) -> list[str]:
+    if not isinstance(tree, dict):
+        return []
+    out = []
+    for k in sorted(tree):
+        if k == ".ns":
+            out.append("/".join(parts))
+        else:
+            out.extend(_walk_namespaces(tree[k], parts + (k,)))
+    return out
+
+
+def _split(endpoint: str) -> tuple[str, int]:
+    host, _, port = endpoint.rpartition(":")
+    try:
+        return host, int(port)
+    except ValueError:
+        return "", 0
+
+
+def _b(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    raise TypeError(f"expected a string, got {type(value).__name__}")
+
+
+def _text(data: bytes | None) -> tuple[Any, bool]:
+    if data is None:
+        return None, False
+    try:
+        return data.decode("utf-8"), False
+    except UnicodeDecodeError:
+        return base64.b64encode(data).decode(), True
+
+
+def _record_json(r: Record) -> dict:
+    key, kb64 = _text(r.key)
+    value, vb64 = _text(r.payload)
+    out = {"offset": r.offset, "key": key, "value": value,
+           "headers": {k: _text(v)[0] for k, v in r.headers}, "timestamp_ms": r.producer_ts_ms}
+    if kb64 or vb64:
+        out["encoding"] = "base64"
+    return out

@@ -1,0 +1,324 @@
+"""Admin commands of ``brokerctl``, talking to a node's HTTP REST API.
+
+:func:`register` adds ``status``, ``nodes``, ``shards`` and the ``topics``
+group to a Typer application.  The commands speak only HTTP/JSON to
+``/api/v1`` (see ``runtime/http_api.py``), with the standard library's
+``urllib.request`` and a timeout, so they work against any node of a
+cluster from any machine that can reach it.
+
+Every command takes ``--url`` (default: ``$CHORUS_URL``, else
+``http://127.0.0.1:7181``), ``--timeout`` and ``--json`` (print the API's
+JSON instead of tables).  Exit codes: 0 success, 1 the API answered with an
+error (its code and message are printed), 2 no node could be reached.
+"""
+from __future__ import annotations
+
+import json
+import socket
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Annotated, Any, NoReturn, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.panel import Panel
+from rich.table import Table
+
+DEFAULT_URL = "http://127.0.0.1:7181"
+DEFAULT_TIMEOUT_S = 10.0
+
+EXIT_API_ERROR = 1
+EXIT_UNREACHABLE = 2
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+UrlOpt = Annotated[str, typer.Option("--url", envvar="CHORUS_URL",
+                                     help="base URL of any Chorus node's HTTP API")]
+TimeoutOpt = Annotated[float, typer.Option("--timeout", min=0.1, help="seconds to wait for the node")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print the raw JSON answer instead of tables")]
+
+
+# --------------------------------------------------------------------------
+# The REST client
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.status, self.code, self.message = status, code, message
+
+
+class Unreachable(Exception):
+    pass
+
+
+def _reason(exc: BaseException) -> str:
+    reason = getattr(exc, "reason", exc)
+    if isinstance(reason, (TimeoutError, socket.timeout)):
+        return "timed out"
+    if isinstance(reason, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(reason, OSError) and reason.strerror:
+        return reason.strerror.lower() if reason.strerror[:1].isupper() else reason.strerror
+    return str(reason) or type(reason).__name__
+
+
+def request(url: str, method: str, path: str, *, body: Any = None, query: dict | None = None,
+            timeout: float = DEFAULT_TIMEOUT_S) -> Any:
+    """One API call; returns the decoded JSON answer.
+
+    Raises :class:`Unreachable` when no HTTP answer came back and
+    :class:`ApiError` for an error answer (or one that is not JSON)."""
+    full = url.rstrip("/") + "/api/v1/" + path.lstrip("/")
+    if query:
+        full += "?" + urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
+    data = None if body is None else json.dumps(body).encode()
+    if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+        raise Unreachable("not an http:// or https:// URL")
+    try:
+        req = urllib.request.Request(full, data=data, method=method,
+                                     headers={"Accept": "application/json", "Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            status, raw = resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        status, raw = exc.code, exc.read()
+        exc.close()
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        # ValueError: a malformed --url; OSError covers resets and timeouts mid-read
+        raise Unreachable(_reason(exc)) from None
+    try:
+        payload = json.loads(raw) if raw else None
+    except ValueError:
+        raise ApiError(status, "bad_response",
+                       f"HTTP {status} with a body that is not JSON (is this a Chorus node?)") from None
+    if status >= 400:
+        e = payload.get("error") if isinstance(payload, dict) else None
+        if isinstance(e, dict):
+            raise ApiError(status, str(e.get("code", f"http_{status}")), str(e.get("message", "")))
+        raise ApiError(status, f"http_{status}", f"HTTP {status}")
+    return payload
+
+
+def _quote(name: str) -> str:
+    return urllib.parse.quote(name, safe="/")
+
+
+class _Ctx:
+    """What one command invocation needs: where to go and how to print."""
+
+    def __init__(self, url: str, timeout: float, as_json: bool) -> None:
+        self.url, self.timeout, self.as_json = url, timeout, as_json
+
+    def call(self, method: str, path: str, **kw) -> Any:
+        try:
+            return request(self.url, method, path, timeout=self.timeout, **kw)
+        except Unreachable as exc:
+            _fail(EXIT_UNREACHABLE, f"cannot reach a Chorus node at {self.url}: {exc}", prefix="")
+        except ApiError as exc:
+            _fail(EXIT_API_ERROR, f"{exc.code}: {exc.message}", prefix=f"error (HTTP {exc.status}) ")
+
+    def print_json(self, data: Any) -> None:
+        typer.echo(json.dumps(data, indent=2, sort_keys=False))
+
+
+def _fail(code: int, message: str, prefix: str = "error: ") -> NoReturn:
+    err.print(f"[red]{_esc(prefix)}[/]{_esc(message)}" if prefix else _esc(message), soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _esc(text: str) -> str:
+    return escape(text)
+
+
+# --------------------------------------------------------------------------
+# Rendering
+
+
+def _dash(v: Any) -> str:
+    return "-" if v is None or v == "" else str(v)
+
+
+def _nodes_table(nodes: list[dict], *, self_id: str = "", leader: str | None = None) -> Table:
+    t = Table(title="Nodes", title_justify="left")
+    for col in ("node", "alive", "client", "http", "last seen"):
+        t.add_column(col, no_wrap=True)
+    for n in nodes:
+        marks = []
+        if n.get("node_id") == self_id:
+            marks.append("this node")
+        if leader and n.get("node_id") == leader:
+            marks.append("agency leader")
+        name = _esc(str(n.get("node_id"))) + (f" [dim]({', '.join(marks)})[/]" if marks else "")
+        alive = "[green]yes[/]" if n.get("alive") else "[red]no[/]"
+        seen = n.get("last_seen_s")
+        t.add_row(name, alive, _esc(_dash(n.get("client"))), _esc(_dash(n.get("http"))),
+                  "-" if seen is None else f"{seen:.1f}s ago")
+    return t
+
+
+_STATE_STYLE = {"ok": "green", "fenced": "yellow", "leaderless": "red"}
+
+
+def _shards_table(shards: list[dict]) -> Table:
+    t = Table(title="Shards", title_justify="left")
+    for col in ("shard", "leader", "epoch", "replicas", "in-sync", "state"):
+        t.add_column(col, no_wrap=col in ("shard", "leader", "epoch", "state"))
+    for s in shards:
+        state = str(s.get("state"))
+        style = _STATE_STYLE.get(state, "")
+        t.add_row(_esc(str(s.get("shard"))), _esc(_dash(s.get("leader"))), str(s.get("epoch")),
+                  _esc(", ".join(s.get("replicas") or [])), _esc(", ".join(s.get("in_sync") or [])),
+                  f"[{style}]{_esc(state)}[/]" if style else _esc(state))
+    return t
+
+
+def _topics_table(topics: list[dict], title: str = "Topics") -> Table:
+    t = Table(title=title, title_justify="left")
+    t.add_column("topic", no_wrap=True)
+    for col in ("shards", "replication", "retention ms", "retention bytes"):
+        t.add_column(col, justify="right")
+    for tp in topics:
+        t.add_row(_esc(str(tp.get("name"))), str(tp.get("shards")), str(tp.get("replication_factor")),
+                  _dash(tp.get("retention_ms")), _dash(tp.get("retention_bytes")))
+    return t
+
+
+def _status_panel(s: dict) -> Panel:
+    ag = s.get("agency") or {}
+    ep = s.get("endpoints") or {}
+    rows = [
+        ("node", s.get("node_id")),
+        ("cluster", s.get("cluster_id")),
+        ("version", s.get("version")),
+        ("uptime", f"{float(s.get('uptime_s') or 0):.1f}s"),
+        ("endpoints", "  ".join(f"{k} {v}" for k, v in ep.items() if v)),
+        ("agency", f"this node is {ag.get('role')}; leader {_dash(ag.get('leader'))}, term {ag.get('term')}, "
+                   f"commit index {ag.get('commit_index')}"),
+        ("voters", ", ".join(ag.get("voters") or [])),
+        ("replicas", s.get("replicas")),
+    ]
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    for k, v in rows:
+        grid.add_row(k, _esc(_dash(v)))
+    return Panel(grid, title="Chorus", title_align="left", expand=False)
+
+
+# --------------------------------------------------------------------------
+# Commands
+
+
+def status(url: UrlOpt = DEFAULT_URL, timeout: TimeoutOpt = DEFAULT_TIMEOUT_S, as_json: JsonOpt = False) -> None:
+    """Show this node's view of the cluster: agency, endpoints and nodes."""
+    c = _Ctx(url, timeout, as_json)
+    s = c.call("GET", "status")
+    if as_json:
+        return c.print_json(s)
+    out.print(_status_panel(s))
+    out.print(_nodes_table(s.get("nodes") or [], self_id=s.get("node_id", ""),
+                           leader=(s.get("agency") or {}).get("leader")))
+
+
+def nodes(url: UrlOpt = DEFAULT_URL, timeout: TimeoutOpt = DEFAULT_TIMEOUT_S, as_json: JsonOpt = False) -> None:
+    """List the cluster's nodes and whether they are alive."""
+    c = _Ctx(url, timeout, as_json)
+    ns = c.call("GET", "nodes")
+    if as_json:
+        return c.print_json(ns)
+    out.print(_nodes_table(ns))
+
+
+def shards(url: UrlOpt = DEFAULT_URL,
+           topic: Annotated[Optional[str], typer.Option("--topic", help="only this topic's shards")] = None,
+           timeout: TimeoutOpt = DEFAULT_TIMEOUT_S, as_json: JsonOpt = False) -> None:
+    """List shards with their leader, epoch, replicas and in-sync set."""
+    c = _Ctx(url, timeout, as_json)
+    ss = c.call("GET", "shards", query={"topic": topic})
+    if as_json:
+        return c.print_json(ss)
+    out.print(_shards_table(ss))
+
+
+topics_app = typer.Typer(help="Create, list, describe and delete topics.", no_args_is_help=True)
+
+NameArg = Annotated[str, typer.Argument(help="full topic name: tenant/product/component/topic")]
+
+
+@topics_app.command("create")
+def topics_create(
+    name: NameArg,
+    shards_: Annotated[Optional[int], typer.Option("--shards", min=1, help="number of shards (default 1)")] = None,
+    replication_factor: Annotated[Optional[int], typer.Option(
+        "--replication-factor", "-r", min=1, help="replicas per shard (default min(3, nodes))")] = None,
+    retention_ms: Annotated[Optional[int], typer.Option("--retention-ms", min=0, help="keep records this long")] = None,
+    retention_bytes: Annotated[Optional[int], typer.Option(
+        "--retention-bytes", min=0, help="keep at most this many bytes per shard")] = None,
+    url: UrlOpt = DEFAULT_URL, timeout: TimeoutOpt = DEFAULT_TIMEOUT_S, as_json: JsonOpt = False,
+) -> None:
+    """Create a topic."""
+    c = _Ctx(url, timeout, as_json)
+    spec: dict[str, Any] = {"name": name}
+    for key, v in (("shards", shards_), ("replication_factor", replication_factor),
+                   ("retention_ms", retention_ms), ("retention_bytes", retention_bytes)):
+        if v is not None:
+            spec[key] = v
+    topic = c.call("POST", "topics", body=spec)
+    if as_json:
+        return c.print_json(topic)
+    out.print(f"created topic [bold]{_esc(str(topic.get('name', name)))}[/]")
+    out.print(_topics_table([topic], title=""))
+
+
+@topics_app.command("list")
+def topics_list(url: UrlOpt = DEFAULT_URL, timeout: TimeoutOpt = DEFAULT_TIMEOUT_S,
+                as_json: JsonOpt = False) -> None:
+    """List topics."""
+    c = _Ctx(url, timeout, as_json)
+    ts = c.call("GET", "topics")
+    if as_json:
+        return c.print_json(ts)
+    if not ts:
+        out.print("no topics")
+        return
+    out.print(_topics_table(ts))
+
+
+@topics_app.command("describe")
+def topics_describe(name: NameArg, url: UrlOpt = DEFAULT_URL, timeout: TimeoutOpt = DEFAULT_TIMEOUT_S,
+                    as_json: JsonOpt = False) -> None:
+    """Show a topic's settings and its shards."""
+    c = _Ctx(url, timeout, as_json)
+    topic = c.call("GET", f"topics/{_quote(name)}")
+    ss = c.call("GET", "shards", query={"topic": name})
+    if as_json:
+        return c.print_json({"topic": topic, "shards": ss})
+    out.print(_topics_table([topic], title="Topic"))
+    out.print(_shards_table(ss))
+
+
+@topics_app.command("delete")
+def topics_delete(name: NameArg,
+                  yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,
+                  url: UrlOpt = DEFAULT_URL, timeout: TimeoutOpt = DEFAULT_TIMEOUT_S,
+                  as_json: JsonOpt = False) -> None:
+    """Delete a topic and all its records."""
+    c = _Ctx(url, timeout, as_json)
+    if not yes and not typer.confirm(f"Delete topic {name} and all its records?", default=False):
+        err.print("not deleted")
+        raise typer.Exit(EXIT_API_ERROR)
+    topic = c.call("DELETE", f"topics/{_quote(name)}")
+    if as_json:
+        return c.print_json(topic)
+    out.print(f"deleted topic [bold]{_esc(str(topic.get('name', name)))}[/]")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``status``, ``nodes``, ``shards`` and the ``topics`` group to ``app``."""
+    app.command("status")(status)
+    app.command("nodes")(nodes)
+    app.command("shards")(shards)
+    app.add_typer(topics_app, name="topics")

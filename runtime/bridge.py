@@ -1,0 +1,418 @@
+"""The socket bridge: client sockets in an asyncio I/O thread, logic in the Dispatcher actor.
+
+A Dispatcher actor (``actors/dispatcher.py``) may not open sockets or
+threads; its production host gives it an :class:`IOBridge` instead.  The
+bridge runs one asyncio event loop in a daemon thread of the actor's
+process, with
+
+* the binary-protocol server (``docs/PROTOCOL.md``): it decodes frames with
+  :class:`protocol.frames.FrameDecoder`, answers ``Handshake`` and
+  ``Heartbeat`` itself, and hands every other request to the actor;
+* the HTTP API (``runtime/http_api.py``) over a :class:`BridgeGateway`,
+  whose calls become admin requests to the actor.
+
+Thread crossing.  The I/O thread appends events to a deque and, when the
+deque was idle, writes one byte to a ``socketpair``; the actor watches the
+other end with ``ThespianWatch`` and on each ``WatchMessage`` calls
+:meth:`IOBridge.take`.  Answers go the other way with
+``loop.call_soon_threadsafe`` (:meth:`IOBridge.send`, one call per batch).
+
+Events the actor receives from :meth:`take`::
+
+    ("request", conn_id, correlation_id, message)   # a decoded request frame
+    ("closed", conn_id)                             # the connection is gone
+    ("admin", token, kind, args)                    # a Gateway call
+
+Limits (``protocol.node.ListenConfig``): frame size; requests in flight per
+connection (reading pauses at the bound, so a client that pipelines too
+much is slowed, not buffered); bytes queued for sending per connection (a
+consumer that does not read is disconnected at ``conn_out_bytes_max``);
+connections per node; idle connections are closed after the session
+timeout.  A protocol error is answered with an ``ErrorResponse`` and the
+connection closed; an exception while serving one connection closes that
+connection with ``INTERNAL_ERROR`` and the node keeps serving the others.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import logging
+import socket
+import threading
+import time
+from typing import Any
+
+from protocol.frames import (
+    BASE_VERSION,
+    REQUEST_TYPES,
+    ErrorCode,
+    ErrorResponse,
+    FrameDecoder,
+    Handshake,
+    HandshakeOk,
+    Heartbeat,
+    HeartbeatResponse,
+    Limits,
+    ProtocolError,
+    encode_frame,
+    negotiate_version,
+)
+from protocol.node import ListenConfig
+from runtime.gateway import GatewayError, timed_out
+
+log = logging.getLogger("chorus.bridge")
+
+ADMIN_TIMEOUT_S = 15.0
+
+
+class _Conn(asyncio.Protocol):
+    def __init__(self, bridge: "IOBridge", conn_id: int) -> None:
+        self.bridge = bridge
+        self.id = conn_id
+        cfg = bridge.cfg
+        self.decoder = FrameDecoder(cfg.frame_bytes_max, accept=REQUEST_TYPES)
+        self.transport: asyncio.Transport | None = None
+        self.version = 0  # 0 until the handshake
+        self.in_flight = 0
+        self.paused = False
+        self.closed = False
+        self.last_rx = time.monotonic()
+
+    # ------------------------------------------------------------- asyncio
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        cfg = self.bridge.cfg
+        self.transport.set_write_buffer_limits(high=cfg.conn_out_bytes_max)  # type: ignore[union-attr]
+        try:
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+
+    def data_received(self, data: bytes) -> None:
+        self.last_rx = time.monotonic()
+        try:
+            frames = self.decoder.feed(data)
+        except ProtocolError as err:
+            for f in err.frames:
+                self._frame(f)
+            self._fail(err.code, err.message, err.correlation_id)
+            return
+        try:
+            for f in frames:
+                if self.closed:
+                    return
+                self._frame(f)
+        except Exception:  # a bug while serving this connection: close it, keep the node
+            log.exception("connection %s: internal error", self.id)
+            self._fail(ErrorCode.INTERNAL_ERROR, "internal error", 0)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed:
+            self.closed = True
+        self.bridge._conn_gone(self)
+
+    def pause_writing(self) -> None:
+        # The client does not read what we send (a slow consumer): buffered
+        # bytes reached conn_out_bytes_max.  Dropping the connection bounds
+        # memory; its unacknowledged deliveries go to other consumers.
+        log.warning("connection %s: %d bytes unsent, closing slow client", self.id,
+                    self.transport.get_write_buffer_size() if self.transport else -1)
+        self._close()
+
+    # ------------------------------------------------------------- frames
+    def _frame(self, f: Any) -> None:
+        msg = f.message
+        if self.version == 0:
+            if not isinstance(msg, Handshake):
+                self._fail(ErrorCode.HANDSHAKE_REQUIRED, "the first frame must be a Handshake", f.correlation_id)
+                return
+            try:
+                version = negotiate_version(msg.versions)
+            except ProtocolError as err:
+                self._fail(err.code, err.message, f.correlation_id)
+                return
+            self.version = version
+            b = self.bridge
+            self._write(HandshakeOk(node_id=b.node_id, cluster_id=b.cluster_id, version=version,
+                                    limits=b.limits), f.correlation_id, BASE_VERSION)
+            return
+        if isinstance(msg, Handshake):
+            self._fail(ErrorCode.INVALID_REQUEST, "handshake already done", f.correlation_id)
+            return
+        if isinstance(msg, Heartbeat):
+            self._write(HeartbeatResponse(), f.correlation_id)
+            return
+        self.in_flight += 1
+        if self.in_flight >= self.bridge.cfg.max_in_flight and not self.paused and self.transport:
+            self.paused = True
+            self.transport.pause_reading()
+        self.bridge._post(("request", self.id, f.correlation_id, msg))
+
+    def answered(self) -> None:
+        self.in_flight = max(0, self.in_flight - 1)
+        if self.paused and self.in_flight < self.bridge.cfg.max_in_flight and self.transport and not self.closed:
+            self.paused = False
+            self.transport.resume_reading()
+
+    def _write(self, message: Any, correlation_id: int, version: int | None = None) -> None:
+        if self.closed or self.transport is None:
+            return
+        self.transport.write(encode_frame(message, correlation_id, version=version or self.version or BASE_VERSION))
+
+    def _fail(self, code: ErrorCode, message: str, correlation_id: int) -> None:
+        if self.closed or self.transport is None:
+            return
+        text = message.encode()[:1024].decode(errors="ignore")
+        self.transport.write(encode_frame(ErrorResponse(code=code, message=text), correlation_id,
+                                          version=BASE_VERSION))
+        self._close()
+
+    def _close(self) -> None:
+        if not self.closed and self.transport is not None:
+            self.closed = True
+            self.transport.close()
+
+
+class IOBridge:
+    """The I/O side of a Dispatcher: see the module docstring."""
+
+    def __init__(self, cfg: ListenConfig, *, node_id: str, cluster_id: str, gateway_factory: Any = None) -> None:
+        self.cfg = cfg
+        self.node_id = node_id
+        self.cluster_id = cluster_id
+        self.limits = Limits(frame_bytes_max=cfg.frame_bytes_max, max_in_flight=cfg.max_in_flight,
+                             session_timeout_ms=cfg.session_timeout_ms)
+        self._rsock, self._wsock = socket.socketpair()
+        self._rsock.setblocking(False)
+        self._wsock.setblocking(False)
+        self._inbox: collections.deque = collections.deque()
+        self._signalled = False
+        self._conns: dict[int, _Conn] = {}
+        self._ids = itertools.count(1)
+        self._tokens = itertools.count(1)
+        self._admin: dict[int, asyncio.Future] = {}
+        self._gateway_factory = gateway_factory
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name="chorus-io", daemon=True)
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self.client_port = 0
+        self.http_port = 0
+        self._servers: list[Any] = []
+        self._runner: Any = None
+
+    # ------------------------------------------------------------ lifecycle
+    def start(self, timeout_s: float = 10.0) -> "IOBridge":
+        self._thread.start()
+        if not self._ready.wait(timeout_s):
+            raise RuntimeError("I/O thread did not start")
+        if self._error is not None:
+            raise RuntimeError(f"cannot listen: {self._error}") from self._error
+        return self
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_until_complete(self._listen())
+        except BaseException as exc:  # reported to start()
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        self.loop.create_task(self._reaper())
+        self.loop.run_forever()
+
+    async def _listen(self) -> None:
+        cfg = self.cfg
+        server = await self.loop.create_server(self._accept, cfg.host, cfg.client_port, reuse_address=True,
+                                               backlog=256)
+        self._servers.append(server)
+        self.client_port = server.sockets[0].getsockname()[1]
+        if cfg.http_port >= 0:
+            from aiohttp import web
+
+            from runtime.http_api import make_app
+
+            gateway = self._gateway_factory(self) if self._gateway_factory else BridgeGateway(self)
+            app = make_app(gateway, node_id=self.node_id)
+            self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+            await self._runner.setup()
+            site = web.TCPSite(self._runner, cfg.host, cfg.http_port, reuse_address=True)
+            await site.start()
+            self.http_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    def _accept(self) -> _Conn:
+        conn = _Conn(self, next(self._ids))
+        if len(self._conns) >= self.cfg.connections_max:
+            # Refuse politely: the frame goes out before the close.
+            self.loop.call_soon(conn._fail, ErrorCode.OVERLOADED, "too many connections", 0)
+        self._conns[conn.id] = conn
+        return conn
+
+    async def _reaper(self) -> None:
+        timeout_s = self.cfg.session_timeout_ms / 1000.0
+        while True:
+            await asyncio.sleep(min(1.0, timeout_s / 4))
+            now = time.monotonic()
+            for conn in list(self._conns.values()):
+                if now - conn.last_rx > timeout_s and conn.in_flight == 0:
+                    conn._fail(ErrorCode.TIMEOUT, "session timed out (no frame received)", 0)
+
+    def _conn_gone(self, conn: _Conn) -> None:
+        if self._conns.pop(conn.id, None) is not None:
+            self._post(("closed", conn.id))
+
+    def stop(self) -> None:
+        async def _stop() -> None:
+            for s in self._servers:
+                s.close()
+            for c in list(self._conns.values()):
+                c._close()
+            if self._runner is not None:
+                await self._runner.cleanup()
+
+        if self._thread.is_alive():
+            try:
+                asyncio.run_coroutine_threadsafe(_stop(), self.loop).result(5)
+            except Exception:
+                pass
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(5)
+
+    # ------------------------------------------------------- actor <- I/O
+    def _post(self, event: tuple) -> None:
+        self._inbox.append(event)
+        if not self._signalled:
+            self._signalled = True
+            try:
+                self._wsock.send(b"x")
+            except (BlockingIOError, OSError):
+                pass  # the pipe is full of wake-ups already
+
+    def fileno(self) -> int:
+        """The descriptor the actor watches (``ThespianWatch``)."""
+        return self._rsock.fileno()
+
+    def take(self) -> list[tuple]:
+        """Every event posted since the last call (called by the actor)."""
+        self._signalled = False
+        try:
+            while self._rsock.recv(4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+        out = []
+        inbox = self._inbox
+        while inbox:
+            out.append(inbox.popleft())
+        return out
+
+    # ------------------------------------------------------- actor -> I/O
+    def send(self, items: list[tuple]) -> None:
+        """Deliver the actor's answers: ``("frame", conn_id, corr, message,
+        answers_request)``, ``("close", conn_id, code, text)`` and
+        ``("admin", token, ok, result)``."""
+        if items:
+            self.loop.call_soon_threadsafe(self._deliver, items)
+
+    def _deliver(self, items: list[tuple]) -> None:
+        for item in items:
+            kind = item[0]
+            if kind == "frame":
+                _, conn_id, corr, message, answers = item
+                conn = self._conns.get(conn_id)
+                if conn is None:
+                    continue
+                try:
+                    conn._write(message, corr)
+                except Exception:
+                    log.exception("connection %s: cannot encode %s", conn_id, type(message).__name__)
+                    conn._fail(ErrorCode.INTERNAL_ERROR, "internal error", corr)
+                    continue
+                if answers:
+                    conn.answered()
+            elif kind == "close":
+                _, conn_id, code, text = item
+                conn = self._conns.get(conn_id)
+                if conn is not None:
+                    conn._fail(code, text, 0)
+            elif kind == "admin":
+                _, token, ok, result = item
+                fut = self._admin.pop(token, None)
+                if fut is not None and not fut.done():
+                    if ok:
+                        fut.set_result(result)
+                    else:
+                        fut.set_exception(GatewayError(*result))
+
+    # ----------------------------------------------------------- gateway
+    async def call(self, kind: str, args: dict, timeout_s: float = ADMIN_TIMEOUT_S) -> Any:
+        token = next(self._tokens)
+        fut = self.loop.create_future()
+        self._admin[token] = fut
+        self._post(("admin", token, kind, args))
+        try:
+            return await asyncio.wait_for(fut, timeout_s)
+        except asyncio.TimeoutError:
+            raise timed_out(f"{kind}: the node did not answer within {timeout_s:.0f} s") from None
+        finally:
+            self._admin.pop(token, None)
+
+
+class BridgeGateway:
+    """:class:`runtime.gateway.Gateway` over the bridge: each call is an
+    admin request the Dispatcher actor answers."""
+
+    def __init__(self, bridge: IOBridge) -> None:
+        self.bridge = bridge
+
+    async def status(self) -> dict:
+        return await self.bridge.call("status", {})
+
+    async def directory(self) -> dict:
+        return await self.bridge.call("directory", {})
+
+    async def shards(self, topic: str | None = None) -> list[dict]:
+        return await self.bridge.call("shards", {"topic": topic})
+
+    async def topics(self) -> list[dict]:
+        return await self.bridge.call("topics", {})
+
+    async def topic(self, name: str) -> dict:
+        return await self.bridge.call("topic", {"name": name})
+
+    async def create_topic(self, spec: dict) -> dict:
+        return await self.bridge.call("create_topic", {"spec": spec})
+
+    async def alter_topic(self, name: str, changes: dict) -> dict:
+        return await self.bridge.call("alter_topic", {"name": name, "changes": changes})
+
+    async def delete_topic(self, name: str) -> dict:
+        return await self.bridge.call("delete_topic", {"name": name})
+
+    async def lookup(self, topic: str) -> list[dict]:
+        return await self.bridge.call("lookup", {"topic": topic})
+
+    async def produce(self, topic: str, records: list[dict], level: str = "quorum",
+                      shard: int | None = None) -> dict:
+        return await self.bridge.call("produce", {"topic": topic, "records": records, "level": level,
+                                                  "shard": shard})
+
+    async def fetch(self, topic: str, shard: int, offset: int = 0, max_bytes: int = 1 << 20) -> dict:
+        return await self.bridge.call("fetch", {"topic": topic, "shard": shard, "offset": offset,
+                                                "max_bytes": max_bytes})
+
+    async def subscriptions(self, topic: str) -> list[dict]:
+        return await self.bridge.call("subscriptions", {"topic": topic})
+
+    async def namespaces(self) -> dict:
+        return await self.bridge.call("namespaces", {})
+
+    async def create_namespace(self, path: str) -> dict:
+        return await self.bridge.call("create_namespace", {"path": path})
+
+    async def delete_namespace(self, path: str) -> dict:
+        return await self.bridge.call("delete_namespace", {"path": path})

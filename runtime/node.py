@@ -1,0 +1,528 @@
+"""One Chorus node as a real process: ``brokerctl run``.
+
+A node is a Thespian ``multiprocTCPBase`` ActorSystem with its own admin
+port (the *cluster port*), hosting the same actor classes the simulator
+runs: a RaftPeer (agency voter), a Supervisor, a NodeActor (which creates a
+ShardReplica per local shard) and a Dispatcher (client protocol and HTTP
+API through the socket bridge).  Thespian runs each actor in its own OS
+process, forked from the node's admin.
+
+This module is the node's *launcher*, a plain process that
+
+1. reads the configuration (:class:`NodeConfig`: defaults < file < env <
+   flags) and checks the data directory's cluster id;
+2. starts the ActorSystem bound to the configured host and creates the
+   actors;
+3. boots the Dispatcher first, so the HTTP API answers at once, including
+   ``GET /api/v1/cluster/directory`` (this node's actor addresses);
+4. finds its peers: it reads the directory of every seed (``--join`` /
+   ``peers``) and of every node those name, and boots the RaftPeer,
+   Supervisor and NodeActor with what it found;
+5. keeps reading the directories every second and tells its actors when a
+   peer's addresses change (a restarted peer has new ones);
+6. on SIGTERM or Ctrl-C shuts the ActorSystem down and waits until every
+   process it ran is gone.
+
+Why a directory over HTTP and not Thespian conventions: a convention tells
+an admin which other admins exist, but not where their actors are, and a
+restarted node's actors get new addresses.  The directory carries exactly
+that, on a port every node serves anyway; Thespian's own transport still
+carries all actor traffic.  (docs/ARCHITECTURE.md, "Production runtime".)
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import signal
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Callable
+
+log = logging.getLogger("chorus.node")
+
+DEFAULT_CLIENT_PORT = 7171
+DEFAULT_HTTP_PORT = 7181
+DEFAULT_ADMIN_PORT = 7191
+DEFAULT_MQTT_PORT = 1883  # reserved for the MQTT front end (not served yet)
+LOCAL_PORT_STRIDE = 100  # node k of `run --nodes N` uses the defaults + (k-1) * stride
+DIRECTORY_POLL_S = 1.0
+VERSION = "0.1.0"
+
+
+@dataclass
+class NodeConfig:
+    """Everything a node needs to start (see docs/ARCHITECTURE.md for the file format)."""
+
+    node_id: str = "n1"
+    cluster_id: str = ""  # empty: take the data directory's, or a new one on first start
+    data_dir: str = "data"
+    host: str = "127.0.0.1"  # every port binds here; keep the cluster port on a private network
+    client_port: int = DEFAULT_CLIENT_PORT
+    http_port: int = DEFAULT_HTTP_PORT
+    admin_port: int = DEFAULT_ADMIN_PORT
+    peers: list[str] = field(default_factory=list)  # HTTP host:port of other nodes (seeds)
+    initial_nodes: list[str] = field(default_factory=list)  # node ids of the first cluster; default [node_id]
+    group_commit_ms: float = 2.0
+    log_level: str = "WARNING"
+    boot_timeout_s: float = 60.0
+
+    @classmethod
+    def load(cls, path: str | None = None, env: dict[str, str] | None = None, **flags: Any) -> "NodeConfig":
+        """Defaults, then the file (YAML or TOML), then ``CHORUS_<FIELD>``
+        environment variables, then flags that are not None."""
+        values: dict[str, Any] = {}
+        if path:
+            values.update(_read_config_file(path))
+        env = os.environ if env is None else env
+        for f in fields(cls):
+            raw = env.get("CHORUS_" + f.name.upper())
+            if raw is not None:
+                values[f.name] = raw
+        values.update({k: v for k, v in flags.items() if v is not None})
+        unknown = sorted(set(values) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown configuration keys: {', '.join(unknown)}")
+        cfg = cls()
+        for f in fields(cls):
+            if f.name in values:
+                setattr(cfg, f.name, _coerce(f.name, getattr(cfg, f.name), values[f.name]))
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        from protocol.topics import _PART_RE  # same rule as topic name parts
+
+        if not _PART_RE.fullmatch(self.node_id):
+            raise ValueError(f"node_id {self.node_id!r}: 1-64 characters of A-Z a-z 0-9 . _ -")
+        if self.cluster_id and not _PART_RE.fullmatch(self.cluster_id):
+            raise ValueError(f"cluster_id {self.cluster_id!r}: 1-64 characters of A-Z a-z 0-9 . _ -")
+        for name in ("client_port", "http_port", "admin_port"):
+            port = getattr(self, name)
+            if not 0 <= port <= 65535:
+                raise ValueError(f"{name} must be in 0..65535, got {port}")
+        ports = [p for p in (self.client_port, self.http_port, self.admin_port) if p]
+        if len(set(ports)) != len(ports):
+            raise ValueError(f"client, http and admin ports must differ, got {ports}")
+        for p in self.peers:
+            _split_endpoint(p)
+        if not self.initial_nodes:
+            self.initial_nodes = [self.node_id]
+
+
+def _coerce(name: str, default: Any, value: Any) -> Any:
+    try:
+        if isinstance(default, bool):
+            return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")
+        if isinstance(default, int):
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+        if isinstance(default, list):
+            if isinstance(value, str):
+                return [v.strip() for v in value.split(",") if v.strip()]
+            return [str(v) for v in value]
+        return str(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"configuration {name}: cannot use {value!r}") from None
+
+
+def _read_config_file(path: str) -> dict:
+    p = Path(path)
+    text = p.read_text()
+    if p.suffix == ".toml":
+        import tomllib
+
+        doc = tomllib.loads(text)
+    else:
+        import yaml
+
+        doc = yaml.safe_load(text) or {}
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path}: the configuration must be a mapping")
+    doc = doc.get("node", doc)
+    return {k.replace("-", "_"): v for k, v in doc.items()}
+
+
+def _split_endpoint(ep: str) -> tuple[str, int]:
+    host, sep, port = ep.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{ep!r} is not HOST:PORT")
+    return host, int(port)
+
+
+# ------------------------------------------------------------ addresses
+def address_to_str(addr: Any) -> str:
+    """A Thespian TCP ActorAddress as ``host:port``."""
+    details = getattr(addr, "addressDetails", None)
+    sockname = getattr(details, "sockname", None)
+    if not sockname:
+        raise ValueError(f"not a TCP actor address: {addr!r}")
+    return f"{sockname[0]}:{sockname[1]}"
+
+
+def address_from_str(text: str) -> Any:
+    from thespian.actors import ActorAddress
+    from thespian.system.transport.IPBase import TCPv4ActorAddress
+
+    host, port = _split_endpoint(text)
+    return ActorAddress(TCPv4ActorAddress(host, port, external=True))
+
+
+# ------------------------------------------------------------- data dir
+def claim_data_dir(cfg: NodeConfig) -> str:
+    """Create the data directory and return the cluster id it belongs to;
+    refuse a directory of another cluster or another node."""
+    data = Path(cfg.data_dir)
+    data.mkdir(parents=True, exist_ok=True)
+    ident = data / "identity.json"
+    if ident.exists():
+        doc = json.loads(ident.read_text())
+        if doc.get("node_id") != cfg.node_id:
+            raise SystemExit(f"{data} belongs to node {doc.get('node_id')!r}, not {cfg.node_id!r}")
+        if cfg.cluster_id and doc.get("cluster_id") != cfg.cluster_id:
+            raise SystemExit(f"{data} belongs to cluster {doc.get('cluster_id')!r}, not {cfg.cluster_id!r}")
+        return str(doc["cluster_id"])
+    cluster_id = cfg.cluster_id or f"c-{secrets.token_hex(6)}"
+    tmp = data / "identity.json.tmp"
+    tmp.write_text(json.dumps({"node_id": cfg.node_id, "cluster_id": cluster_id,
+                               "initial_nodes": cfg.initial_nodes}))
+    os.replace(tmp, ident)
+    return cluster_id
+
+
+# ------------------------------------------------------------- directory
+def fetch_directory(endpoint: str, timeout_s: float = 2.0) -> dict | None:
+    """GET http://endpoint/api/v1/cluster/directory, or None if unreachable."""
+    try:
+        with urllib.request.urlopen(f"http://{endpoint}/api/v1/cluster/directory", timeout=timeout_s) as r:
+            doc = json.loads(r.read())
+    except (OSError, ValueError, urllib.error.URLError):
+        return None
+    return doc if isinstance(doc, dict) and isinstance(doc.get("nodes"), list) else None
+
+
+# ---------------------------------------------------------------- node
+class Node:
+    """A running node (see the module docstring)."""
+
+    def __init__(self, cfg: NodeConfig, *, on_status: Callable[[str], None] | None = None) -> None:
+        self.cfg = cfg
+        self.say = on_status or (lambda text: log.info(text))
+        self.asys: Any = None
+        self.addrs: dict[str, Any] = {}
+        self.cluster_id = ""
+        self.client_port = 0
+        self.http_port = 0
+        self.peers: dict[str, dict] = {}  # node id -> directory entry (strings)
+        self.pids: dict[str, int] = {}
+        self.admin_pid: int | None = None
+        self._stop = False
+        self._booted = False
+
+    # ---------------------------------------------------------- start
+    def start(self) -> "Node":
+        from thespian.actors import ActorSystem
+
+        from actors.dispatcher import Dispatcher
+        from actors.node import NodeActor
+        from actors.raft_peer import RaftPeer
+        from actors.supervisor import Supervisor
+        from protocol.host import HostConfig
+        from protocol.node import DispatcherBoot, ListenConfig, NodeEndpoints
+        from runtime.agency_local import _children_of, _install_loopback_bind_patch, reap_new_children
+
+        cfg = self.cfg
+        self.cluster_id = claim_data_dir(cfg)
+        data = Path(cfg.data_dir).resolve()
+        (data / "logs").mkdir(exist_ok=True)
+        os.environ["THESPIAN_BASE_IPADDR"] = cfg.host
+        os.environ["THESPLOG_FILE"] = str(data / "logs" / "thespian.log")
+        os.environ.setdefault("THESPLOG_THRESHOLD", "WARNING")
+        from thespian.system import utilis
+
+        utilis._thesplog_file = None
+        _install_loopback_bind_patch()
+        before = set(_children_of(os.getpid()))
+        self.asys = ActorSystem("multiprocTCPBase", {"Admin Port": cfg.admin_port},
+                                logDefs=_log_defs(data / "logs" / "actors.log", cfg.log_level),
+                                transientUnique=True)
+        reap_new_children(before)
+        self.host_cfg = HostConfig(cfg.node_id, str(data))
+        for name, cls in (("raft", RaftPeer), ("supervisor", Supervisor), ("node", NodeActor),
+                          ("dispatcher", Dispatcher)):
+            self.addrs[name] = self.asys.createActor(cls)
+        self.endpoints = NodeEndpoints(cfg.node_id, admin=f"{cfg.host}:{cfg.admin_port}", raft=self.addrs["raft"],
+                                       supervisor=self.addrs["supervisor"], node=self.addrs["node"],
+                                       dispatcher=self.addrs["dispatcher"])
+        listen = ListenConfig(host=cfg.host, client_port=cfg.client_port, http_port=cfg.http_port)
+        boot = DispatcherBoot(cfg.node_id, self.cluster_id, self.addrs["node"], self.addrs["raft"],
+                              self.addrs["supervisor"], listen, self.endpoints, self.host_cfg, VERSION)
+        reply = self.asys.ask(self.addrs["dispatcher"], boot, 20)
+        if not (isinstance(reply, tuple) and reply and reply[0] == "listening"):
+            raise RuntimeError(f"the dispatcher did not start listening (answer: {reply!r}); "
+                               f"see {data / 'logs'}")
+        self.client_port, self.http_port = reply[1], reply[2]
+        self._publish()
+        self.say(f"node {cfg.node_id}: client {cfg.host}:{self.client_port}, http {cfg.host}:{self.http_port}, "
+                 f"cluster {cfg.host}:{cfg.admin_port}, data {data}")
+        self._discover(initial=True)
+        self._boot_actors()
+        self._learn_pids()
+        self._write_pidfile()
+        return self
+
+    def _mine(self) -> dict:
+        cfg = self.cfg
+        return {"node_id": cfg.node_id, "client": f"{cfg.host}:{self.client_port}",
+                "http": f"{cfg.host}:{self.http_port}", "admin": f"{cfg.host}:{cfg.admin_port}",
+                **{k: address_to_str(self.addrs[k]) for k in ("raft", "supervisor", "node", "dispatcher")}}
+
+    def _publish(self) -> None:
+        """Tell the dispatcher the directory it serves."""
+        from protocol.node import Directory
+
+        doc = {"cluster_id": self.cluster_id, "nodes": [self._mine()] + [self.peers[n] for n in sorted(self.peers)]}
+        self.asys.tell(self.addrs["dispatcher"], Directory(doc))
+
+    def _discover(self, initial: bool = False) -> bool:
+        """Read the seeds' and known peers' directories; True if anything changed."""
+        cfg = self.cfg
+        wanted = [n for n in cfg.initial_nodes if n != cfg.node_id]
+        deadline = time.monotonic() + (cfg.boot_timeout_s if initial else 0)
+        changed = False
+        said: list[str] = []
+        while True:
+            endpoints = list(dict.fromkeys(list(cfg.peers) + [p["http"] for p in self.peers.values()]))
+            for ep in endpoints:
+                doc = fetch_directory(ep)
+                if doc is None or not doc.get("cluster_id"):
+                    continue  # not up, or its launcher has not published its directory yet
+                if doc.get("cluster_id") != self.cluster_id:
+                    if initial and not self.peers and doc.get("cluster_id") and not cfg.cluster_id \
+                            and _fresh_identity(cfg):
+                        # a new node joining: adopt the cluster's id
+                        self.cluster_id = doc["cluster_id"]
+                        _rewrite_identity(cfg, self.cluster_id)
+                    else:
+                        raise SystemExit(f"{ep} belongs to cluster {doc.get('cluster_id')!r}; this node is in "
+                                         f"cluster {self.cluster_id!r}: refusing to join")
+                for entry in doc["nodes"]:
+                    nid = entry.get("node_id")
+                    if not nid or nid == cfg.node_id:
+                        continue
+                    if self.peers.get(nid) != entry:
+                        self.peers[nid] = entry
+                        changed = True
+            if not initial or all(n in self.peers for n in wanted) or time.monotonic() >= deadline or self._stop:
+                break
+            missing = [n for n in wanted if n not in self.peers]
+            if missing != said:
+                said = missing
+                self.say(f"node {cfg.node_id}: waiting for {', '.join(missing)}")
+            time.sleep(0.5)
+        if changed:
+            self._publish()
+        return changed
+
+    def _boot_actors(self) -> None:
+        from actors.supervisor import SupervisorBoot
+        from protocol.node import NodeBoot
+        from protocol.raft import RaftBoot
+        from protocol.shard import ShardTuning
+
+        cfg = self.cfg
+        peers = self._peer_addrs("raft")
+        voters = tuple(sorted(set(cfg.initial_nodes)))
+        self.asys.tell(self.addrs["raft"], RaftBoot(cfg.node_id, peers, voters=voters, host=self.host_cfg))
+        sups = self._peer_addrs("supervisor")
+        nodes = tuple(sorted(set(cfg.initial_nodes) | {n for n, _ in sups}))
+        self.asys.tell(self.addrs["supervisor"], SupervisorBoot(cfg.node_id, self.addrs["raft"], sups, nodes,
+                                                                host=self.host_cfg))
+        tuning = ShardTuning(group_commit_ms=cfg.group_commit_ms)
+        self.asys.tell(self.addrs["node"], NodeBoot(cfg.node_id, self.addrs["raft"], self._peer_addrs("node"),
+                                                    tuple(a for _, a in sups), self.addrs["supervisor"], tuning,
+                                                    self.host_cfg))
+        self._booted = True
+
+    def _peer_addrs(self, kind: str) -> tuple[tuple[str, Any], ...]:
+        out = [(self.cfg.node_id, self.addrs[kind])]
+        for nid in sorted(self.peers):
+            try:
+                out.append((nid, address_from_str(self.peers[nid][kind])))
+            except (KeyError, ValueError):
+                continue
+        return tuple(sorted(out, key=lambda kv: kv[0]))
+
+    def _tell_peers(self) -> None:
+        from protocol.node import NodeEndpoints, PeersAre
+        from protocol.raft import RaftBoot
+
+        cfg = self.cfg
+        self.asys.tell(self.addrs["raft"], RaftBoot(cfg.node_id, self._peer_addrs("raft"),
+                                                    voters=tuple(sorted(set(cfg.initial_nodes))),
+                                                    host=self.host_cfg))
+        eps = [self.endpoints]
+        for nid in sorted(self.peers):
+            e = self.peers[nid]
+            try:
+                eps.append(NodeEndpoints(nid, e.get("client", ""), e.get("http", ""), e.get("admin", ""),
+                                         address_from_str(e["raft"]), address_from_str(e["supervisor"]),
+                                         address_from_str(e["node"]), address_from_str(e["dispatcher"])))
+            except (KeyError, ValueError):
+                continue
+        self.asys.tell(self.addrs["node"], PeersAre(tuple(eps)))
+
+    def _learn_pids(self) -> None:
+        from protocol.agency import StatusQuery, StatusReply
+
+        from runtime.agency_local import _children_of, _parent_pid
+
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            r = self.asys.ask(self.addrs["raft"], StatusQuery(), 1.0)
+            if isinstance(r, StatusReply) and r.pid:
+                self.admin_pid = _parent_pid(r.pid)
+                break
+        if self.admin_pid:
+            self.pids = {"admin": self.admin_pid}
+            for i, p in enumerate(_children_of(self.admin_pid)):
+                self.pids[f"child{i}"] = p
+
+    def _write_pidfile(self) -> None:
+        doc = {"launcher": os.getpid(), "admin": self.admin_pid,
+               "client": f"{self.cfg.host}:{self.client_port}", "http": f"{self.cfg.host}:{self.http_port}"}
+        path = Path(self.cfg.data_dir) / "node.pid"
+        path.write_text(json.dumps(doc))
+
+    # ----------------------------------------------------------- run
+    def run_forever(self) -> None:
+        while not self._stop:
+            slept = 0.0
+            while slept < DIRECTORY_POLL_S and not self._stop:
+                time.sleep(0.1)
+                slept += 0.1
+            if self._stop:
+                break
+            try:
+                if self._discover():
+                    self._tell_peers()
+            except SystemExit:
+                raise
+            except Exception:
+                log.exception("directory poll failed")
+
+    def stop(self) -> None:
+        self._stop = True
+
+    def shutdown(self, timeout_s: float = 10.0) -> list[int]:
+        """Shut the ActorSystem down; returns pids still alive (should be none)."""
+        from runtime.agency_local import _children_of, process_exists
+
+        if self.asys is None:
+            return []
+        watched = []
+        if self.admin_pid:
+            watched = [self.admin_pid] + _children_of(self.admin_pid)
+        try:
+            self.asys.shutdown()
+        except Exception as exc:
+            log.warning("ActorSystem shutdown: %r", exc)
+        self.asys = None
+        deadline = time.monotonic() + timeout_s
+        left = [p for p in watched if process_exists(p) and not _zombie(p)]
+        while left and time.monotonic() < deadline:
+            time.sleep(0.05)
+            left = [p for p in left if process_exists(p) and not _zombie(p)]
+        for p in left:  # still running after a clean shutdown: do not leave orphans
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            (Path(self.cfg.data_dir) / "node.pid").unlink()
+        except OSError:
+            pass
+        return left
+
+
+def _zombie(pid: int) -> bool:
+    from runtime.agency_local import _is_zombie
+
+    return _is_zombie(pid)
+
+
+def _fresh_identity(cfg: NodeConfig) -> bool:
+    """True when this data directory has never booted an agency peer."""
+    return not (Path(cfg.data_dir) / "raft").exists()
+
+
+def _rewrite_identity(cfg: NodeConfig, cluster_id: str) -> None:
+    ident = Path(cfg.data_dir) / "identity.json"
+    doc = json.loads(ident.read_text())
+    doc["cluster_id"] = cluster_id
+    ident.write_text(json.dumps(doc))
+
+
+def _log_defs(path: Path, level: str) -> dict:
+    return {
+        "version": 1,
+        "formatters": {"plain": {"format": "%(asctime)s %(process)d %(name)s %(levelname)s %(message)s"}},
+        "handlers": {"file": {"class": "logging.FileHandler", "filename": str(path), "formatter": "plain",
+                              "level": level}},
+        "root": {"handlers": ["file"], "level": level},
+    }
+
+
+def run_node(cfg: NodeConfig, say: Callable[[str], None] = print) -> int:
+    """Start a node, serve until SIGTERM/SIGINT, shut down cleanly."""
+    node = Node(cfg, on_status=say)
+
+    def _signal(signum: int, _frame: Any) -> None:
+        node.stop()
+
+    old = {s: signal.signal(s, _signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        try:
+            node.start()
+        except BaseException:
+            node.shutdown()
+            raise
+        say(f"node {cfg.node_id}: ready (cluster {node.cluster_id}); Ctrl-C or SIGTERM stops it")
+        node.run_forever()
+    finally:
+        left = node.shutdown()
+        for s, h in old.items():
+            signal.signal(s, h)
+    if left:
+        say(f"node {cfg.node_id}: killed {len(left)} process(es) that outlived the shutdown: {left}")
+    say(f"node {cfg.node_id}: stopped")
+    return 0
+
+
+def to_json(cfg: NodeConfig) -> str:
+    return json.dumps(asdict(cfg))
+
+
+def from_json(text: str) -> NodeConfig:
+    cfg = NodeConfig(**json.loads(text))
+    cfg.validate()
+    return cfg
+
+
+def _main() -> None:  # `python -m runtime.node '<json config>'`, used by `run --nodes N`
+    logging.basicConfig(level=logging.WARNING)
+    sys.exit(run_node(from_json(sys.argv[1]), say=lambda t: print(t, flush=True)))
+
+
+if __name__ == "__main__":
+    _main()
+
+
+__all__ = ["NodeConfig", "Node", "run_node", "address_to_str", "address_from_str", "fetch_directory",
+           "replace"]

@@ -1,0 +1,178 @@
+"""Real node processes for tests: start, kill -9, restart and stop them by PID.
+
+Every node is a ``python -m runtime.node`` process (the same as ``brokerctl
+run``) on 127.0.0.1 with free ports and its data under a test directory.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from runtime.agency_local import _children_of, free_port, process_exists
+from runtime.local_cluster import spawn_node
+from runtime.node import NodeConfig
+
+
+class RealCluster:
+    def __init__(self, base_dir: Path, n: int = 3, **overrides: Any) -> None:
+        self.base_dir = Path(base_dir)
+        ids = [f"n{k}" for k in range(1, n + 1)]
+        self.cfgs: dict[str, NodeConfig] = {}
+        for nid in ids:
+            self.cfgs[nid] = NodeConfig(node_id=nid, cluster_id="c-test", data_dir=str(self.base_dir / nid),
+                                        client_port=free_port(), http_port=free_port(), admin_port=free_port(),
+                                        initial_nodes=list(ids), **overrides)
+        for nid, cfg in self.cfgs.items():
+            cfg.peers = [f"127.0.0.1:{c.http_port}" for o, c in self.cfgs.items() if o != nid]
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    # ---------------------------------------------------------- lifecycle
+    def start(self, *nodes: str, timeout_s: float = 60.0) -> "RealCluster":
+        names = nodes or tuple(self.cfgs)
+        for nid in names:
+            cfg = self.cfgs[nid]
+            self.procs[nid] = spawn_node(cfg, Path(cfg.data_dir) / "logs" / "node.out")
+        for nid in names:
+            self.wait_ready(nid, timeout_s)
+        return self
+
+    def wait_ready(self, nid: str, timeout_s: float = 60.0) -> dict:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            proc = self.procs[nid]
+            if proc.poll() is not None:
+                raise RuntimeError(f"node {nid} exited with {proc.returncode}: {self.output(nid)[-2000:]}")
+            st = self.get(nid, "/status", timeout_s=2)
+            if isinstance(st, dict) and st.get("agency", {}).get("leader") and "ready" in self.output(nid):
+                return st
+            time.sleep(0.3)
+        raise TimeoutError(f"node {nid} not ready in {timeout_s}s: {self.output(nid)[-2000:]}")
+
+    def output(self, nid: str) -> str:
+        try:
+            return (Path(self.cfgs[nid].data_dir) / "logs" / "node.out").read_text()
+        except OSError:
+            return ""
+
+    def node_pids(self, nid: str) -> list[int]:
+        """The launcher, the Thespian admin and every actor process of a node."""
+        pids = [self.procs[nid].pid]
+        try:
+            admin = json.loads((Path(self.cfgs[nid].data_dir) / "node.pid").read_text()).get("admin")
+        except (OSError, ValueError):
+            admin = None
+        if admin:
+            pids.append(admin)
+            todo = [admin]
+            while todo:
+                kids = _children_of(todo.pop())
+                pids.extend(kids)
+                todo.extend(kids)
+        return pids
+
+    def kill9(self, nid: str) -> list[int]:
+        """SIGKILL every process of the node (a machine failure)."""
+        pids = self.node_pids(nid)
+        for p in pids:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.procs[nid].wait(10)
+        return pids
+
+    def stop(self, nid: str, timeout_s: float = 30.0) -> int:
+        proc = self.procs[nid]
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout_s)
+        return proc.returncode
+
+    def stop_all(self) -> list[int]:
+        """SIGTERM every node; then SIGKILL anything of ours still alive.
+        Returns the pids that had to be killed."""
+        watched = {nid: self.node_pids(nid) for nid in self.procs}
+        for nid, proc in self.procs.items():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for nid, proc in self.procs.items():
+            try:
+                proc.wait(40)
+            except subprocess.TimeoutExpired:
+                pass
+        leftovers = []
+        deadline = time.monotonic() + 5
+        for pids in watched.values():
+            for p in pids:
+                while process_exists(p) and not _zombie(p) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                if process_exists(p) and not _zombie(p):
+                    leftovers.append(p)
+                    try:
+                        os.kill(p, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+        return leftovers
+
+    # -------------------------------------------------------------- HTTP
+    def url(self, nid: str, path: str) -> str:
+        return f"http://127.0.0.1:{self.cfgs[nid].http_port}/api/v1{path}"
+
+    def get(self, nid: str, path: str, timeout_s: float = 10) -> Any:
+        try:
+            with urllib.request.urlopen(self.url(nid, path), timeout=timeout_s) as r:
+                return json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return json.loads(e.read() or b"{}")
+        except (OSError, ValueError):
+            return None
+
+    def call(self, nid: str, method: str, path: str, body: Any = None, timeout_s: float = 20) -> tuple[int, Any]:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.url(nid, path), data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout_s) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"{}")
+
+    def client(self, nid: str) -> str:
+        return f"127.0.0.1:{self.cfgs[nid].client_port}"
+
+    def create_topic(self, nid: str, name: str, shards: int = 1, rf: int | None = None) -> dict:
+        spec = {"name": name, "shards": shards}
+        if rf is not None:
+            spec["replication_factor"] = rf
+        status, body = self.call(nid, "POST", "/topics", spec)
+        assert status == 201, body
+        self.wait_leaders(nid, name)
+        return body
+
+    def wait_leaders(self, nid: str, topic: str, timeout_s: float = 30.0, exclude: str | None = None) -> list[dict]:
+        deadline = time.monotonic() + timeout_s
+        shards: Any = None
+        while time.monotonic() < deadline:
+            shards = self.get(nid, f"/shards?topic={topic}")
+            if isinstance(shards, list) and shards and all(
+                    s["state"] == "ok" and s["leader"] != exclude for s in shards):
+                return shards
+            time.sleep(0.2)
+        raise TimeoutError(f"shards of {topic} not led in {timeout_s}s: {shards}")
+
+    def with_config(self, nid: str, **changes: Any) -> None:
+        self.cfgs[nid] = replace(self.cfgs[nid], **changes)
+
+
+def _zombie(pid: int) -> bool:
+    from runtime.agency_local import _is_zombie
+
+    return _is_zombie(pid)

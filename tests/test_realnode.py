@@ -1,0 +1,200 @@
+"""Real node processes: a single node end to end, bad input on every port,
+clean shutdown by PID.  (Multi-node failover tests: test_realcluster.py.)"""
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import time
+
+import pytest
+
+from protocol.frames import (
+    FRAME_TYPES,
+    ErrorCode,
+    ErrorResponse,
+    FrameDecoder,
+    Handshake,
+    HandshakeOk,
+    MetadataRequest,
+    MetadataResponse,
+    encode_frame,
+)
+from runtime.agency_local import process_exists
+from realcluster import RealCluster, _zombie
+
+pytestmark = pytest.mark.realnet
+
+TOPIC = "acme/shop/web/orders"
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory):
+    c = RealCluster(tmp_path_factory.mktemp("single"), n=1)
+    try:
+        c.start()
+        c.create_topic("n1", TOPIC, shards=2)
+        yield c
+    finally:
+        c.stop_all()
+
+
+def _connect(c: RealCluster) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", c.cfgs["n1"].client_port), timeout=10)
+    return s
+
+
+def _read_frames(s: socket.socket, want: int = 1, timeout_s: float = 10) -> tuple[list, bool]:
+    """Frames received until ``want`` arrived or the peer closed: (frames, closed)."""
+    dec = FrameDecoder(accept=set(FRAME_TYPES))
+    frames: list = []
+    s.settimeout(timeout_s)
+    while len(frames) < want:
+        try:
+            data = s.recv(65536)
+        except socket.timeout:
+            return frames, False
+        if not data:
+            return frames, True
+        frames.extend(dec.feed(data))
+    return frames, False
+
+
+def _closed(s: socket.socket, timeout_s: float = 10) -> bool:
+    s.settimeout(timeout_s)
+    try:
+        while True:
+            data = s.recv(65536)
+            if not data:
+                return True
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except socket.timeout:
+        return False
+
+
+def _healthy(c: RealCluster) -> None:
+    """A fresh client still gets served: handshake, metadata, HTTP."""
+    with _connect(c) as s:
+        s.sendall(encode_frame(Handshake(client_id="probe"), 1))
+        s.sendall(encode_frame(MetadataRequest(topics=(TOPIC,)), 2))
+        frames, _ = _read_frames(s, 2)
+    assert isinstance(frames[0].message, HandshakeOk)
+    md = frames[1].message
+    assert isinstance(md, MetadataResponse) and len(md.topics[0].shards) == 2
+    assert c.get("n1", "/status")["node_id"] == "n1"
+
+
+def test_http_produce_fetch_and_topics(node: RealCluster) -> None:
+    status, body = node.call("n1", "POST", f"/produce/{TOPIC}",
+                             {"records": [{"value": "hello", "key": "k"}, {"value": "world", "key": "k"}]})
+    assert status == 200 and body["count"] == 2, body
+    got = node.get("n1", f"/fetch/{TOPIC}?shard={body['shard']}&offset={body['base_offset']}")
+    assert [r["value"] for r in got["records"]] == ["hello", "world"]
+    assert all(r["key"] == "k" for r in got["records"])
+    assert got["high_watermark"] == body["base_offset"] + 2
+    # topics CRUD and errors
+    assert [t["name"] for t in node.get("n1", "/topics")] == [TOPIC]
+    status, err = node.call("n1", "POST", "/topics", {"name": TOPIC})
+    assert status == 409 and err["error"]["code"] == "conflict"
+    status, err = node.call("n1", "POST", "/topics", {"name": "not-a-topic"})
+    assert status == 400
+    status, err = node.call("n1", "GET", "/topics/acme/shop/web/none")
+    assert status == 404
+    status, t = node.call("n1", "POST", "/topics", {"name": "acme/shop/web/tmp"})
+    assert status == 201 and t["replication_factor"] == 1  # min(3, one node)
+    status, _ = node.call("n1", "DELETE", "/topics/acme/shop/web/tmp")
+    assert status == 200
+    assert [t["name"] for t in node.get("n1", "/topics")] == [TOPIC]
+    lookup = node.get("n1", f"/lookup/{TOPIC}")
+    assert [e["leader"] for e in lookup] == ["n1", "n1"]
+    assert lookup[0]["client"] == node.client("n1")
+    doc = node.get("n1", "/openapi.json")
+    assert doc["openapi"].startswith("3.1") and "/api/v1/produce/{name}" in doc["paths"]
+
+
+def test_garbage_oversized_and_half_open_inputs_leave_the_node_serving(node: RealCluster) -> None:
+    # garbage bytes on the client port: an error frame, then the connection closes
+    with _connect(node) as s:
+        s.sendall(b"GET / HTTP/1.1\r\n\r\n" + bytes(range(256)))
+        frames, closed = _read_frames(s, 1)
+        assert frames and isinstance(frames[0].message, ErrorResponse)
+        assert frames[0].message.code == ErrorCode.MALFORMED
+        assert closed or _closed(s)
+    # a header announcing a 2 GiB frame: refused from the header alone
+    with _connect(node) as s:
+        s.sendall(encode_frame(Handshake(client_id="x"), 1))
+        _read_frames(s, 1)
+        s.sendall(b"\xc4\x05\x01\x05\x00" + struct.pack(">II", 7, 2 << 30))
+        frames, _ = _read_frames(s, 1)
+        assert frames[0].message.code == ErrorCode.FRAME_TOO_LARGE
+        assert _closed(s)
+    # a request before the handshake
+    with _connect(node) as s:
+        s.sendall(encode_frame(MetadataRequest(), 3))
+        frames, _ = _read_frames(s, 1)
+        assert frames[0].message.code == ErrorCode.HANDSHAKE_REQUIRED
+    # half-open connections: one silent, one with half a frame, on both ports
+    silent = [_connect(node) for _ in range(5)]
+    half = _connect(node)
+    half.sendall(encode_frame(Handshake(client_id="half"), 1)[:7])
+    http_half = socket.create_connection(("127.0.0.1", node.cfgs["n1"].http_port), timeout=10)
+    http_half.sendall(b"POST /api/v1/topics HTTP/1.1\r\nContent-Length: 100\r\n\r\n{")
+    http_garbage = socket.create_connection(("127.0.0.1", node.cfgs["n1"].http_port), timeout=10)
+    http_garbage.sendall(bytes(range(256)) * 4)
+    # and the admin (cluster) port gets garbage too
+    admin = socket.create_connection(("127.0.0.1", node.cfgs["n1"].admin_port), timeout=10)
+    admin.sendall(b"\x00garbage\xff" * 100)
+    try:
+        _healthy(node)
+        status, body = node.call("n1", "POST", f"/produce/{TOPIC}", {"records": [{"value": "still here"}]})
+        assert status == 200, body
+    finally:
+        for s in silent + [half, http_half, http_garbage, admin]:
+            s.close()
+    _healthy(node)
+
+
+def test_http_errors_are_json(node: RealCluster) -> None:
+    status, body = node.call("n1", "POST", f"/produce/{TOPIC}", {"records": []})
+    assert status == 400 and body["error"]["code"] == "bad_request"
+    status, body = node.call("n1", "POST", f"/produce/{TOPIC}", {"records": [{"value": "x"}], "level": "most"})
+    assert status == 400
+    status, body = node.call("n1", "GET", "/nope")
+    assert status == 404 and "error" in body
+
+
+def test_sigterm_stops_every_process_and_restart_keeps_data(tmp_path) -> None:
+    c = RealCluster(tmp_path, n=1)
+    try:
+        c.start()
+        c.create_topic("n1", "t/p/c/keep", shards=1)
+        status, body = c.call("n1", "POST", "/produce/t/p/c/keep",
+                              {"records": [{"value": f"v{i}"} for i in range(50)], "level": "one"})
+        assert status == 200, body
+        pids = c.node_pids("n1")
+        assert len(pids) >= 6  # launcher, admin, logger, agency peer, supervisor, node, dispatcher, replica
+        assert c.stop("n1") == 0
+        deadline = time.monotonic() + 10
+        while any(process_exists(p) and not _zombie(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert [p for p in pids if process_exists(p) and not _zombie(p)] == []
+        c.start("n1")
+        c.wait_leaders("n1", "t/p/c/keep")
+        got = c.get("n1", "/fetch/t/p/c/keep?shard=0")
+        assert [r["value"] for r in got["records"]] == [f"v{i}" for i in range(50)]
+        ident = json.loads((tmp_path / "n1" / "identity.json").read_text())
+        assert ident["cluster_id"] == "c-test"
+    finally:
+        assert c.stop_all() == []
+
+
+def test_refuses_data_dir_of_another_cluster(tmp_path) -> None:
+    c = RealCluster(tmp_path, n=1)
+    (tmp_path / "n1").mkdir()
+    (tmp_path / "n1" / "identity.json").write_text(json.dumps({"node_id": "n1", "cluster_id": "c-other"}))
+    from runtime.local_cluster import spawn_node
+
+    proc = spawn_node(c.cfgs["n1"], tmp_path / "out.txt")
+    assert proc.wait(60) != 0
+    assert "belongs to cluster 'c-other'" in (tmp_path / "out.txt").read_text()
