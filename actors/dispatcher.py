@@ -37,7 +37,6 @@ from typing import Any, Callable
 from thespian.actors import ThespianWatch
 
 from actors.base import ChorusActor
-from actors.replication import is_control
 from actors.supervisor import PLAN_ROOT, walk_plans
 from protocol.agency import AgencyReply, AgencyRequest, Mutation, Precondition, Read, StatusQuery, StatusReply, Txn
 from protocol.consume import AckRecords, Delivery, Subscribe, SubscribeReply, Unsubscribe
@@ -72,7 +71,7 @@ from protocol.node import (
     ShardInfo,
     TopicReply,
 )
-from protocol.records import Record, decode_batch, encode_batch, read_header
+from protocol.records import Record, decode_batch, encode_batch, is_control, read_header
 from protocol.shard import Produce, ProduceReply, ReadShard, ReadShardReply, ShardStatusReply
 from protocol.topics import TOPICS_ROOT, TopicName, TopicSpec
 
@@ -532,14 +531,17 @@ class Dispatcher(ChorusActor):
             raise Refusal(ErrorCode.OVERLOADED, 503, "overloaded", "too many subscriptions on this connection")
         consumer = f"{m.consumer_id}@{self.boot.node_id}.{conn}"
         n = int(spec.get("shards", 1))
-        wait = {"left": n, "failed": None, "deadline": self.now() + self.boot.listen.request_timeout_s}
+        fresh = [i for i in range(n) if (f"{m.topic}#{i}", m.subscription, consumer) not in self.subs]
+        if not fresh:
+            # a keep-alive of a subscription this connection holds: the
+            # Dispatcher keeps the leaders' side alive itself
+            self._frame(conn, corr, SubscribeResponse(active=True))
+            return
+        wait = {"left": len(fresh), "deadline": self.now() + self.boot.listen.request_timeout_s}
         self.subscribe_waits[(conn, corr)] = wait
-        for i in range(n):
+        for i in fresh:
             s = _Sub(conn, corr, m.topic, i, m.subscription, str(m.mode), consumer)
-            key = (s.shard, s.subscription, s.consumer)
-            if key in self.subs:
-                continue
-            self.subs[key] = s
+            self.subs[(s.shard, s.subscription, s.consumer)] = s
             mine.append(s)
             self._send_subscribe(s, self.now())
 

@@ -64,6 +64,8 @@ class NodeActor(ChorusActor):
         self.seq = 0
         self.req = 0
         self.revision = 0
+        self.node_addrs: dict[str, Any] = {}  # node -> NodeActor address (hellos may come before our boot)
+        self.sups: list[Any] = []
 
     def on_NodeBoot(self, msg: NodeBoot, sender: Any) -> None:
         if self.boot is not None:

@@ -47,7 +47,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from protocol.records import Record, decode_batch, encode_batch, read_header, rebase
+from protocol.records import CONTROL_HEADER, Record, decode_batch, encode_batch, is_control, read_header, rebase
 from protocol.shard import (
     Assign,
     Fence,
@@ -63,7 +63,6 @@ LEADER = "leader"
 FOLLOWER = "follower"
 FENCED = "fenced"
 
-CONTROL_HEADER = "chorus.control"
 
 
 @dataclass
@@ -100,10 +99,6 @@ class _Waiter:
 def control_batch(epoch: int, node: str, base_offset: int, now_ms: int) -> bytes:
     rec = Record(key=None, payload=b"", headers=((CONTROL_HEADER, f"epoch-start {epoch} {node}".encode()),))
     return encode_batch([rec], base_offset=base_offset, epoch=epoch, broker_ts_ms=now_ms)
-
-
-def is_control(record: Record) -> bool:
-    return any(k == CONTROL_HEADER for k, _ in record.headers)
 
 
 class ShardCore:

@@ -111,6 +111,14 @@ class Record:
     offset: int = -1
 
 
+CONTROL_HEADER = "chorus.control"  # header of records the broker writes itself (e.g. a leader's epoch start)
+
+
+def is_control(record: Record) -> bool:
+    """True for a record written by the broker, not a producer: readers skip it."""
+    return any(k == CONTROL_HEADER for k, _ in record.headers)
+
+
 @dataclass(frozen=True, slots=True)
 class BatchHeader:
     """The decoded fixed header of a batch (see the module docstring)."""

@@ -237,6 +237,26 @@ def run(
     raise typer.Exit(code)
 
 
+@app.command()
+def bench(
+    case: list[str] = typer.Option(["single", "quorum", "e2e", "failover"], "--case",
+                                   help="single | quorum | e2e | failover (repeatable)"),
+    messages: int = typer.Option(200_000, "--messages", min=1000, help="messages per throughput case"),
+    size: int = typer.Option(100, "--size", min=8, max=1 << 20, help="message size in bytes"),
+    rate: int = typer.Option(10_000, "--rate", min=1, help="messages/s of the end-to-end case"),
+    seconds: float = typer.Option(10.0, "--seconds", min=1.0, help="duration of the end-to-end case"),
+) -> None:
+    """Start real nodes on 127.0.0.1 and measure throughput, latency and failover."""
+    from runtime.bench import CASES
+    from runtime.bench import run as run_bench
+
+    bad = [c for c in case if c not in CASES]
+    if bad:
+        console.print(f"[red]unknown case(s):[/] {', '.join(bad)}; choose from {', '.join(CASES)}")
+        raise typer.Exit(2)
+    run_bench(list(dict.fromkeys(case)), messages, size, rate, seconds)
+
+
 def _register_admin() -> None:
     from runtime.admin_cli import register
 

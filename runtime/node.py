@@ -299,6 +299,7 @@ class Node:
         said: list[str] = []
         while True:
             endpoints = list(dict.fromkeys(list(cfg.peers) + [p["http"] for p in self.peers.values()]))
+            heard_from: set[str] = set()
             for ep in endpoints:
                 doc = fetch_directory(ep)
                 if doc is None or not doc.get("cluster_id"):
@@ -312,9 +313,15 @@ class Node:
                     else:
                         raise SystemExit(f"{ep} belongs to cluster {doc.get('cluster_id')!r}; this node is in "
                                          f"cluster {self.cluster_id!r}: refusing to join")
-                for entry in doc["nodes"]:
+                # A node's own entry (first in its directory) is authoritative;
+                # what it says of others may be stale (e.g. a peer that restarted).
+                for k, entry in enumerate(doc["nodes"]):
                     nid = entry.get("node_id")
-                    if not nid or nid == cfg.node_id:
+                    if not nid or nid == cfg.node_id or not isinstance(entry, dict):
+                        continue
+                    if k == 0:
+                        heard_from.add(nid)
+                    elif nid in heard_from or nid in self.peers:
                         continue
                     if self.peers.get(nid) != entry:
                         self.peers[nid] = entry

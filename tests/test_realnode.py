@@ -21,7 +21,7 @@ from protocol.frames import (
     encode_frame,
 )
 from runtime.agency_local import process_exists
-from realcluster import RealCluster, _zombie
+from runtime.realcluster import RealCluster, _zombie
 
 pytestmark = pytest.mark.realnet
 

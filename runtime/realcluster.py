@@ -1,4 +1,4 @@
-"""Real node processes for tests: start, kill -9, restart and stop them by PID.
+"""Real node processes for tests and benchmarks: start, kill -9, restart and stop them by PID.
 
 Every node is a ``python -m runtime.node`` process (the same as ``brokerctl
 run``) on 127.0.0.1 with free ports and its data under a test directory.
@@ -42,7 +42,23 @@ class RealCluster:
             self.procs[nid] = spawn_node(cfg, Path(cfg.data_dir) / "logs" / "node.out")
         for nid in names:
             self.wait_ready(nid, timeout_s)
+        self.wait_all_alive(timeout_s)
         return self
+
+    def wait_all_alive(self, timeout_s: float = 60.0) -> None:
+        """Until every running node sees every running node registered and alive."""
+        running = sorted(n for n, p in self.procs.items() if p.poll() is None)
+        deadline = time.monotonic() + timeout_s
+        nodes: Any = None
+        for nid in running:
+            while time.monotonic() < deadline:
+                nodes = self.get(nid, "/nodes", timeout_s=2)
+                if isinstance(nodes, list) and {n["node_id"] for n in nodes if n["alive"] and n["client"]} \
+                        >= set(running):
+                    break
+                time.sleep(0.2)
+            else:
+                raise TimeoutError(f"node {nid} does not see {running} alive: {nodes}")
 
     def wait_ready(self, nid: str, timeout_s: float = 60.0) -> dict:
         deadline = time.monotonic() + timeout_s
