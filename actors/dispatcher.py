@@ -321,13 +321,13 @@ class Dispatcher(ChorusActor):
         else:
             raise Refusal(ErrorCode.UNKNOWN_TYPE, 400, "bad_request", f"unexpected {type(m).__name__}")
 
-    def _shard_of(self, topic: str, index: int, retry: Callable[[], None], first: bool) -> str | None:
-        """Internal shard name, or None when waiting for a fresher view;
-        raises Refusal for unknown topics and shards."""
+    def _shard_of(self, topic: str, index: int, defer: Callable[[], None], first: bool) -> str | None:
+        """Internal shard name, or None after ``defer()`` (waiting for a
+        fresher view); raises Refusal for unknown topics and shards."""
         spec = self.topics.get(topic)
         if spec is None:
             if first:
-                self.after_poll.append(retry)
+                defer()
                 return None
             raise Refusal(ErrorCode.UNKNOWN_TOPIC, 404, "not_found", f"topic {topic!r} does not exist")
         if not 0 <= index < int(spec.get("shards", 1)):
@@ -335,14 +335,20 @@ class Dispatcher(ChorusActor):
                           f"topic {topic!r} has {spec.get('shards')} shards; there is no shard {index}")
         return f"{topic}#{index}"
 
-    def _produce_frame(self, conn: int, corr: int, m: ProduceRequest, first: bool = True) -> None:
+    def _after_poll(self, conn: int, corr: int, redo: Callable[[], None]) -> None:
+        """Serve a request again once the next agency view is in (it named a
+        topic this node has not seen yet); a refusal then becomes an error frame."""
         def again() -> None:
             try:
-                self._produce_frame(conn, corr, m, False)
+                redo()
             except Refusal as r:
                 self._error(conn, corr, r.code, r.message)
 
-        shard = self._shard_of(m.topic, m.shard, again, first)
+        self.after_poll.append(again)
+
+    def _produce_frame(self, conn: int, corr: int, m: ProduceRequest, first: bool = True) -> None:
+        shard = self._shard_of(m.topic, m.shard, lambda: self._after_poll(
+            conn, corr, lambda: self._produce_frame(conn, corr, m, False)), first)
         if shard is None:
             return
 
@@ -373,13 +379,8 @@ class Dispatcher(ChorusActor):
         self._start(_Pending(req_id, msg, self.now() + timeout_s, ok, fail, shard, len(batch)))
 
     def _fetch_frame(self, conn: int, corr: int, m: FetchRequest, first: bool = True) -> None:
-        def again() -> None:
-            try:
-                self._fetch_frame(conn, corr, m, False)
-            except Refusal as r:
-                self._error(conn, corr, r.code, r.message)
-
-        shard = self._shard_of(m.topic, m.shard, again, first)
+        shard = self._shard_of(m.topic, m.shard, lambda: self._after_poll(
+            conn, corr, lambda: self._fetch_frame(conn, corr, m, False)), first)
         if shard is None:
             return
         wait_s = min(m.max_wait_ms, FETCH_WAIT_MS_MAX) / 1000.0
@@ -498,7 +499,7 @@ class Dispatcher(ChorusActor):
     def _metadata(self, conn: int, corr: int, m: MetadataRequest, first: bool = True) -> None:
         names = list(m.topics) or sorted(self.topics)
         if first and (not self.loaded or any(t not in self.topics for t in names)):
-            self.after_poll.append(lambda: self._metadata(conn, corr, m, False))
+            self._after_poll(conn, corr, lambda: self._metadata(conn, corr, m, False))
             return
         out = []
         for t in names:
@@ -521,7 +522,7 @@ class Dispatcher(ChorusActor):
         spec = self.topics.get(m.topic)
         if spec is None:
             if first:
-                self.after_poll.append(lambda: self._subscribe(conn, corr, m, False))
+                self._after_poll(conn, corr, lambda: self._subscribe(conn, corr, m, False))
                 return
             raise Refusal(ErrorCode.UNKNOWN_TOPIC, 404, "not_found", f"topic {m.topic!r} does not exist")
         if not m.subscription or not m.consumer_id:

@@ -51,7 +51,15 @@ from protocol.agency import (
     StatusReply,
     Txn,
 )
-from protocol.node import AlterTopic, CreateTopic, DeleteTopic, NodeHeartbeat, ReplicaAddress, TopicReply
+from protocol.node import (
+    AlterTopic,
+    CreateTopic,
+    DeleteTopic,
+    NodeHeartbeat,
+    NodesReply,
+    ReplicaAddress,
+    TopicReply,
+)
 from protocol.shard import Assign, Fence, Position, ReplicaState, ShardBugs
 from protocol.topics import TopicName, TopicSpec, topic_path
 
@@ -611,8 +619,6 @@ class Supervisor(ChorusActor):
     on_CreateTopic = on_AlterTopic = on_DeleteTopic = _topic_request
 
     def on_NodesQuery(self, msg: Any, sender: Any) -> None:
-        from protocol.node import NodesReply
-
         if self.core is not None:
             now = self.now()
             seen = tuple((n, round(now - t, 3)) for n, t in sorted(self.core.node_seen.items()))

@@ -1547,26 +1547,41 @@ class _LoopThread:
             self._thread.join(10.0)
 
 
-class Client:
-    """Blocking :class:`AsyncClient` (same arguments); connects on creation."""
+class _Blocking:
+    """What the blocking wrappers share: a loop thread running the async
+    object they wrap, started (and its thread stopped again on failure) by
+    :meth:`_open`; ``with`` closes it."""
 
-    def __init__(self, bootstrap: str | Sequence[str] = f"127.0.0.1:{DEFAULT_PORT}", **options: Any) -> None:
-        self._thread = _LoopThread("chorus-client-loop")
+    _closed: bool
+    _thread: _LoopThread
+
+    def _open(self, thread_name: str, make: Callable[[], Any]) -> Any:
+        self._thread = _LoopThread(thread_name)
         self._closed = False
 
-        async def create() -> AsyncClient:
-            return await AsyncClient(bootstrap, **options).__aenter__()
+        async def create() -> Any:
+            return await make().__aenter__()
         try:
-            self._client = self._thread.run(create())
+            return self._thread.run(create())
         except BaseException:
             self._thread.stop()
             raise
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Any:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class Client(_Blocking):
+    """Blocking :class:`AsyncClient` (same arguments); connects on creation."""
+
+    def __init__(self, bootstrap: str | Sequence[str] = f"127.0.0.1:{DEFAULT_PORT}", **options: Any) -> None:
+        self._client: AsyncClient = self._open("chorus-client-loop", lambda: AsyncClient(bootstrap, **options))
 
     def close(self) -> None:
         if self._closed:
@@ -1592,7 +1607,7 @@ class Client:
         return self._thread.run(self._client.fetch_all(topic, shard, start))
 
 
-class Producer:
+class Producer(_Blocking):
     """Blocking :class:`AsyncProducer` (same options, plus ``max_block_s``:
     how long :meth:`send` may block while the buffer is full).  Connects on
     creation; ``close`` (or leaving ``with``) delivers what is pending and
@@ -1607,22 +1622,8 @@ class Producer:
         self._held = 0
         self._inbox: deque[tuple[_Pending, concurrent.futures.Future[RecordMetadata]]] = deque()
         self._drain_scheduled = False
-        self._thread = _LoopThread("chorus-client-producer")
-        self._closed = False
-
-        async def create() -> AsyncProducer:
-            return await AsyncProducer(bootstrap, **options).__aenter__()
-        try:
-            self._producer = self._thread.run(create())
-        except BaseException:
-            self._thread.stop()
-            raise
-
-    def __enter__(self) -> "Producer":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        self._producer: AsyncProducer = self._open("chorus-client-producer",
+                                                   lambda: AsyncProducer(bootstrap, **options))
 
     def send(self, topic: str, value: bytes, *, key: bytes | None = None,
              headers: Mapping[str, bytes] | Iterable[tuple[str, bytes]] | None = None,
@@ -1698,22 +1699,14 @@ class Producer:
         return self._producer.buffered_bytes
 
 
-class Consumer:
+class Consumer(_Blocking):
     """Blocking :class:`AsyncConsumer` (same arguments).  ``for msg in c``
     iterates until the consumer is closed; ``msg.ack()`` may be called from
     any thread and returns a ``concurrent.futures.Future``."""
 
     def __init__(self, bootstrap: str | Sequence[str], topic: str, subscription: str, **options: Any) -> None:
-        self._thread = _LoopThread("chorus-client-consumer")
-        self._closed = False
-
-        async def create() -> AsyncConsumer:
-            return await AsyncConsumer(bootstrap, topic, subscription, **options).__aenter__()
-        try:
-            self._consumer = self._thread.run(create())
-        except BaseException:
-            self._thread.stop()
-            raise
+        self._consumer: AsyncConsumer = self._open(
+            "chorus-client-consumer", lambda: AsyncConsumer(bootstrap, topic, subscription, **options))
 
     @property
     def consumer_id(self) -> str:
@@ -1722,12 +1715,6 @@ class Consumer:
     @property
     def active(self) -> bool:
         return self._consumer.active
-
-    def __enter__(self) -> "Consumer":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def poll(self, timeout_s: float | None = None) -> Message | None:
         """The next message, or None after ``timeout_s`` or once closed."""

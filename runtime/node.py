@@ -40,7 +40,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -220,10 +220,8 @@ class Node:
         self.client_port = 0
         self.http_port = 0
         self.peers: dict[str, dict] = {}  # node id -> directory entry (strings)
-        self.pids: dict[str, int] = {}
         self.admin_pid: int | None = None
         self._stop = False
-        self._booted = False
 
     # ---------------------------------------------------------- start
     def start(self) -> "Node":
@@ -273,7 +271,7 @@ class Node:
                  f"cluster {cfg.host}:{cfg.admin_port}, data {data}")
         self._discover(initial=True)
         self._boot_actors()
-        self._learn_pids()
+        self._learn_admin_pid()
         self._write_pidfile()
         return self
 
@@ -355,7 +353,6 @@ class Node:
         self.asys.tell(self.addrs["node"], NodeBoot(cfg.node_id, self.addrs["raft"], self._peer_addrs("node"),
                                                     tuple(a for _, a in sups), self.addrs["supervisor"], tuning,
                                                     self.host_cfg))
-        self._booted = True
 
     def _peer_addrs(self, kind: str) -> tuple[tuple[str, Any], ...]:
         out = [(self.cfg.node_id, self.addrs[kind])]
@@ -385,10 +382,10 @@ class Node:
                 continue
         self.asys.tell(self.addrs["node"], PeersAre(tuple(eps)))
 
-    def _learn_pids(self) -> None:
+    def _learn_admin_pid(self) -> None:
         from protocol.agency import StatusQuery, StatusReply
 
-        from runtime.agency_local import _children_of, _parent_pid
+        from runtime.agency_local import _parent_pid
 
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -396,10 +393,6 @@ class Node:
             if isinstance(r, StatusReply) and r.pid:
                 self.admin_pid = _parent_pid(r.pid)
                 break
-        if self.admin_pid:
-            self.pids = {"admin": self.admin_pid}
-            for i, p in enumerate(_children_of(self.admin_pid)):
-                self.pids[f"child{i}"] = p
 
     def _write_pidfile(self) -> None:
         doc = {"launcher": os.getpid(), "admin": self.admin_pid,
@@ -512,10 +505,6 @@ def run_node(cfg: NodeConfig, say: Callable[[str], None] = print) -> int:
     return 0
 
 
-def to_json(cfg: NodeConfig) -> str:
-    return json.dumps(asdict(cfg))
-
-
 def from_json(text: str) -> NodeConfig:
     cfg = NodeConfig(**json.loads(text))
     cfg.validate()
@@ -531,5 +520,4 @@ if __name__ == "__main__":
     _main()
 
 
-__all__ = ["NodeConfig", "Node", "run_node", "address_to_str", "address_from_str", "fetch_directory",
-           "replace"]
+__all__ = ["NodeConfig", "Node", "run_node", "address_to_str", "address_from_str", "fetch_directory"]

@@ -12,7 +12,6 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -183,9 +182,6 @@ class RealCluster:
                 return shards
             time.sleep(0.2)
         raise TimeoutError(f"shards of {topic} not led in {timeout_s}s: {shards}")
-
-    def with_config(self, nid: str, **changes: Any) -> None:
-        self.cfgs[nid] = replace(self.cfgs[nid], **changes)
 
 
 def _zombie(pid: int) -> bool:
