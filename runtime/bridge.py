@@ -298,12 +298,16 @@ class IOBridge:
 
     def take(self) -> list[tuple]:
         """Every event posted since the last call (called by the actor)."""
-        self._signalled = False
+        # Drain the wake-up bytes *before* clearing the flag: cleared first,
+        # a post in between would write a byte that this drain swallows,
+        # leaving the flag set with no byte pending, and no later post would
+        # ever wake the actor again.
         try:
             while self._rsock.recv(4096):
                 pass
         except (BlockingIOError, InterruptedError):
             pass
+        self._signalled = False
         out = []
         inbox = self._inbox
         while inbox:
