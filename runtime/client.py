@@ -25,7 +25,7 @@ Producing::
         await p.flush()
 
     with Producer("127.0.0.1:7171", level="quorum") as p:
-        f = p.send("acme/shop/web/orders", b"v", key=b"k")     # concurrent.futures.Future
+        f = p.send("acme/shop/web/orders", b"v", key=b"k")     # RecordFuture (thread-safe)
         p.flush()
         print(f.result().offset)
 
@@ -115,7 +115,7 @@ from protocol.records import (
 )
 
 __all__ = [
-    "ChorusError", "ChorusConnectionError", "RecordMetadata", "Message", "FetchResult",
+    "ChorusError", "ChorusConnectionError", "RecordMetadata", "RecordFuture", "Message", "FetchResult",
     "AsyncClient", "AsyncProducer", "AsyncConsumer", "Client", "Producer", "Consumer",
     "ErrorCode", "Level", "Mode", "Record", "DEFAULT_PORT",
 ]
@@ -806,22 +806,38 @@ class AsyncClient:
 # -- AsyncProducer ------------------------------------------------------------------
 
 
-@dataclass(eq=False, slots=True)
-class _Pending:
-    """A record accepted by the producer and not yet settled."""
+class _Batch:
+    """Records bound for one shard at one consistency level, sent (and
+    retried) as one encoded batch with one sequence number.
 
-    number: int  # acceptance order (flush waits for all numbers below a mark)
-    topic: str
-    key: bytes | None
-    value: bytes
-    headers: tuple[tuple[str, bytes], ...]
-    level: Level
-    size: int  # bytes charged to the buffer
-    timestamp_ms: int
-    accepted: float = 0.0  # loop time
-    deadline: float = 0.0  # loop time by which it must be delivered
-    future: "asyncio.Future[RecordMetadata]" = None  # type: ignore[assignment]  # set by _admit
-    done: bool = False
+    Records are appended by whichever thread sends them, under the
+    producer's lock; the batch is settled once, in the loop thread, and a
+    record's result is then derived from the batch's (``base_offset + i``),
+    so the hot path allocates nothing per record but the record itself."""
+
+    __slots__ = ("shard_state", "level", "records", "futures", "bytes", "created", "data", "producer_id",
+                 "sequence", "settled", "base_offset", "level_met", "error", "callbacks")
+
+    def __init__(self, shard_state: "_ShardState", level: Level, created: float) -> None:
+        self.shard_state = shard_state
+        self.level = level
+        self.records: list[Record] = []
+        self.futures: list[asyncio.Future[RecordMetadata] | None] = []  # per record (AsyncProducer only)
+        self.bytes = 0  # buffer bytes charged for the records
+        self.created = created  # time.monotonic() of the first record: linger and delivery timeout count from it
+        self.data: bytes | None = None  # the encoded batch, fixed at the first attempt so retries are identical
+        self.producer_id = 0
+        self.sequence = 0
+        self.settled = False
+        self.base_offset = -1
+        self.level_met = level
+        self.error: ChorusError | None = None
+        self.callbacks: list[tuple[Callable[[Any], Any], Any]] | None = None
+
+    def metadata(self, index: int) -> RecordMetadata:
+        st = self.shard_state
+        return RecordMetadata(st.topic, st.shard, self.base_offset + index, self.level_met,
+                              self.records[index].producer_ts_ms)
 
 
 @dataclass(eq=False)
@@ -830,9 +846,9 @@ class _ShardState:
     shard: int
     producer_id: int
     next_sequence: int = 0
-    queue: deque[_Pending] = field(default_factory=deque)
-    queued_bytes: int = 0
+    queue: deque[_Batch] = field(default_factory=deque)  # the last batch is open for appends
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    sleeping: bool = True  # the sender waits for a kick (no task yet, an empty queue, or lingering)
     task: asyncio.Task[None] | None = None
 
 
@@ -841,7 +857,9 @@ class _TopicState:
     topic: str
     shards: int | None = None
     refreshed_at: float = 0.0
-    unrouted: deque[_Pending] = field(default_factory=deque)  # waiting for the first metadata
+    # records sent before the first metadata arrived: (record, level, bytes, future, accepted at)
+    unrouted: deque[tuple[Record, Level, int, "asyncio.Future[RecordMetadata]", float]] = field(
+        default_factory=deque)
     resolver: asyncio.Task[None] | None = None
 
 
@@ -884,10 +902,15 @@ class AsyncProducer:
         self._rr = RoundRobin(int.from_bytes(os.urandom(4), "big"))
         self._topics: dict[str, _TopicState] = {}
         self._shards: dict[tuple[str, int], _ShardState] = {}
-        self._outstanding: dict[int, _Pending] = {}  # by acceptance number, oldest first
-        self._next_number = 0
+        # The accumulator (shard queues, batches, the byte and record counts)
+        # is shared with the blocking Producer's calling threads: this lock
+        # guards it, and its condition is notified whenever records settle.
+        self._lock = threading.Lock()
+        self._settled = threading.Condition(self._lock)
+        self._unsettled: dict[_Batch, None] = {}  # batches not yet settled, oldest first
         self._buffered = 0
-        self._progress = asyncio.Event()  # set whenever a record settles
+        self._pending = 0
+        self._progress = asyncio.Event()  # set whenever records settle (loop thread)
         self._flushing = 0
         self._closing = False
         self._closed = False
@@ -917,17 +940,19 @@ class AsyncProducer:
     @property
     def pending(self) -> int:
         """Number of records accepted and not yet settled."""
-        return len(self._outstanding)
+        return self._pending
 
     async def close(self, timeout_s: float = 30.0) -> None:
         """Deliver the records already accepted (waiting at most
         ``timeout_s``), fail the rest, and close the connection."""
         if self._closing:
             return
-        self._closing = True
+        with self._lock:
+            self._closing = True
+            self._settled.notify_all()
         self._progress.set()
-        for st in self._shards.values():
-            st.wake.set()
+        for st in list(self._shards.values()):
+            self._kick(st)
         if timeout_s > 0:
             try:
                 await self.flush(timeout_s)
@@ -935,8 +960,13 @@ class AsyncProducer:
                 pass
         self._closed = True
         err = ChorusError(None, "the producer was closed before the record was delivered")
-        for p in list(self._outstanding.values()):
-            self._finish(p, error=err.copy())
+        for ts in self._topics.values():
+            while ts.unrouted:
+                self._fail_unrouted(ts.unrouted.popleft(), err)
+        with self._lock:
+            left = list(self._unsettled)
+        for batch in left:
+            self._settle(batch, error=err)
         tasks = [st.task for st in self._shards.values() if st.task is not None]
         tasks += [ts.resolver for ts in self._topics.values() if ts.resolver is not None]
         for task in tasks:
@@ -947,26 +977,32 @@ class AsyncProducer:
     async def flush(self, timeout_s: float | None = None) -> None:
         """Send every record accepted so far without lingering and wait until
         each is delivered or failed (``ChorusError(TIMEOUT)`` after ``timeout_s``)."""
-        mark = self._next_number
-        if self._settled_below(mark):
+        with self._lock:
+            batches = list(self._unsettled)
+        waiting = [e[3] for ts in self._topics.values() for e in ts.unrouted]
+        if not batches and not waiting:
             return
         self._flushing += 1
-        for st in self._shards.values():
+        for st in list(self._shards.values()):
             if st.queue:
-                st.wake.set()
+                self._kick(st)
         try:
             async with asyncio.timeout(timeout_s):
-                while not self._settled_below(mark):
+                i = j = 0
+                while True:
+                    while i < len(batches) and batches[i].settled:
+                        i += 1
+                    while j < len(waiting) and waiting[j].done():
+                        j += 1
+                    if i == len(batches) and j == len(waiting):
+                        return
                     self._progress.clear()
                     await self._progress.wait()
         except TimeoutError:
             raise ChorusError(ErrorCode.TIMEOUT, f"flush did not complete within {timeout_s:g} s "
-                                                 f"({len(self._outstanding)} records pending)") from None
+                                                 f"({self._pending} records pending)") from None
         finally:
             self._flushing -= 1
-
-    def _settled_below(self, mark: int) -> bool:
-        return not self._outstanding or next(iter(self._outstanding)) >= mark
 
     # -- sending
 
@@ -980,8 +1016,13 @@ class AsyncProducer:
         (e.g. ``UNKNOWN_TOPIC``: "topic ... does not exist"), after retries
         for up to ``delivery_timeout_s``.  Cancelling the wait does not
         withdraw the record."""
-        fut = await self._accept(topic, value, key, headers, level)
-        return await asyncio.shield(fut)
+        record, lvl, size = self._prepare(topic, value, key, headers, level)
+        while self._buffered + size > self.buffer_bytes_max:
+            self._progress.clear()
+            await self._progress.wait()
+            if self._closing:
+                raise ChorusError(None, "the producer is closed")
+        return await asyncio.shield(self._accept(topic, record, lvl, size))
 
     def send_nowait(self, topic: str, value: bytes, *, key: bytes | None = None,
                     headers: Mapping[str, bytes] | Iterable[tuple[str, bytes]] | None = None,
@@ -990,42 +1031,37 @@ class AsyncProducer:
         :class:`RecordMetadata`.  Raises ``ChorusError("buffer full ...")``
         at once when ``buffer_bytes_max`` is reached (:meth:`send` waits
         instead).  Must be called from the producer's event loop."""
-        p = self._prepare(topic, value, key, headers, level)
-        if self._buffered + p.size > self.buffer_bytes_max:
+        record, lvl, size = self._prepare(topic, value, key, headers, level)
+        if self._buffered + size > self.buffer_bytes_max:
             raise ChorusError(None, f"buffer full: {self._buffered} of {self.buffer_bytes_max} bytes are held by "
                                     f"records not yet delivered (use send() to wait for room)")
-        return self._admit(p)
+        return self._accept(topic, record, lvl, size)
 
-    async def _accept(self, topic: str, value: bytes, key: bytes | None, headers: Any,
-                      level: Any) -> "asyncio.Future[RecordMetadata]":
-        """Wait for buffer room, then admit the record; its future."""
-        p = self._prepare(topic, value, key, headers, level)
-        while self._buffered + p.size > self.buffer_bytes_max:
-            self._progress.clear()
-            await self._progress.wait()
-            if self._closing:
-                raise ChorusError(None, "the producer is closed")
-        return self._admit(p)
-
-    def _prepare(self, topic: str, value: bytes, key: bytes | None, headers: Any, level: Any) -> _Pending:
-        """Validate a record and size it (any thread: touches no loop state)."""
+    def _prepare(self, topic: str, value: bytes, key: bytes | None, headers: Any,
+                 level: Any) -> tuple[Record, Level, int]:
+        """Validate a record and size it (any thread: touches no shared state)."""
         if self._closing:
             raise ChorusError(None, "the producer is closed")
-        if not isinstance(topic, str) or not topic:
+        if type(topic) is not str or not topic:
             raise TypeError("topic must be a non-empty str")
-        value = _check_bytes("value", value)  # type: ignore[assignment]
-        key = _check_bytes("key", key, optional=True)
-        pairs = _normalize_headers(headers)
+        if type(value) is not bytes:
+            value = _check_bytes("value", value)  # type: ignore[assignment]
+        size = len(value) + _RECORD_OVERHEAD
+        if key is not None:
+            if type(key) is not bytes:
+                key = _check_bytes("key", key)
+            size += len(key)  # type: ignore[arg-type]
+        pairs = _normalize_headers(headers) if headers else ()
+        for n, v in pairs:
+            size += len(n.encode("utf-8")) + len(v) + _HEADER_OVERHEAD
         lvl = self.level if level is None else Level(level)
-        size = (len(value) + (len(key) if key is not None else 0) + _RECORD_OVERHEAD
-                + sum(len(n.encode("utf-8")) + len(v) + _HEADER_OVERHEAD for n, v in pairs))
         if size > self.buffer_bytes_max:
             raise ChorusError(None, f"record of {size} bytes exceeds buffer_bytes_max={self.buffer_bytes_max}")
         limit = self._server_batch_cap()
         if size + _BATCH_OVERHEAD > limit:
             raise ChorusError(None, f"record of {size} bytes exceeds the largest batch the node accepts "
                                     f"({limit} bytes)")
-        return _Pending(0, topic, key, value, pairs, lvl, size, int(time.time() * 1000))
+        return Record(key, value, pairs, int(time.time() * 1000)), lvl, size
 
     def _server_batch_cap(self) -> int:
         limits = self._cluster.limits
@@ -1035,43 +1071,109 @@ class AsyncProducer:
     def _batch_cap(self) -> int:
         return min(self.batch_bytes_max, self._server_batch_cap())
 
-    def _admit(self, p: _Pending) -> "asyncio.Future[RecordMetadata]":
-        """Take a prepared record into the buffer and route it (loop thread)."""
+    def _accept(self, topic: str, record: Record, level: Level, size: int) -> "asyncio.Future[RecordMetadata]":
+        """Take a prepared record in (loop thread); its future."""
         if self._closing:
             raise ChorusError(None, "the producer is closed")
-        loop = asyncio.get_running_loop()
-        p.accepted = loop.time()  # the delivery timeout counts from acceptance
-        p.deadline = p.accepted + self.delivery_timeout_s
-        p.future = loop.create_future()
-        p.future.add_done_callback(_retrieve)
-        p.number = self._next_number
-        self._next_number += 1
-        self._outstanding[p.number] = p
-        self._buffered += p.size
-        ts = self._topics.get(p.topic)
+        fut: asyncio.Future[RecordMetadata] = asyncio.get_running_loop().create_future()
+        fut.add_done_callback(_retrieve)
+        ts = self._topics.get(topic)
         if ts is None:
-            ts = self._topics[p.topic] = _TopicState(p.topic)
+            ts = self._topics[topic] = _TopicState(topic)
         if ts.shards is None or ts.unrouted:
-            ts.unrouted.append(p)
+            with self._lock:
+                self._buffered += size
+                self._pending += 1
+            ts.unrouted.append((record, level, size, fut, time.monotonic()))
             self._resolve(ts)
-            return p.future
-        if p.accepted - ts.refreshed_at > METADATA_MAX_AGE_S:
+            return fut
+        if time.monotonic() - ts.refreshed_at > METADATA_MAX_AGE_S:
             self._resolve(ts)
-        self._assign(ts, p)
-        return p.future
+        with self._lock:
+            st, _batch, _index, kick = self._append(ts, record, level, size, fut)
+        if kick:
+            self._kick(st)
+        return fut
 
-    def _finish(self, p: _Pending, result: RecordMetadata | None = None, error: BaseException | None = None) -> None:
-        if p.done:
+    def _append(self, ts: _TopicState, record: Record, level: Level, size: int,
+                fut: "asyncio.Future[RecordMetadata] | None", charge: bool = True) -> tuple[_ShardState, _Batch, int, bool]:
+        """Add a record to its shard's open batch (the lock is held; any
+        thread).  Returns the shard, the batch, the record's index in it and
+        whether the shard's sender must be kicked (see :meth:`_kick`)."""
+        n = ts.shards
+        assert n is not None
+        shard = shard_for_key(record.key, n) if record.key is not None else self._rr.next(n)
+        st = self._shards.get((ts.topic, shard))
+        if st is None:
+            st = self._shards[(ts.topic, shard)] = _ShardState(ts.topic, shard, self.producer_id)
+        q = st.queue
+        batch = q[-1] if q else None
+        kick = False
+        if (batch is None or batch.level is not level or len(batch.records) >= self.batch_records_max
+                or batch.bytes + size + _BATCH_OVERHEAD > self._batch_cap()):
+            batch = _Batch(st, level, time.monotonic())
+            q.append(batch)
+            self._unsettled[batch] = None
+            kick = len(q) <= 2  # the first starts the linger; a second means the first is complete
+        index = len(batch.records)
+        batch.records.append(record)
+        batch.futures.append(fut)
+        batch.bytes += size
+        if index + 1 >= self.batch_records_max:
+            kick = True
+        if charge:
+            self._buffered += size
+            self._pending += 1
+        if kick and st.sleeping:
+            st.sleeping = False
+            return st, batch, index, True
+        return st, batch, index, False
+
+    def _kick(self, st: _ShardState) -> None:
+        """Wake the shard's sender, starting it first if needed (loop thread)."""
+        if self._closed:
             return
-        p.done = True
-        del self._outstanding[p.number]
-        self._buffered -= p.size
+        if st.task is None:
+            st.task = asyncio.create_task(self._sender(st), name=f"chorus-produce-{st.topic}#{st.shard}")
+        st.wake.set()
+
+    def _settle(self, batch: _Batch, base_offset: int = -1, level: Level | None = None,
+                error: ChorusError | None = None) -> None:
+        """Complete every record of ``batch`` (loop thread)."""
+        with self._lock:
+            if batch.settled:
+                return
+            batch.base_offset = base_offset
+            batch.level_met = level or batch.level
+            batch.error = error
+            batch.settled = True
+            self._unsettled.pop(batch, None)
+            self._buffered -= batch.bytes
+            self._pending -= len(batch.records)
+            callbacks, batch.callbacks = batch.callbacks, None
+            self._settled.notify_all()
         self._progress.set()
-        if not p.future.done():
-            if error is not None:
-                p.future.set_exception(error)
-            else:
-                p.future.set_result(result)  # type: ignore[arg-type]
+        for i, fut in enumerate(batch.futures):
+            if fut is not None and not fut.done():
+                if error is not None:
+                    fut.set_exception(error.copy())
+                else:
+                    fut.set_result(batch.metadata(i))
+        for fn, handle in callbacks or ():
+            try:
+                fn(handle)
+            except Exception:
+                log.exception("a producer done-callback raised")
+
+    def _fail_unrouted(self, entry: tuple[Record, Level, int, "asyncio.Future[RecordMetadata]", float],
+                       error: ChorusError) -> None:
+        with self._lock:
+            self._buffered -= entry[2]
+            self._pending -= 1
+            self._settled.notify_all()
+        self._progress.set()
+        if not entry[3].done():
+            entry[3].set_exception(error.copy())
 
     # -- routing
 
@@ -1080,7 +1182,6 @@ class AsyncProducer:
             ts.resolver = asyncio.create_task(self._resolve_loop(ts), name=f"chorus-metadata-{ts.topic}")
 
     async def _resolve_loop(self, ts: _TopicState) -> None:
-        loop = asyncio.get_running_loop()
         delay = BACKOFF_MIN_S
         while True:
             try:
@@ -1088,67 +1189,102 @@ class AsyncProducer:
             except ChorusError as e:
                 if ts.shards is not None and not ts.unrouted:
                     log.debug("metadata refresh of %s failed: %s", ts.topic, e)
-                    ts.refreshed_at = loop.time()  # try again after the usual interval
+                    ts.refreshed_at = time.monotonic()  # try again after the usual interval
                     return
                 if not e.retriable or e.code is ErrorCode.UNKNOWN_TOPIC:
                     while ts.unrouted:
-                        self._finish(ts.unrouted.popleft(), error=e.copy())
+                        self._fail_unrouted(ts.unrouted.popleft(), e)
                     return
-                now = loop.time()
-                for p in [p for p in ts.unrouted if p.deadline <= now]:
-                    ts.unrouted.remove(p)
-                    self._finish(p, error=ChorusError(e.code, f"delivery timeout of {self.delivery_timeout_s:g} s "
-                                                              f"expired: {e.message}"))
+                expired = ChorusError(e.code, f"delivery timeout of {self.delivery_timeout_s:g} s expired: "
+                                              f"{e.message}")
+                now = time.monotonic()
+                while ts.unrouted and ts.unrouted[0][4] + self.delivery_timeout_s <= now:
+                    self._fail_unrouted(ts.unrouted.popleft(), expired)
                 if not ts.unrouted:
                     return
                 await asyncio.sleep(_backoff(delay))
                 delay = min(delay * 2, BACKOFF_MAX_S)
                 continue
-            ts.shards = len(md.shards)
-            ts.refreshed_at = loop.time()
-            while ts.unrouted:
-                self._assign(ts, ts.unrouted.popleft())
+            self._routed(ts, len(md.shards))
             return
 
-    def _assign(self, ts: _TopicState, p: _Pending) -> None:
-        n = ts.shards
-        assert n is not None
-        shard = shard_for_key(p.key, n) if p.key is not None else self._rr.next(n)
-        st = self._shards.get((p.topic, shard))
-        if st is None:
-            st = self._shards[(p.topic, shard)] = _ShardState(p.topic, shard, self.producer_id)
-            st.task = asyncio.create_task(self._sender(st), name=f"chorus-produce-{p.topic}#{shard}")
-        st.queue.append(p)
-        st.queued_bytes += p.size
-        if len(st.queue) == 1 or len(st.queue) >= self.batch_records_max or st.queued_bytes >= self._batch_cap():
-            st.wake.set()
+    def _routed(self, ts: _TopicState, shards: int) -> None:
+        """Metadata arrived: route the records that waited for it."""
+        kicks = []
+        with self._lock:
+            ts.shards = shards
+            ts.refreshed_at = time.monotonic()
+            while ts.unrouted:
+                record, level, size, fut, _accepted = ts.unrouted.popleft()
+                st, _b, _i, kick = self._append(ts, record, level, size, fut, charge=False)
+                if kick:
+                    kicks.append(st)
+        for st in kicks:
+            self._kick(st)
+
+    async def _topic(self, topic: str, timeout_s: float) -> _TopicState:
+        """The topic's routing state, fetching its metadata first if needed:
+        retriable failures are retried for up to ``timeout_s``; an unknown
+        topic raises ``ChorusError(UNKNOWN_TOPIC)`` at once."""
+        ts = self._topics.get(topic)
+        if ts is None:
+            ts = self._topics[topic] = _TopicState(topic)
+        deadline = time.monotonic() + timeout_s
+        delay = BACKOFF_MIN_S
+        while ts.shards is None:
+            try:
+                md = await self._cluster.metadata(topic)
+            except ChorusError as e:
+                remaining = deadline - time.monotonic()
+                if not e.retriable or e.code is ErrorCode.UNKNOWN_TOPIC or remaining <= 0 or self._closing:
+                    if e.retriable and e.code is not ErrorCode.UNKNOWN_TOPIC:
+                        raise ChorusError(ErrorCode.TIMEOUT, f"no metadata for topic {topic!r} within "
+                                                             f"{timeout_s:g} s: {e.message}") from None
+                    raise
+                await asyncio.sleep(min(remaining, _backoff(delay)))
+                delay = min(delay * 2, BACKOFF_MAX_S)
+                continue
+            if ts.shards is None:
+                self._routed(ts, len(md.shards))
+        return ts
 
     # -- the per-shard sender
 
-    def _urgent(self, st: _ShardState) -> bool:
-        return (self._flushing > 0 or self._closing or len(st.queue) >= self.batch_records_max
-                or st.queued_bytes >= self._batch_cap())
-
     async def _sender(self, st: _ShardState) -> None:
-        """Sends the shard's batches one at a time (at most one in flight)."""
-        loop = asyncio.get_running_loop()
+        """Sends the shard's batches one at a time (at most one in flight,
+        so a shard stores records in the order they were sent)."""
         while True:
-            if not st.queue:
-                st.wake.clear()
-                await st.wake.wait()
+            st.wake.clear()
+            batch: _Batch | None = None
+            wait: float | None = None
+            with self._lock:
+                q = st.queue
+                if not q:
+                    st.sleeping = True
+                else:
+                    first = q[0]
+                    if (self._flushing > 0 or self._closing or len(q) > 1
+                            or len(first.records) >= self.batch_records_max):
+                        wait = 0.0
+                    else:
+                        wait = first.created + self.linger_s - time.monotonic()
+                    if wait > 0:
+                        st.sleeping = True
+                    else:
+                        batch = q.popleft()
+            if batch is None:
+                try:
+                    async with asyncio.timeout(wait):
+                        await st.wake.wait()
+                except TimeoutError:
+                    pass
+                with self._lock:
+                    st.sleeping = False
                 continue
-            if not self._urgent(st):
-                wait = st.queue[0].accepted + self.linger_s - loop.time()
-                if wait > 0:
-                    st.wake.clear()
-                    try:
-                        async with asyncio.timeout(wait):
-                            await st.wake.wait()
-                    except TimeoutError:
-                        pass
-                    continue
-            batch = self._take_batch(st)
-            if not batch:
+            if batch.created + self.delivery_timeout_s <= time.monotonic():
+                self._fail_shard(st, batch, ChorusError(
+                    ErrorCode.TIMEOUT, f"delivery timeout of {self.delivery_timeout_s:g} s expired before "
+                                       f"the records were sent to {st.topic}#{st.shard}"))
                 continue
             try:
                 await self._send_batch(st, batch)
@@ -1158,51 +1294,25 @@ class AsyncProducer:
                 log.exception("producer failed on %s#%d", st.topic, st.shard)
                 self._fail_shard(st, batch, ChorusError(None, f"internal client error: {e!r}"))
 
-    def _take_batch(self, st: _ShardState) -> list[_Pending]:
-        now = asyncio.get_running_loop().time()
-        while st.queue and st.queue[0].deadline <= now:
-            p = st.queue.popleft()
-            st.queued_bytes -= p.size
-            self._finish(p, error=ChorusError(ErrorCode.TIMEOUT, f"delivery timeout of {self.delivery_timeout_s:g} s "
-                                                                 f"expired before the record was sent to "
-                                                                 f"{st.topic}#{st.shard}"))
-        if not st.queue:
-            return []
-        level = st.queue[0].level
-        cap = self._batch_cap()
-        batch: list[_Pending] = []
-        size = _BATCH_OVERHEAD
-        while st.queue and len(batch) < self.batch_records_max:
-            p = st.queue[0]
-            if p.level != level or (batch and size + p.size > cap):
-                break
-            batch.append(st.queue.popleft())
-            st.queued_bytes -= p.size
-            size += p.size
-        return batch
-
-    async def _send_batch(self, st: _ShardState, batch: list[_Pending]) -> None:
-        loop = asyncio.get_running_loop()
-        n = len(batch)
-        if st.next_sequence + n > _U32_MAX:  # sequences are u32: continue under a new producer id
-            st.producer_id, st.next_sequence = _new_producer_id(), 0
-        sequence = st.next_sequence
-        try:
-            data = encode_batch([Record(p.key, p.value, p.headers, p.timestamp_ms) for p in batch],
-                                producer_id=st.producer_id, base_sequence=sequence, compress=self.compression)
-        except ValueError as e:
-            err = ChorusError(None, f"cannot encode a batch for {st.topic}#{st.shard}: {e}")
-            for p in batch:
-                self._finish(p, error=err.copy())
-            return
-        st.next_sequence = sequence + n
-        level = batch[0].level
-        deadline = min(p.deadline for p in batch)
+    async def _send_batch(self, st: _ShardState, batch: _Batch) -> None:
+        n = len(batch.records)
+        if batch.data is None:
+            if st.next_sequence + n > _U32_MAX:  # sequences are u32: continue under a new producer id
+                st.producer_id, st.next_sequence = _new_producer_id(), 0
+            batch.producer_id, batch.sequence = st.producer_id, st.next_sequence
+            try:
+                batch.data = encode_batch(batch.records, producer_id=batch.producer_id,
+                                          base_sequence=batch.sequence, compress=self.compression)
+            except ValueError as e:
+                self._settle(batch, error=ChorusError(None, f"cannot encode a batch for {st.topic}#{st.shard}: {e}"))
+                return
+            st.next_sequence += n
+        deadline = batch.created + self.delivery_timeout_s
         delay = BACKOFF_MIN_S
         topic_checked = False
         last: ChorusError | None = None
         while True:
-            remaining = deadline - loop.time()
+            remaining = deadline - time.monotonic()
             if remaining <= 0:
                 why = f": {last.message}" if last is not None else ""
                 self._fail_shard(st, batch, ChorusError(
@@ -1211,8 +1321,9 @@ class AsyncProducer:
                     f"{st.topic}#{st.shard}{why}"))
                 return
             timeout_s = min(self.request_timeout_s, remaining)
-            req = fr.ProduceRequest(topic=st.topic, shard=st.shard, level=level, producer_id=st.producer_id,
-                                    sequence=sequence, timeout_ms=max(1, int(timeout_s * 1000)), batch=data)
+            req = fr.ProduceRequest(topic=st.topic, shard=st.shard, level=batch.level, producer_id=batch.producer_id,
+                                    sequence=batch.sequence, timeout_ms=max(1, int(timeout_s * 1000)),
+                                    batch=batch.data)
             try:
                 async with asyncio.timeout(timeout_s + RESPONSE_GRACE_S):
                     conn = await self._cluster.connection()
@@ -1236,17 +1347,16 @@ class AsyncProducer:
                 elif not e.retriable:
                     self._fail_shard(st, batch, e)
                     return
-                log.debug("produce to %s#%d failed (%s); retrying sequence %d", st.topic, st.shard, e, sequence)
+                log.debug("produce to %s#%d failed (%s); retrying sequence %d", st.topic, st.shard, e,
+                          batch.sequence)
             else:
                 if not isinstance(resp, fr.ProduceResponse):
                     self._fail_shard(st, batch, ChorusError(None, f"unexpected answer {type(resp).__name__} "
                                                                   f"to a ProduceRequest"))
                     return
-                for i, p in enumerate(batch):
-                    self._finish(p, RecordMetadata(st.topic, st.shard, resp.base_offset + i, resp.level_met,
-                                                   p.timestamp_ms))
+                self._settle(batch, resp.base_offset, resp.level_met)
                 return
-            await asyncio.sleep(max(0.0, min(deadline - loop.time(), _backoff(delay))))
+            await asyncio.sleep(max(0.0, min(deadline - time.monotonic(), _backoff(delay))))
             delay = min(delay * 2, BACKOFF_MAX_S)
 
     async def _refresh_quietly(self, topic: str) -> None:
@@ -1257,19 +1367,20 @@ class AsyncProducer:
             return
         ts = self._topics.get(topic)
         if ts is not None:
-            ts.shards = len(md.shards)
-            ts.refreshed_at = asyncio.get_running_loop().time()
+            with self._lock:
+                ts.shards = len(md.shards)
+                ts.refreshed_at = time.monotonic()
 
-    def _fail_shard(self, st: _ShardState, batch: list[_Pending], error: ChorusError) -> None:
-        """A batch failed for good: fail it and everything queued behind it,
+    def _fail_shard(self, st: _ShardState, batch: _Batch, error: ChorusError) -> None:
+        """A batch failed for good: fail it and every batch queued behind it,
         and continue the shard under a fresh producer id."""
-        log.warning("producing %d records to %s#%d failed: %s", len(batch), st.topic, st.shard, error)
-        for p in batch:
-            self._finish(p, error=error.copy())
-        while st.queue:
-            self._finish(st.queue.popleft(), error=error.copy())
-        st.queued_bytes = 0
-        st.producer_id, st.next_sequence = _new_producer_id(), 0
+        log.warning("producing %d records to %s#%d failed: %s", len(batch.records), st.topic, st.shard, error)
+        with self._lock:
+            behind = list(st.queue)
+            st.queue.clear()
+            st.producer_id, st.next_sequence = _new_producer_id(), 0
+        for b in [batch, *behind]:
+            self._settle(b, error=error)
 
 
 # -- AsyncConsumer ------------------------------------------------------------------
@@ -1607,76 +1718,117 @@ class Client(_Blocking):
         return self._thread.run(self._client.fetch_all(topic, shard, start))
 
 
+class RecordFuture:
+    """The future of one record sent by :meth:`Producer.send`: thread-safe,
+    with the part of ``concurrent.futures.Future`` a producer needs
+    (``result``, ``exception``, ``done``, ``add_done_callback``).
+
+    It is a view of the record's batch, so sending allocates no lock or
+    condition per record; the result is built when asked for."""
+
+    __slots__ = ("_batch", "_index", "_cond")
+
+    def __init__(self, batch: _Batch, index: int, cond: threading.Condition) -> None:
+        self._batch = batch
+        self._index = index
+        self._cond = cond
+
+    def done(self) -> bool:
+        return self._batch.settled
+
+    def running(self) -> bool:
+        return not self._batch.settled
+
+    def cancelled(self) -> bool:
+        return False
+
+    def cancel(self) -> bool:
+        """Records cannot be withdrawn once sent: always False."""
+        return False
+
+    def _wait(self, timeout: float | None) -> _Batch:
+        batch = self._batch
+        if not batch.settled:
+            with self._cond:
+                if not self._cond.wait_for(lambda: batch.settled, timeout):
+                    raise TimeoutError(f"the record was not settled within {timeout:g} s")
+        return batch
+
+    def result(self, timeout: float | None = None) -> RecordMetadata:
+        """Where the record was stored; waits at most ``timeout`` seconds
+        (``TimeoutError``).  Raises the :class:`ChorusError` it failed with."""
+        batch = self._wait(timeout)
+        if batch.error is not None:
+            raise batch.error
+        return batch.metadata(self._index)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        return self._wait(timeout).error
+
+    def add_done_callback(self, fn: Callable[["RecordFuture"], Any]) -> None:
+        """Call ``fn(self)`` once the record is settled: at once if it is,
+        else in the producer's background thread."""
+        batch = self._batch
+        with self._cond:
+            if not batch.settled:
+                if batch.callbacks is None:
+                    batch.callbacks = []
+                batch.callbacks.append((fn, self))
+                return
+        fn(self)
+
+    def __repr__(self) -> str:
+        state = "pending" if not self._batch.settled else "failed" if self._batch.error else "done"
+        return f"<RecordFuture {self._batch.shard_state.topic}#{self._batch.shard_state.shard} {state}>"
+
+
 class Producer(_Blocking):
     """Blocking :class:`AsyncProducer` (same options, plus ``max_block_s``:
-    how long :meth:`send` may block while the buffer is full).  Connects on
-    creation; ``close`` (or leaving ``with``) delivers what is pending and
-    stops the background thread."""
+    how long :meth:`send` may block while the buffer is full or the topic's
+    metadata is first fetched).  Connects on creation; ``close`` (or leaving
+    ``with``) delivers what is pending and stops the background thread.
+
+    :meth:`send` adds the record to its shard's batch from the calling
+    thread, so sending costs a few microseconds; the background thread
+    only sends whole batches."""
 
     def __init__(self, bootstrap: str | Sequence[str] = f"127.0.0.1:{DEFAULT_PORT}", *, max_block_s: float = 60.0,
                  **options: Any) -> None:
         self.max_block_s = max_block_s
-        # The buffer bound, kept on this side: records handed to the loop and
-        # not yet settled.  send() blocks here, so the loop never overfills.
-        self._room = threading.Condition()
-        self._held = 0
-        self._inbox: deque[tuple[_Pending, concurrent.futures.Future[RecordMetadata]]] = deque()
-        self._drain_scheduled = False
         self._producer: AsyncProducer = self._open("chorus-client-producer",
                                                    lambda: AsyncProducer(bootstrap, **options))
 
     def send(self, topic: str, value: bytes, *, key: bytes | None = None,
              headers: Mapping[str, bytes] | Iterable[tuple[str, bytes]] | None = None,
-             level: Level | str | None = None) -> "concurrent.futures.Future[RecordMetadata]":
-        """Accept one record and return a future of its :class:`RecordMetadata`.
+             level: Level | str | None = None) -> RecordFuture:
+        """Accept one record and return a :class:`RecordFuture` of its
+        :class:`RecordMetadata`.
 
-        Blocks only while the buffer is full (at most ``max_block_s``, then
-        ``ChorusError``).  Errors with the arguments raise at once."""
+        Blocks only while the buffer is full or the topic's metadata is
+        fetched for the first time (at most ``max_block_s`` each, then
+        ``ChorusError``).  Errors with the arguments, and an unknown topic,
+        raise at once."""
         if self._closed:
             raise ChorusError(None, "the producer is closed")
-        producer = self._producer
-        p = producer._prepare(topic, value, key, headers, level)
-        size = p.size
-        with self._room:
-            if not self._room.wait_for(lambda: self._held + size <= producer.buffer_bytes_max or self._closed,
-                                       self.max_block_s):
-                raise ChorusError(None, f"buffer full: no room for the record within {self.max_block_s:g} s")
-            if self._closed:
+        ap = self._producer
+        record, lvl, size = ap._prepare(topic, value, key, headers, level)
+        ts = ap._topics.get(topic)
+        if ts is None or ts.shards is None:
+            ts = self._thread.run(ap._topic(topic, self.max_block_s))
+        elif time.monotonic() - ts.refreshed_at > METADATA_MAX_AGE_S and (ts.resolver is None or ts.resolver.done()):
+            self._thread.call_soon(ap._resolve, ts)
+        room = ap._settled
+        with room:
+            if ap._buffered + size > ap.buffer_bytes_max:
+                if not room.wait_for(lambda: ap._buffered + size <= ap.buffer_bytes_max or ap._closing,
+                                     self.max_block_s):
+                    raise ChorusError(None, f"buffer full: no room for the record within {self.max_block_s:g} s")
+            if ap._closing:
                 raise ChorusError(None, "the producer is closed")
-            self._held += size
-            result: concurrent.futures.Future[RecordMetadata] = concurrent.futures.Future()
-            result.set_running_or_notify_cancel()
-            self._inbox.append((p, result))
-            schedule = not self._drain_scheduled
-            self._drain_scheduled = True
-        if schedule:
-            try:
-                self._thread.call_soon(self._drain)
-            except ChorusError:
-                self._drain()  # the loop is gone: fail what is in the inbox
-                raise
-        return result
-
-    def _release(self, size: int) -> None:
-        with self._room:
-            self._held -= size
-            self._room.notify_all()
-
-    def _drain(self) -> None:
-        """Admit the records handed over by send(), in call order (loop thread)."""
-        with self._room:
-            items = list(self._inbox)
-            self._inbox.clear()
-            self._drain_scheduled = False
-        for p, result in items:
-            try:
-                fut = self._producer._admit(p)
-            except (ChorusError, RuntimeError) as e:
-                self._release(p.size)
-                result.set_exception(e if isinstance(e, ChorusError) else ChorusError(None, "the producer is closed"))
-                continue
-            fut.add_done_callback(lambda _, size=p.size: self._release(size))
-            _chain(fut, result)
+            st, batch, index, kick = ap._append(ts, record, lvl, size, None)
+        if kick:
+            self._thread.call_soon(ap._kick, st)
+        return RecordFuture(batch, index, room)
 
     def flush(self, timeout_s: float | None = None) -> None:
         """See :meth:`AsyncProducer.flush`."""
@@ -1686,9 +1838,7 @@ class Producer(_Blocking):
         """See :meth:`AsyncProducer.close`; also stops the background thread."""
         if self._closed:
             return
-        with self._room:
-            self._closed = True
-            self._room.notify_all()
+        self._closed = True
         try:
             self._thread.run(self._producer.close(timeout_s))
         finally:

@@ -1128,3 +1128,61 @@ def test_sync_producer_reports_connection_errors() -> None:
     with pytest.raises(ChorusConnectionError, match="cannot connect to any of"):
         Producer(refused_address(), connect_timeout_s=0.2)
     assert client_threads() == []
+
+
+def test_sync_record_futures_callbacks_and_failures() -> None:
+    node = FakeNode({TOPIC: 2})
+    with node.in_thread():
+        with Producer(node.address, linger_ms=300, delivery_timeout_s=0.5) as p:
+            with pytest.raises(ChorusError, match="does not exist") as err:
+                p.send("acme/shop/web/nope", b"x")  # an unknown topic raises at once
+            assert err.value.code is ErrorCode.UNKNOWN_TOPIC
+            f = p.send(TOPIC, b"a", key=b"k")
+            assert not f.done() and f.running() and not f.cancel()
+            with pytest.raises(TimeoutError):
+                f.result(0.01)  # still lingering
+            seen: list[Any] = []
+            f.add_done_callback(seen.append)
+            assert seen == []
+            md = f.result(5)  # the linger ends, the batch goes
+            assert f.done() and f.exception() is None and seen == [f]
+            assert (md.topic, md.shard, md.offset) == (TOPIC, shard_for_key(b"k", 2), 0)
+            f.add_done_callback(seen.append)  # already settled: called at once
+            assert seen == [f, f]
+            node.call(lambda: node.fail_produces(1000, ErrorCode.NOT_LEADER))
+            failed = [p.send(TOPIC, b"lost %d" % i, key=b"k") for i in range(3)]
+            for g in failed:
+                e = g.exception(5)
+                assert isinstance(e, ChorusError) and e.code is ErrorCode.NOT_LEADER
+                assert "delivery timeout" in e.message
+                with pytest.raises(ChorusError):
+                    g.result()
+            assert p.buffered_bytes == 0
+            node.call(node.clear_faults)
+            assert p.send(TOPIC, b"b", key=b"k").result(5).offset == 1
+    assert client_threads() == []
+
+
+def test_sync_send_blocks_while_the_buffer_is_full() -> None:
+    node = FakeNode({TOPIC: 1})
+    with node.in_thread():
+        node.call(lambda: node.fail_produces(1000, ErrorCode.NOT_LEADER))
+        with Producer(node.address, linger_ms=0, buffer_bytes_max=1000, max_block_s=0.3,
+                      delivery_timeout_s=10) as p:
+            held = [p.send(TOPIC, bytes(100)) for _ in range(8)]  # 8 x 124 bytes fit
+            start = time.monotonic()
+            with pytest.raises(ChorusError, match="buffer full"):
+                p.send(TOPIC, bytes(100))
+            assert 0.25 <= time.monotonic() - start < 1.0
+            assert p.buffered_bytes <= 1000
+            # the node recovers: the held records are delivered and the blocked send gets room
+            clear = threading.Timer(0.3, lambda: node.call(node.clear_faults))
+            clear.start()
+            p.max_block_s = 5
+            start = time.monotonic()
+            late = p.send(TOPIC, bytes(100))
+            assert time.monotonic() - start >= 0.2
+            assert [f.result(5).offset for f in held] == list(range(8))
+            assert late.result(5).offset == 8
+            clear.join()
+    assert client_threads() == []
