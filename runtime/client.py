@@ -96,7 +96,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import dataclasses
 import logging
 import os
 import random
@@ -300,20 +299,6 @@ def _retrieve(fut: "asyncio.Future[Any]") -> None:
     """Done callback: mark a future's exception as seen (no 'never retrieved' noise)."""
     if not fut.cancelled():
         fut.exception()
-
-
-def _chain(source: "asyncio.Future[T]", target: "concurrent.futures.Future[T]") -> None:
-    """Complete ``target`` (thread-safe future) like ``source`` once it is done."""
-    def done(f: "asyncio.Future[T]") -> None:
-        if target.done():
-            return
-        if f.cancelled():
-            target.set_exception(ChorusError(None, "cancelled"))
-        elif f.exception() is not None:
-            target.set_exception(f.exception())  # type: ignore[arg-type]
-        else:
-            target.set_result(f.result())
-    source.add_done_callback(done)
 
 
 def _normalize_headers(headers: Mapping[str, bytes] | Iterable[tuple[str, bytes]] | None) -> tuple[tuple[str, bytes], ...]:
@@ -1418,11 +1403,21 @@ class AsyncConsumer:
         self._cluster.on_delivery = self._on_delivery
         self._request = fr.SubscribeRequest(topic=topic, subscription=subscription, mode=self.mode,
                                             consumer_id=self.consumer_id)
-        self._queue: asyncio.Queue[Message | None] = asyncio.Queue()
-        self._acks: dict[tuple[int, bool], list[tuple[int, asyncio.Future[None]]]] = {}
-        self._ack_count = 0
+        # Delivered messages and acknowledgements are shared with the
+        # blocking Consumer's calling threads: this lock guards them, and its
+        # condition is notified when messages arrive or the consumer ends.
+        self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)
+        self._messages: deque[Message] = deque()
+        self._ready = asyncio.Event()  # set when messages arrive or the consumer ends (loop thread)
+        self._ended = False
+        self._round: _AckRound | None = None  # acknowledgements being collected
+        self._rounds: dict[_AckRound, None] = {}  # rounds not yet answered, oldest first
+        self._acked = asyncio.Event()  # set whenever a round is answered
         self._ack_wake = asyncio.Event()
-        self._unsettled: set[asyncio.Future[None]] = set()
+        self._flushing = 0
+        self._blocking = False  # the blocking Consumer: acknowledgement futures are concurrent ones
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._error: ChorusError | None = None
         self._closing = False
@@ -1430,6 +1425,7 @@ class AsyncConsumer:
 
     async def start(self) -> "AsyncConsumer":
         """Attach to the subscription; deliveries start right after."""
+        self._loop = asyncio.get_running_loop()
         await self._subscribe()
         self._tasks = [asyncio.create_task(self._keepalive_loop(), name="chorus-consumer-keepalive"),
                        asyncio.create_task(self._ack_loop(), name="chorus-consumer-acks")]
@@ -1456,18 +1452,30 @@ class AsyncConsumer:
                 await self.flush_acks(timeout_s)
             except ChorusError:
                 pass
-        self._closed = True
+        with self._lock:
+            self._closed = True
+            left = list(self._rounds)
+            self._round = None
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         err = ChorusError(None, "the consumer was closed before the acknowledgement was sent")
-        for fut in list(self._unsettled):
-            if not fut.done():
-                fut.set_exception(err.copy())
+        for r in left:
+            self._answer_round(r, err, quiet=True)
         await self._cluster.close()
-        while not self._queue.empty():
-            self._queue.get_nowait()
-        self._queue.put_nowait(None)
+        self._end(None, drop=True)
+
+    def _end(self, error: ChorusError | None, drop: bool = False) -> None:
+        """No more messages will arrive (loop thread): pollers get what is
+        left (nothing with ``drop``), then None or ``error``."""
+        with self._lock:
+            if error is not None and self._error is None:
+                self._error = error
+            self._ended = True
+            if drop:
+                self._messages.clear()
+            self._arrived.notify_all()
+        self._ready.set()
 
     # -- receiving
 
@@ -1483,26 +1491,36 @@ class AsyncConsumer:
     async def poll(self, timeout_s: float | None = None) -> Message | None:
         """The next message; None after ``timeout_s`` or once the consumer is
         closed.  Raises the error that stopped the consumer, if any."""
-        if self._closed and self._queue.empty():
-            return None
         try:
             async with asyncio.timeout(timeout_s):
-                msg = await self._queue.get()
+                while True:
+                    self._ready.clear()
+                    msg = self._take()
+                    if msg is not None or self._ended:
+                        return msg
+                    await self._ready.wait()
         except TimeoutError:
             return None
-        if msg is None:
-            self._queue.put_nowait(None)  # for every later poll
-            if self._error is not None:
-                raise self._error.copy()
-            return None
-        return msg
+
+    def _take(self) -> Message | None:
+        """The next delivered message, None if there is none (the lock may be
+        held); raises the error that ended the consumer once all are taken."""
+        if self._messages:
+            return self._messages.popleft()
+        if self._ended and self._error is not None:
+            raise self._error.copy()
+        return None
 
     def _on_delivery(self, d: fr.Delivery) -> None:
         if self._closed or d.topic != self.topic or d.subscription != self.subscription:
             return
-        for r in d.records:
-            self._queue.put_nowait(Message(d.topic, d.shard, r.offset, r.payload, r.redelivery, d.subscription,
-                                           self._settle))
+        settle = self._settle
+        msgs = [Message(d.topic, d.shard, r.offset, r.payload, r.redelivery, d.subscription, settle)
+                for r in d.records]
+        with self._lock:
+            self._messages.extend(msgs)
+            self._arrived.notify(len(msgs))
+        self._ready.set()
 
     # -- subscription keep-alive
 
@@ -1529,8 +1547,7 @@ class AsyncConsumer:
                     log.warning("subscription %s of %s is held by another consumer; retrying", self.subscription,
                                 self.topic)
                 elif not e.retriable:
-                    self._error = e
-                    self._queue.put_nowait(None)
+                    self._end(e)
                     return
                 else:
                     log.info("keep-alive of subscription %s failed: %s", self.subscription, e)
@@ -1546,59 +1563,109 @@ class AsyncConsumer:
         """Ask for ``msg`` to be delivered again (same as ``msg.nack()``)."""
         return self._settle(msg, True)
 
-    def _settle(self, msg: Message, nack: bool) -> "asyncio.Future[None]":
-        if self._closed:
-            raise ChorusError(None, "the consumer is closed")
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._unsettled.add(fut)
-        fut.add_done_callback(self._settled)
-        self._acks.setdefault((msg.shard, nack), []).append((msg.offset, fut))
-        self._ack_count += 1
-        self._ack_wake.set()
-        return fut
-
-    def _settled(self, fut: "asyncio.Future[None]") -> None:
-        self._unsettled.discard(fut)
-        if not fut.cancelled() and fut.exception() is not None and not self._closed:
-            log.warning("acknowledgement to subscription %s failed: %s", self.subscription, fut.exception())
+    def _settle(self, msg: Message, nack: bool) -> Any:
+        """Add an acknowledgement to the round being collected (any thread
+        for the blocking Consumer); the round's future."""
+        with self._lock:
+            if self._closed:
+                raise ChorusError(None, "the consumer is closed")
+            r = self._round
+            opened = r is None
+            if opened:
+                r = self._round = _AckRound(None if self._blocking else self._loop)
+                self._rounds[r] = None
+            r.groups.setdefault((msg.shard, nack), []).append(msg.offset)
+            r.count += 1
+            wake = opened or r.count == self.ack_batch_max
+        if wake:
+            if self._blocking:
+                self._loop.call_soon_threadsafe(self._ack_wake.set)  # type: ignore[union-attr]
+            else:
+                self._ack_wake.set()
+        return r.future
 
     async def flush_acks(self, timeout_s: float | None = None) -> None:
         """Wait until every acknowledgement made so far is confirmed or failed."""
-        pending = list(self._unsettled)
-        if not pending:
+        with self._lock:
+            rounds = list(self._rounds)
+        if not rounds:
             return
+        self._flushing += 1
         self._ack_wake.set()
-        _, not_done = await asyncio.wait(pending, timeout=timeout_s)
-        if not_done:
-            raise ChorusError(ErrorCode.TIMEOUT, f"{len(not_done)} acknowledgements not confirmed within "
-                                                 f"{timeout_s:g} s")
+        try:
+            async with asyncio.timeout(timeout_s):
+                for r in rounds:
+                    while not r.done:
+                        self._acked.clear()
+                        await self._acked.wait()
+        except TimeoutError:
+            left = sum(r.count for r in rounds if not r.done)
+            raise ChorusError(ErrorCode.TIMEOUT, f"{left} acknowledgements not confirmed within "
+                                                 f"{timeout_s:g} s") from None
+        finally:
+            self._flushing -= 1
 
     async def _ack_loop(self) -> None:
         while True:
             await self._ack_wake.wait()
-            if self._ack_count < self.ack_batch_max and not self._closing:
-                await asyncio.sleep(self.ack_interval_s)
             self._ack_wake.clear()
-            groups, self._acks, self._ack_count = self._acks, {}, 0
-            if groups:
-                await asyncio.gather(*(self._send_acks(shard, nack, items)
-                                       for (shard, nack), items in groups.items()))
+            with self._lock:
+                count = self._round.count if self._round is not None else 0
+            if not count:
+                continue
+            if count < self.ack_batch_max and not self._closing and not self._flushing:
+                await asyncio.sleep(self.ack_interval_s)
+            with self._lock:
+                r, self._round = self._round, None
+            if r is not None:
+                await self._send_round(r)
 
-    async def _send_acks(self, shard: int, nack: bool, items: list[tuple[int, asyncio.Future[None]]]) -> None:
-        req = fr.AckRequest(topic=self.topic, shard=shard, subscription=self.subscription,
-                            consumer_id=self.consumer_id, offsets=tuple(o for o, _ in items), nack=nack)
-        try:
+    async def _send_round(self, r: "_AckRound") -> None:
+        async def send(shard: int, nack: bool, offsets: list[int]) -> None:
+            req = fr.AckRequest(topic=self.topic, shard=shard, subscription=self.subscription,
+                                consumer_id=self.consumer_id, offsets=tuple(offsets), nack=nack)
             resp = await self._cluster.call(req)
             if not isinstance(resp, fr.AckResponse):
                 raise ChorusError(None, f"unexpected answer {type(resp).__name__} to an AckRequest")
-        except ChorusError as e:
-            for _, fut in items:
-                if not fut.done():
-                    fut.set_exception(e.copy())
-            return
-        for _, fut in items:
-            if not fut.done():
+        results = await asyncio.gather(*(send(shard, nack, offsets) for (shard, nack), offsets in r.groups.items()),
+                                       return_exceptions=True)
+        error = next((e for e in results if isinstance(e, BaseException)), None)
+        if error is not None and not isinstance(error, ChorusError):
+            error = ChorusError(None, f"acknowledgement failed: {error!r}")
+        self._answer_round(r, error)
+
+    def _answer_round(self, r: "_AckRound", error: ChorusError | None, quiet: bool = False) -> None:
+        with self._lock:
+            if r.done:
+                return
+            r.done = True
+            self._rounds.pop(r, None)
+        if error is not None and not quiet and not self._closed:
+            log.warning("%d acknowledgements to subscription %s failed (the records will be delivered again): %s",
+                        r.count, self.subscription, error)
+        fut = r.future
+        if not fut.done():
+            if error is None:
                 fut.set_result(None)
+            else:
+                fut.set_exception(error.copy())
+                if isinstance(fut, asyncio.Future):
+                    fut.exception()  # reported above: no "never retrieved" noise
+        self._acked.set()
+
+
+class _AckRound:
+    """The acknowledgements collected during one ``ack_interval_ms``, sent
+    as one ``AckRequest`` per shard and kind; every ``ack()`` of the round
+    returns the round's one future."""
+
+    __slots__ = ("groups", "count", "future", "done")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        self.groups: dict[tuple[int, bool], list[int]] = {}
+        self.count = 0
+        self.future: Any = loop.create_future() if loop is not None else concurrent.futures.Future()
+        self.done = False
 
 
 # -- blocking wrappers ------------------------------------------------------------
@@ -1852,11 +1919,16 @@ class Producer(_Blocking):
 class Consumer(_Blocking):
     """Blocking :class:`AsyncConsumer` (same arguments).  ``for msg in c``
     iterates until the consumer is closed; ``msg.ack()`` may be called from
-    any thread and returns a ``concurrent.futures.Future``."""
+    any thread and returns a ``concurrent.futures.Future`` (shared by the
+    acknowledgements sent together).  Messages are handed over in batches,
+    so polling does not wait on the background thread."""
 
     def __init__(self, bootstrap: str | Sequence[str], topic: str, subscription: str, **options: Any) -> None:
-        self._consumer: AsyncConsumer = self._open(
-            "chorus-client-consumer", lambda: AsyncConsumer(bootstrap, topic, subscription, **options))
+        def make() -> AsyncConsumer:
+            c = AsyncConsumer(bootstrap, topic, subscription, **options)
+            c._blocking = True
+            return c
+        self._consumer: AsyncConsumer = self._open("chorus-client-consumer", make)
 
     @property
     def consumer_id(self) -> str:
@@ -1868,10 +1940,11 @@ class Consumer(_Blocking):
 
     def poll(self, timeout_s: float | None = None) -> Message | None:
         """The next message, or None after ``timeout_s`` or once closed."""
-        if self._closed:
-            return None
-        msg = self._thread.run(self._consumer.poll(timeout_s))
-        return None if msg is None else dataclasses.replace(msg, _settle=self._settle)
+        c = self._consumer
+        with c._arrived:
+            if not c._arrived.wait_for(lambda: c._messages or c._ended, timeout_s):
+                return None
+            return c._take()
 
     def __iter__(self) -> Iterator[Message]:
         while True:
@@ -1881,26 +1954,10 @@ class Consumer(_Blocking):
             yield msg
 
     def ack(self, msg: Message) -> "concurrent.futures.Future[None]":
-        return self._settle(msg, False)
+        return self._consumer._settle(msg, False)
 
     def nack(self, msg: Message) -> "concurrent.futures.Future[None]":
-        return self._settle(msg, True)
-
-    def _settle(self, msg: Message, nack: bool) -> "concurrent.futures.Future[None]":
-        if self._closed:
-            raise ChorusError(None, "the consumer is closed")
-        result: concurrent.futures.Future[None] = concurrent.futures.Future()
-        result.set_running_or_notify_cancel()
-
-        def settle() -> None:
-            try:
-                fut = self._consumer._settle(msg, nack)
-            except ChorusError as e:
-                result.set_exception(e)
-                return
-            _chain(fut, result)
-        self._thread.call_soon(settle)
-        return result
+        return self._consumer._settle(msg, True)
 
     def flush_acks(self, timeout_s: float | None = None) -> None:
         """See :meth:`AsyncConsumer.flush_acks`."""
