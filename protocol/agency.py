@@ -19,6 +19,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from protocol.brief import Brief
+
 OK = "ok"
 FAIL = "fail"
 UNKNOWN = "unknown"
@@ -62,7 +64,7 @@ class Read:
 
 
 @dataclass(frozen=True)
-class AgencyRequest:
+class AgencyRequest(Brief):
     client: str
     req_id: int
     op: Txn | Read
@@ -71,7 +73,7 @@ class AgencyRequest:
 
 
 @dataclass(frozen=True)
-class AgencyReply:
+class AgencyReply(Brief):
     client: str
     req_id: int
     status: str

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Union
 
+from protocol.brief import Brief
+
 
 class Mode(StrEnum):
     """Subscription modes.  ``StrEnum``: ``Mode.SHARED == "shared"``."""
@@ -126,7 +128,7 @@ class Unsubscribe:
 
 
 @dataclass(frozen=True)
-class Delivery:
+class Delivery(Brief):
     shard: str
     subscription: str
     consumer: str
@@ -135,7 +137,7 @@ class Delivery:
 
 
 @dataclass(frozen=True)
-class AckRecords:
+class AckRecords(Brief):
     shard: str
     subscription: str
     consumer: str

@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from protocol.brief import Brief
+
 
 @dataclass(frozen=True)
 class NodeBoot:
@@ -132,7 +134,7 @@ class DispatcherBoot:
 
 
 @dataclass(frozen=True)
-class PeersAre:
+class PeersAre(Brief):
     """The directory of the cluster as a node's launcher sees it: every
     node's endpoints.  Sent (again whenever it changes) to the local
     NodeActor, which updates its address book and passes it on to the
@@ -151,7 +153,7 @@ class ShardInfo:
 
 
 @dataclass(frozen=True)
-class Routed:
+class Routed(Brief):
     """A shard request (``Produce``, ``ReadShard``, ``Subscribe``,
     ``ShardInfo``) for a NodeActor to forward to ``leader``'s replica, named
     by a replica that is not the leader (its ``leader`` hint)."""
@@ -172,7 +174,7 @@ class NodesReply:
 
 
 @dataclass(frozen=True)
-class Directory:
+class Directory(Brief):
     """The directory document a node's Dispatcher serves at
     ``/api/v1/cluster/directory`` (JSON-able; addresses as host:port)."""
 

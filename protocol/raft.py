@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from protocol.brief import Brief
+
 RAFT_WIRE_VERSION = 1
 
 # Entry kinds.
@@ -107,7 +109,7 @@ class RequestVoteResp:
 
 
 @dataclass(frozen=True)
-class AppendEntries:
+class AppendEntries(Brief):
     frm: str
     to: str
     term: int
@@ -149,7 +151,7 @@ class HeartbeatResp:
 
 
 @dataclass(frozen=True)
-class InstallSnapshot:
+class InstallSnapshot(Brief):
     frm: str
     to: str
     term: int

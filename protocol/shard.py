@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from protocol.brief import Brief
+
 LEVELS = ("any", "one", "quorum", "all")
 
 
@@ -28,7 +30,7 @@ class ShardBoot:
 
 
 @dataclass(frozen=True)
-class Produce:
+class Produce(Brief):
     shard: str
     client: str
     req_id: int
@@ -55,7 +57,7 @@ class ProduceReply:
 
 
 @dataclass(frozen=True)
-class Push:
+class Push(Brief):
     """Leader -> follower: batches starting at ``prev_end`` (the follower's
     log must end there with a batch of epoch ``prev_epoch``)."""
 
@@ -121,7 +123,7 @@ class ReadShard:
 
 
 @dataclass(frozen=True)
-class ReadShardReply:
+class ReadShardReply(Brief):
     shard: str
     client: str
     req_id: int
