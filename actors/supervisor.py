@@ -64,6 +64,10 @@ from protocol.shard import Assign, Fence, Position, ReplicaState, ShardBugs
 from protocol.topics import TopicName, TopicSpec, topic_path
 
 PLAN_ROOT = "/chorus/plan/shards"
+# How long a planned leader that has never reported its state may take to
+# come up (a node reads new plans every poll and then starts an actor
+# process for the replica) before the supervisor fails it over.
+REPLICA_BOOT_S = 3.0
 
 
 def plan_path(shard: str) -> str:
@@ -133,6 +137,9 @@ class SupervisorCore:
         self.agency_leader: str | None = None
         self.plans: dict[str, Plan] = {}
         self.seen: dict[tuple[str, str], tuple[float, ReplicaState]] = {}
+        # shard -> (epoch, when this supervisor first saw the plan of that
+        # epoch): a leader that has never reported gets REPLICA_BOOT_S from then
+        self.plan_since: dict[str, tuple[int, float]] = {}
         self.node_seen: dict[str, float] = {}
         self.failovers: dict[str, _Failover] = {}
         self.req_seq = 0
@@ -313,6 +320,7 @@ class SupervisorCore:
         if isinstance(m, DeleteTopic):
             for s in all_shards:
                 self.plans.pop(s, None)
+                self.plan_since.pop(s, None)
             self.records.append(("supervisor.topic_deleted", {"topic": m.name}))
             self.out.append(("reply", reply_to, TopicReply(m.client, m.req_id, "ok", ())))
             return
@@ -399,6 +407,7 @@ class SupervisorCore:
         }
         for shard in [s for s in self.plans if s not in fresh and s not in self.failovers]:
             del self.plans[shard]  # deleted (by us or by another supervisor)
+            self.plan_since.pop(shard, None)
         for shard, plan in fresh.items():
             mine = self.plans.get(shard)
             # keep a newer plan we committed after this read was taken
@@ -491,6 +500,8 @@ class SupervisorCore:
         settling = now_s - self.started_s < self.grace_s
         for shard in sorted(self.plans):
             plan = self.plans[shard]
+            if self.plan_since.get(shard, (None,))[0] != plan.epoch:
+                self.plan_since[shard] = (plan.epoch, now_s)
             fo = self.failovers.get(shard)
             if fo is not None:
                 if now_s - fo.started_s > 10 * self.grace_s:
@@ -510,7 +521,12 @@ class SupervisorCore:
     def _leader_alive(self, shard: str, plan: Plan, now_s: float) -> bool:
         seen = self.seen.get((shard, plan.leader))
         if seen is None:
-            return now_s - self.started_s < 2 * self.grace_s
+            # never reported: a replica that is still being created (a new
+            # topic: the node reads the plan, then starts an actor process)
+            # or one of a node that is down.  Wait for its first report.
+            started = self.started_s if self.started_s is not None else now_s
+            since = max(started, self.plan_since.get(shard, (0, now_s))[1])
+            return now_s - since < max(2 * self.grace_s, REPLICA_BOOT_S)
         t, st = seen
         if now_s - t > self.grace_s:
             return False
@@ -629,6 +645,9 @@ class Supervisor(ChorusActor):
         for ep in msg.nodes:
             if ep.supervisor is not None:
                 self.sup_addrs[ep.node_id] = ep.supervisor
+        if self.core is not None:
+            # a node that joined the cluster can hold replicas from now on
+            self.core.nodes = tuple(sorted(set(self.core.nodes) | {ep.node_id for ep in msg.nodes}))
 
     def on_AgencyReply(self, msg: AgencyReply, sender: Any) -> None:
         if self.core is not None:
