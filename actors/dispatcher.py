@@ -172,6 +172,11 @@ class Dispatcher(ChorusActor):
         self.loaded = False
         self.after_poll: list[Callable[[], None]] = []
         self.shard_bytes: dict[str, int] = {}
+        # shard -> (leader node, its start time, leader replica address),
+        # learned from the sender of a good answer: requests then go straight
+        # to the replica, one actor hop instead of two through the NodeActor
+        self.replica_at: dict[str, tuple[str, Any, Any]] = {}
+        self.plan_leaders: dict[str, str | None] = {}
         self.subs: dict[tuple[str, str, str], _Sub] = {}  # (shard, subscription, internal consumer)
         self.conn_subs: dict[int, list[_Sub]] = {}
         self.subscribe_waits: dict[tuple[int, int], dict] = {}
@@ -290,11 +295,42 @@ class Dispatcher(ChorusActor):
         self.topics = dict(_walk_topics(topics_tree or {}))
         self.plans = dict(walk_plans(plans_tree or {}))
         self.nodes = {k: v for k, v in (nodes_tree or {}).items() if isinstance(v, dict)}
+        self._leaders_changed()
         self.namespaces = set(_walk_namespaces(ns_tree or {}))
         self.loaded = True
         waiting, self.after_poll = self.after_poll, []
         for cb in waiting:
             cb()
+
+    def _leaders_changed(self) -> None:
+        """After a poll: forget cached leader replicas whose shard has a new
+        planned leader (a failover) or whose node restarted (its actors have
+        new addresses), and send what waits on them again (see
+        :meth:`_forget_replicas`)."""
+        leaders = {shard: plan.get("leader") or None for shard, plan in self.plans.items()}
+        stale = {shard for shard, leader in leaders.items()
+                 if shard in self.plan_leaders and self.plan_leaders[shard] != leader}
+        stale |= set(self.plan_leaders) - set(leaders)
+        self.plan_leaders = leaders
+        for shard, (node, started, _addr) in self.replica_at.items():
+            if self.nodes.get(node, {}).get("started") != started:
+                stale.add(shard)
+        if stale:
+            self._forget_replicas(stale)
+
+    def _forget_replicas(self, shards: set[str]) -> None:
+        """Requests waiting on these shards' old leaders go to the planned
+        leaders now instead of waiting out their timeouts on a dead or
+        deposed replica.  Only reads and writes of idempotent producers (the
+        new leader recognises a retry) are sent again."""
+        for shard in shards:
+            self.replica_at.pop(shard, None)
+        for p in list(self.pending.values()):
+            if p.shard in shards and p.retry_at is None and (
+                    isinstance(p.msg, ReadShard) or (isinstance(p.msg, Produce) and p.msg.producer_id)):
+                p.target_hint = self.plan_leaders.get(p.shard)
+                p.hops = 0
+                self._send_pending(p)
 
     def _spec(self, topic: str, *, wait: Callable[[], None] | None = None) -> dict | None:
         """The topic's spec; None (after calling ``wait`` later) if unknown."""
@@ -419,6 +455,11 @@ class Dispatcher(ChorusActor):
 
     def _send_pending(self, p: _Pending) -> None:
         p.retry_at = None
+        if p.target_hint is None:
+            cached = self.replica_at.get(p.shard)
+            if cached is not None:
+                self.send(cached[2], p.msg)
+                return
         msg = p.msg if p.target_hint is None else Routed(p.msg, p.target_hint)
         self.send(self.boot.node, msg)
 
@@ -461,10 +502,21 @@ class Dispatcher(ChorusActor):
         self._release(p)
         p.on_fail(code, error)
 
+    def _learn(self, shard: str, leader: str | None, ok: bool, sender: Any) -> None:
+        """Remember the replica that served ``shard`` as its leader (with its
+        node's start time, to notice a restart), or forget it when it refused:
+        no longer the leader, or starting."""
+        if ok and leader:
+            self.replica_at[shard] = (leader, self.nodes.get(leader, {}).get("started"), sender)
+        elif not ok:
+            self.replica_at.pop(shard, None)
+
     def on_ProduceReply(self, msg: ProduceReply, sender: Any) -> None:
+        self._learn(msg.shard, msg.leader, msg.status == "ok", sender)
         self._answer(msg.req_id, msg.status, msg.leader, msg.error, msg)
 
     def on_ReadShardReply(self, msg: ReadShardReply, sender: Any) -> None:
+        self._learn(msg.shard, msg.leader, msg.status == "ok", sender)
         p = self.pending.get(msg.req_id)
         if p is not None and msg.status == "ok":
             # the read handler may re-arm the same pending entry (long poll)

@@ -245,6 +245,7 @@ def bench(
     size: int = typer.Option(100, "--size", min=8, max=1 << 20, help="message size in bytes"),
     rate: int = typer.Option(10_000, "--rate", min=1, help="messages/s of the end-to-end case"),
     seconds: float = typer.Option(10.0, "--seconds", min=1.0, help="duration of the end-to-end case"),
+    json_out: str = typer.Option(None, "--json", help="also write the results to this JSON file"),
 ) -> None:
     """Start real nodes on 127.0.0.1 and measure throughput, latency and failover."""
     from runtime.bench import CASES
@@ -254,7 +255,7 @@ def bench(
     if bad:
         console.print(f"[red]unknown case(s):[/] {', '.join(bad)}; choose from {', '.join(CASES)}")
         raise typer.Exit(2)
-    run_bench(list(dict.fromkeys(case)), messages, size, rate, seconds)
+    run_bench(list(dict.fromkeys(case)), messages, size, rate, seconds, json_out)
 
 
 def _register_admin() -> None:

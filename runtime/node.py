@@ -68,7 +68,7 @@ class NodeConfig:
     admin_port: int = DEFAULT_ADMIN_PORT
     peers: list[str] = field(default_factory=list)  # HTTP host:port of other nodes (seeds)
     initial_nodes: list[str] = field(default_factory=list)  # node ids of the first cluster; default [node_id]
-    group_commit_ms: float = 2.0
+    group_commit_ms: float = 0.0  # 0: sync each write at once (lowest latency); >0: share one sync per window
     log_level: str = "WARNING"
     boot_timeout_s: float = 60.0
 
