@@ -712,9 +712,24 @@ class Dispatcher(ChorusActor):
 
     def on_Directory(self, msg: Any, sender: Any) -> None:
         self.directory = msg.doc
+        cluster_id = msg.doc.get("cluster_id")
+        if cluster_id and self.bridge is not None and cluster_id != self.bridge.cluster_id:
+            # a new node adopted the id of the cluster it joined (after we
+            # started listening): handshakes and status must say so
+            self.bridge.cluster_id = cluster_id
 
     def _admin_directory(self, args: dict, ok: Callable, fail: Callable) -> None:
-        ok(self.directory)
+        """The launcher's directory, plus every node registered in the agency
+        that it does not list yet (a node that joined through another seed):
+        those entries carry only the HTTP and client endpoints, enough for a
+        launcher to fetch that node's own directory."""
+        nodes = list(self.directory.get("nodes", []))
+        listed = {n.get("node_id") for n in nodes if isinstance(n, dict)}
+        for nid in sorted(self.nodes):
+            reg = self.nodes[nid]
+            if nid not in listed and reg.get("http"):
+                nodes.append({"node_id": nid, "http": reg["http"], "client": reg.get("client", "")})
+        ok({**self.directory, "nodes": nodes})
 
     def _admin_status(self, args: dict, ok: Callable, fail: Callable) -> None:
         state: dict = {}
@@ -734,12 +749,13 @@ class Dispatcher(ChorusActor):
                 nodes.append({"node_id": n, "alive": ago is not None and ago < 3.0, "client": info.get("client", ""),
                               "http": info.get("http", ""), "last_seen_s": ago})
             ok({
-                "node_id": self.boot.node_id, "cluster_id": self.boot.cluster_id, "version": self.boot.version,
+                "node_id": self.boot.node_id, "cluster_id": self.bridge.cluster_id, "version": self.boot.version,
                 "uptime_s": round(self.now() - self.started, 3),
                 "endpoints": {"client": me.get("client", ""), "http": me.get("http", ""),
                               "admin": ep.admin if ep else ""},
                 "agency": {"role": st.get("role"), "leader": st.get("leader"), "term": st.get("term"),
-                           "commit_index": st.get("commit"), "voters": list(st.get("voters", ()))},
+                           "commit_index": st.get("commit"), "voters": list(st.get("voters", ())),
+                           "learners": list(st.get("learners", ()))},
                 "nodes": nodes,
                 "replicas": sum(1 for p in self.plans.values() if self.boot.node_id in p.get("replicas", ())),
             })

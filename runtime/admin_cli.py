@@ -198,6 +198,7 @@ def _status_panel(s: dict) -> Panel:
         ("agency", f"this node is {ag.get('role')}; leader {_dash(ag.get('leader'))}, term {ag.get('term')}, "
                    f"commit index {ag.get('commit_index')}"),
         ("voters", ", ".join(ag.get("voters") or [])),
+        ("learners", ", ".join(ag.get("learners") or []) or "-"),
         ("replicas", s.get("replicas")),
     ]
     grid = Table.grid(padding=(0, 2))

@@ -16,7 +16,7 @@ Shapes of what is returned (all keys always present):
      "endpoints": {"client": "127.0.0.1:7171", "http": "127.0.0.1:7181",
                    "admin": "127.0.0.1:7191"},
      "agency": {"role": "leader", "leader": "n1", "term": 3,
-                "commit_index": 120, "voters": ["n1", "n2", "n3"]},
+                "commit_index": 120, "voters": ["n1", "n2", "n3"], "learners": ["n4"]},
      "nodes": [{"node_id": "n1", "alive": true, "client": "127.0.0.1:7171",
                 "http": "127.0.0.1:7181", "last_seen_s": 0.1}, ...],
      "replicas": 6}                      # shard replicas on this node

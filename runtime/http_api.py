@@ -381,7 +381,7 @@ SCHEMAS: dict[str, dict] = {
         "node_id": _STR, "cluster_id": _STR, "version": _STR, "uptime_s": {"type": "number"},
         "endpoints": _obj({"client": _STR, "http": _STR, "admin": _STR}),
         "agency": _obj({"role": _STR, "leader": {"type": ["string", "null"]}, "term": _INT,
-                        "commit_index": _INT, "voters": _STRS}),
+                        "commit_index": _INT, "voters": _STRS, "learners": _STRS}),
         "nodes": _list_of("Node"), "replicas": _INT}),
     "Shard": _obj({"shard": _STR, "topic": _STR, "index": _INT, "leader": {"type": ["string", "null"]},
                    "epoch": _INT, "replicas": _STRS, "in_sync": _STRS,

@@ -197,13 +197,20 @@ def claim_data_dir(cfg: NodeConfig) -> str:
 
 
 # ------------------------------------------------------------- directory
-def fetch_directory(endpoint: str, timeout_s: float = 2.0) -> dict | None:
-    """GET http://endpoint/api/v1/cluster/directory, or None if unreachable."""
+def fetch_json(endpoint: str, path: str, timeout_s: float = 2.0) -> Any:
+    """GET http://endpoint{path} as JSON, or None if unreachable."""
+    if not endpoint:
+        return None
     try:
-        with urllib.request.urlopen(f"http://{endpoint}/api/v1/cluster/directory", timeout=timeout_s) as r:
-            doc = json.loads(r.read())
+        with urllib.request.urlopen(f"http://{endpoint}{path}", timeout=timeout_s) as r:
+            return json.loads(r.read())
     except (OSError, ValueError, urllib.error.URLError):
         return None
+
+
+def fetch_directory(endpoint: str, timeout_s: float = 2.0) -> dict | None:
+    """GET http://endpoint/api/v1/cluster/directory, or None if unreachable."""
+    doc = fetch_json(endpoint, "/api/v1/cluster/directory", timeout_s)
     return doc if isinstance(doc, dict) and isinstance(doc.get("nodes"), list) else None
 
 
@@ -220,6 +227,7 @@ class Node:
         self.client_port = 0
         self.http_port = 0
         self.peers: dict[str, dict] = {}  # node id -> directory entry (strings)
+        self.joining = False  # a new node added to a running cluster (an agency learner)
         self.admin_pid: int | None = None
         self._stop = False
 
@@ -270,7 +278,13 @@ class Node:
         self.say(f"node {cfg.node_id}: client {cfg.host}:{self.client_port}, http {cfg.host}:{self.http_port}, "
                  f"cluster {cfg.host}:{cfg.admin_port}, data {data}")
         self._discover(initial=True)
+        if cfg.peers and not self.peers and set(cfg.initial_nodes) <= {cfg.node_id} and not (data / "raft").exists():
+            # a brand-new node told to join: never form a cluster of its own
+            raise SystemExit(f"node {cfg.node_id}: no seed of {', '.join(cfg.peers)} answered within "
+                             f"{cfg.boot_timeout_s:g} s; not starting a cluster of its own")
         self._boot_actors()
+        if self.joining:
+            self._join_agency()
         self._learn_admin_pid()
         self._write_pidfile()
         return self
@@ -296,7 +310,10 @@ class Node:
         changed = False
         said: list[str] = []
         while True:
-            endpoints = list(dict.fromkeys(list(cfg.peers) + [p["http"] for p in self.peers.values()]))
+            # our own directory too: it lists nodes registered in the agency
+            # that joined through another seed
+            own = [f"{cfg.host}:{self.http_port}"] if self.http_port and not initial else []
+            endpoints = list(dict.fromkeys(own + list(cfg.peers) + [p["http"] for p in self.peers.values()]))
             heard_from: set[str] = set()
             for ep in endpoints:
                 doc = fetch_directory(ep)
@@ -324,9 +341,11 @@ class Node:
                     if self.peers.get(nid) != entry:
                         self.peers[nid] = entry
                         changed = True
-            if not initial or all(n in self.peers for n in wanted) or time.monotonic() >= deadline or self._stop:
+            # a joining node (no other initial nodes) waits for at least one seed
+            reached = all(n in self.peers for n in wanted) and (bool(self.peers) or not cfg.peers)
+            if not initial or reached or time.monotonic() >= deadline or self._stop:
                 break
-            missing = [n for n in wanted if n not in self.peers]
+            missing = [n for n in wanted if n not in self.peers] or [f"a seed ({', '.join(cfg.peers)})"]
             if missing != said:
                 said = missing
                 self.say(f"node {cfg.node_id}: waiting for {', '.join(missing)}")
@@ -344,7 +363,15 @@ class Node:
         cfg = self.cfg
         peers = self._peer_addrs("raft")
         voters = tuple(sorted(set(cfg.initial_nodes)))
-        self.asys.tell(self.addrs["raft"], RaftBoot(cfg.node_id, peers, voters=voters, host=self.host_cfg))
+        learners: tuple[str, ...] = ()
+        cluster = self._cluster_voters()
+        if cluster and cfg.node_id not in cluster:
+            # Joining a running cluster: never boot as a voter of a
+            # configuration of our own (a one-node "cluster" that would elect
+            # itself); take the cluster's and ask its leader to add us.
+            voters, learners, self.joining = cluster, (cfg.node_id,), True
+        self.asys.tell(self.addrs["raft"], RaftBoot(cfg.node_id, peers, voters=voters, learners=learners,
+                                                    host=self.host_cfg))
         sups = self._peer_addrs("supervisor")
         nodes = tuple(sorted(set(cfg.initial_nodes) | {n for n, _ in sups}))
         self.asys.tell(self.addrs["supervisor"], SupervisorBoot(cfg.node_id, self.addrs["raft"], sups, nodes,
@@ -353,6 +380,50 @@ class Node:
         self.asys.tell(self.addrs["node"], NodeBoot(cfg.node_id, self.addrs["raft"], self._peer_addrs("node"),
                                                     tuple(a for _, a in sups), self.addrs["supervisor"], tuning,
                                                     self.host_cfg))
+
+    def _cluster_voters(self) -> tuple[str, ...]:
+        """The agency voters as a peer reports them (``GET /api/v1/status``);
+        empty when no peer answers with any (a cluster that is forming)."""
+        for entry in self.peers.values():
+            st = fetch_json(entry.get("http", ""), "/api/v1/status")
+            voters = (st or {}).get("agency", {}).get("voters") if isinstance(st, dict) else None
+            if voters:
+                return tuple(sorted(voters))
+        return ()
+
+    def _join_agency(self) -> None:
+        """Ask the agency leader to add this node as a learner (it then
+        replicates the cluster's metadata), retrying with the leader hint
+        until ``boot_timeout_s``.  A node that is already a member gets
+        "configuration unchanged", which is success too."""
+        from protocol.agency import OK, AgencyReply, MembershipChange
+
+        cfg = self.cfg
+        deadline = time.monotonic() + cfg.boot_timeout_s
+        req, last = 0, "no peer answered"
+        hint: str | None = None
+        while time.monotonic() < deadline and not self._stop:
+            order = ([hint] if hint in self.peers else []) + sorted(n for n in self.peers if n != hint)
+            for nid in order:
+                try:
+                    addr = address_from_str(self.peers[nid]["raft"])
+                except (KeyError, ValueError):
+                    continue
+                req += 1
+                r = self.asys.ask(addr, MembershipChange(f"join-{cfg.node_id}", req, "add_learner", cfg.node_id,
+                                                         self.addrs["raft"]), 5)
+                if not isinstance(r, AgencyReply):
+                    last = f"{nid} did not answer"
+                    continue
+                if r.status == OK or "unchanged" in (r.error or ""):
+                    self.say(f"node {cfg.node_id}: joined cluster {self.cluster_id} (agency learner)")
+                    return
+                last = f"{nid}: {r.error or r.status}"
+                if r.leader and r.leader != nid:
+                    hint = r.leader
+                    break
+            time.sleep(0.5)
+        raise SystemExit(f"node {cfg.node_id}: could not join the agency within {cfg.boot_timeout_s:g} s ({last})")
 
     def _peer_addrs(self, kind: str) -> tuple[tuple[str, Any], ...]:
         out = [(self.cfg.node_id, self.addrs[kind])]

@@ -33,6 +33,16 @@ class RealCluster:
             cfg.peers = [f"127.0.0.1:{c.http_port}" for o, c in self.cfgs.items() if o != nid]
         self.procs: dict[str, subprocess.Popen] = {}
 
+    def add_node(self, nid: str, join: str) -> NodeConfig:
+        """Configure a brand-new node that joins the running cluster through
+        node ``join`` (like ``brokerctl run --node-id nid --join HOST:PORT``:
+        no cluster id, no initial nodes); start it with :meth:`start`."""
+        cfg = NodeConfig(node_id=nid, data_dir=str(self.base_dir / nid), client_port=free_port(),
+                         http_port=free_port(), admin_port=free_port(),
+                         peers=[f"127.0.0.1:{self.cfgs[join].http_port}"])
+        self.cfgs[nid] = cfg
+        return cfg
+
     # ---------------------------------------------------------- lifecycle
     def start(self, *nodes: str, timeout_s: float = 60.0) -> "RealCluster":
         names = nodes or tuple(self.cfgs)

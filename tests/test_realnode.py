@@ -198,3 +198,48 @@ def test_refuses_data_dir_of_another_cluster(tmp_path) -> None:
     proc = spawn_node(c.cfgs["n1"], tmp_path / "out.txt")
     assert proc.wait(60) != 0
     assert "belongs to cluster 'c-other'" in (tmp_path / "out.txt").read_text()
+
+
+def test_a_new_node_joins_a_running_cluster_and_takes_replicas(tmp_path) -> None:
+    from runtime.client import Client, Producer
+
+    c = RealCluster(tmp_path, n=1)
+    try:
+        c.start()
+        c.create_topic("n1", "t/p/c/before", shards=1)
+        c.add_node("n2", join="n1")  # no cluster id, no initial nodes: like --join HOST:PORT
+        c.start("n2")
+        status = c.get("n2", "/status")
+        assert status["cluster_id"] == c.get("n1", "/status")["cluster_id"]
+        assert status["agency"]["leader"] == "n1"
+        assert status["agency"]["voters"] == ["n1"] and status["agency"]["learners"] == ["n2"]
+        assert {n["node_id"] for n in c.get("n1", "/nodes") if n["alive"]} == {"n1", "n2"}
+        assert [t["name"] for t in c.get("n2", "/topics")] == ["t/p/c/before"]  # the metadata replicated
+        c.create_topic("n1", "t/p/c/after", shards=2, rf=2)
+        shards = c.wait_leaders("n2", "t/p/c/after")
+        assert all(set(s["replicas"]) == {"n1", "n2"} for s in shards)
+        with Producer(c.client("n2"), level="all") as p:
+            futures = [p.send("t/p/c/after", b"v%d" % i) for i in range(100)]
+            p.flush()
+            assert all(f.exception() is None for f in futures)
+        with Client(c.client("n1")) as cl:
+            values = {r.payload for s in (0, 1) for r in cl.fetch_all("t/p/c/after", s)}
+        assert values == {b"v%d" % i for i in range(100)}
+        # a restart of the joined node keeps its membership
+        assert c.stop("n2") == 0
+        c.start("n2")
+        assert c.get("n2", "/status")["agency"]["learners"] == ["n2"]
+    finally:
+        assert c.stop_all() == []
+
+
+def test_a_new_node_with_no_reachable_seed_does_not_start_a_cluster_of_its_own(tmp_path) -> None:
+    from runtime.agency_local import free_port
+    from runtime.local_cluster import spawn_node
+    from runtime.node import NodeConfig
+
+    cfg = NodeConfig(node_id="n9", data_dir=str(tmp_path / "n9"), client_port=free_port(), http_port=free_port(),
+                     admin_port=free_port(), peers=[f"127.0.0.1:{free_port()}"], boot_timeout_s=2)
+    proc = spawn_node(cfg, tmp_path / "out.txt")
+    assert proc.wait(60) != 0
+    assert "not starting a cluster of its own" in (tmp_path / "out.txt").read_text()
