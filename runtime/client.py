@@ -71,7 +71,7 @@ Consuming::
 Delivery is at least once.  The node pushes records while the
 subscription's window of unacknowledged records has room, so a consumer
 that stops acknowledging stops receiving.  Acknowledgements are collected
-and sent in batches every ``ack_interval_ms``; ``msg.ack()`` returns a
+and sent in batches every ``ack_interval_ms`` (20 ms); ``msg.ack()`` returns a
 future that completes when the node has them (awaiting it is optional;
 :meth:`AsyncConsumer.flush_acks` waits for all of them).  The consumer
 re-sends its ``SubscribeRequest`` every ``keepalive_s`` as a keep-alive and
@@ -1385,7 +1385,7 @@ class AsyncConsumer:
 
     def __init__(self, bootstrap: str | Sequence[str], topic: str, subscription: str, *,
                  mode: Mode | str = Mode.EXCLUSIVE, consumer_id: str | None = None, client_id: str | None = None,
-                 keepalive_s: float = 1.0, ack_interval_ms: float = 5, ack_batch_max: int = 512,
+                 keepalive_s: float = 1.0, ack_interval_ms: float = 20, ack_batch_max: int = 512,
                  connect_timeout_s: float = 10.0, request_timeout_s: float = 30.0, username: str = "",
                  password: str = "") -> None:
         if not topic or not subscription:
