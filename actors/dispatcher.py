@@ -833,14 +833,19 @@ class Dispatcher(ChorusActor):
         for cb in self.info_waiters.pop(msg.shard, []):
             cb(status)
 
-    def _admin_shards(self, args: dict, ok: Callable, fail: Callable) -> None:
-        topic = args.get("topic")
-        if topic and topic not in self.topics:
+    def _topic_info(self, topic: str | None, required: bool, fail: Callable,
+                    done: Callable[[list[str], dict[str, dict]], None]) -> None:
+        """``done(shards, info)`` with the status of every shard of ``topic``
+        (of every topic when it is empty and not ``required``); a 404 when the
+        topic does not exist."""
+        if (topic or required) and topic not in self.topics:
             fail(404, "not_found", f"topic {topic!r} does not exist")
             return
         shards = self._shard_list(topic)
+        self._gather_info(shards, lambda info: done(shards, info))
 
-        def done(info: dict[str, dict]) -> None:
+    def _admin_shards(self, args: dict, ok: Callable, fail: Callable) -> None:
+        def done(shards: list[str], info: dict[str, dict]) -> None:
             out = []
             for shard in shards:
                 t, _, idx = shard.rpartition("#")
@@ -855,7 +860,7 @@ class Dispatcher(ChorusActor):
                             ("fenced" if not leader else "leaderless")})
             ok(out)
 
-        self._gather_info(shards, done)
+        self._topic_info(args.get("topic"), False, fail, done)
 
     def _topic_json(self, spec: dict) -> dict:
         return {"name": spec["name"], "shards": spec.get("shards", 1),
@@ -1048,13 +1053,7 @@ class Dispatcher(ChorusActor):
         self._read(f"{topic}#{index}", offset, int(args.get("max_bytes") or (1 << 20)), 0.0, done, failed)
 
     def _admin_subscriptions(self, args: dict, ok: Callable, fail: Callable) -> None:
-        topic = args.get("topic", "")
-        if topic not in self.topics:
-            fail(404, "not_found", f"topic {topic!r} does not exist")
-            return
-        shards = self._shard_list(topic)
-
-        def done(info: dict[str, dict]) -> None:
+        def done(shards: list[str], info: dict[str, dict]) -> None:
             out = []
             for shard in shards:
                 st = info.get(shard, {})
@@ -1067,7 +1066,7 @@ class Dispatcher(ChorusActor):
                                 "consumers": [c.split("@")[0] for c in sub["consumers"]]})
             ok(out)
 
-        self._gather_info(shards, done)
+        self._topic_info(args.get("topic", ""), True, fail, done)
 
     def _admin_namespaces(self, args: dict, ok: Callable, fail: Callable) -> None:
         tree: dict[str, dict[str, list[str]]] = {}

@@ -1754,6 +1754,17 @@ class _Blocking:
     def close(self) -> None:
         raise NotImplementedError
 
+    def _shut(self, closing: Callable[[], Coroutine[Any, Any, Any]]) -> None:
+        """Close once: run the wrapped object's ``closing()`` on the loop,
+        then stop the loop thread (even if closing failed)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._thread.run(closing())
+        finally:
+            self._thread.stop()
+
 
 class Client(_Blocking):
     """Blocking :class:`AsyncClient` (same arguments); connects on creation."""
@@ -1762,13 +1773,7 @@ class Client(_Blocking):
         self._client: AsyncClient = self._open("chorus-client-loop", lambda: AsyncClient(bootstrap, **options))
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            self._thread.run(self._client.close())
-        finally:
-            self._thread.stop()
+        self._shut(self._client.close)
 
     def metadata(self, topic: str, *, refresh: bool = False) -> fr.TopicMetadata:
         """See :meth:`AsyncClient.metadata`."""
@@ -1903,13 +1908,7 @@ class Producer(_Blocking):
 
     def close(self, timeout_s: float = 30.0) -> None:
         """See :meth:`AsyncProducer.close`; also stops the background thread."""
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            self._thread.run(self._producer.close(timeout_s))
-        finally:
-            self._thread.stop()
+        self._shut(lambda: self._producer.close(timeout_s))
 
     @property
     def buffered_bytes(self) -> int:
@@ -1964,10 +1963,5 @@ class Consumer(_Blocking):
         self._thread.run(self._consumer.flush_acks(timeout_s))
 
     def close(self, timeout_s: float = 5.0) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            self._thread.run(self._consumer.close(timeout_s))
-        finally:
-            self._thread.stop()
+        """See :meth:`AsyncConsumer.close`; also stops the background thread."""
+        self._shut(lambda: self._consumer.close(timeout_s))
