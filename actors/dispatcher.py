@@ -38,7 +38,17 @@ from thespian.actors import ThespianWatch
 
 from actors.base import ChorusActor
 from actors.supervisor import PLAN_ROOT, walk_plans
-from protocol.agency import AgencyReply, AgencyRequest, Mutation, Precondition, Read, StatusQuery, StatusReply, Txn
+from protocol.agency import (
+    AgencyReply,
+    AgencyRequest,
+    MembershipChange,
+    Mutation,
+    Precondition,
+    Read,
+    StatusQuery,
+    StatusReply,
+    Txn,
+)
 from protocol.consume import AckRecords, Delivery, Subscribe, SubscribeReply, Unsubscribe
 from protocol.frames import (
     AckRequest,
@@ -82,6 +92,7 @@ TICK_S = 0.05
 RETRY_S = 0.1
 KEEPALIVE_S = 0.5
 HOPS_MAX = 3
+NODE_ALIVE_S = 3.0  # a node the supervisor heard from this recently is alive
 PENDING_MAX = 100_000
 SUBSCRIPTIONS_PER_CONN_MAX = 256
 FETCH_WAIT_MS_MAX = 30_000
@@ -261,11 +272,16 @@ class Dispatcher(ChorusActor):
             self._register()
 
     def _agency(self, op: Any, on_reply: Callable[[AgencyReply], None]) -> None:
+        self._agency_call(lambda req_id: AgencyRequest(self.client, req_id, op), on_reply)
+
+    def _agency_call(self, make: Callable[[int], Any], on_reply: Callable[[AgencyReply], None]) -> None:
+        """Send ``make(req_id)`` to the local agency peer; ``on_reply`` gets
+        the AgencyReply with that id."""
         self.agency_req += 1
         self.agency_waiters[self.agency_req] = on_reply
         if len(self.agency_waiters) > 1000:  # a silent agency: forget the oldest
             del self.agency_waiters[min(self.agency_waiters)]
-        self.send(self.boot.agency, AgencyRequest(self.client, self.agency_req, op))
+        self.send(self.boot.agency, make(self.agency_req))
 
     def on_AgencyReply(self, msg: AgencyReply, sender: Any) -> None:
         cb = self.agency_waiters.pop(msg.req_id, None)
@@ -731,23 +747,42 @@ class Dispatcher(ChorusActor):
                 nodes.append({"node_id": nid, "http": reg["http"], "client": reg.get("client", "")})
         ok({**self.directory, "nodes": nodes})
 
-    def _admin_status(self, args: dict, ok: Callable, fail: Callable) -> None:
+    def _cluster_view(self, done: Callable[[dict, dict[str, float], tuple[str, ...]], None]) -> None:
+        """The local agency peer's status, and how long ago the supervisor
+        last heard from each node: ``done(agency_status, seen_ago_s, members)``."""
         state: dict = {}
 
         def finish() -> None:
-            if "agency" not in state or "seen" not in state:
-                return
-            st = state["agency"]
-            seen = state["seen"]
+            if "agency" in state and "seen" in state:
+                done(state["agency"], state["seen"], state["members"])
+
+        def got_status(st: dict) -> None:
+            state["agency"] = st
+            finish()
+
+        def got_nodes(r: NodesReply) -> None:
+            state["seen"] = dict(r.seen_ago_s)
+            state["members"] = tuple(r.nodes)
+            finish()
+
+        self.status_waiters.append(got_status)
+        self.nodes_waiters.append(got_nodes)
+        self.send(self.boot.agency, StatusQuery())
+        self.send(self.boot.supervisor, NodesQuery())
+
+    def _admin_status(self, args: dict, ok: Callable, fail: Callable) -> None:
+        def finish(st: dict, seen: dict[str, float], members: tuple[str, ...]) -> None:
             ep = self.boot.endpoints
             me = self.nodes.get(self.boot.node_id, {})
-            all_nodes = sorted(set(self.nodes) | set(seen) | set(state.get("members", ())))
+            voters, learners = set(st.get("voters", ())), set(st.get("learners", ()))
+            all_nodes = sorted(set(self.nodes) | set(seen) | set(members) | voters | learners)
             nodes = []
             for n in all_nodes:
                 info = self.nodes.get(n, {})
                 ago = seen.get(n)
-                nodes.append({"node_id": n, "alive": ago is not None and ago < 3.0, "client": info.get("client", ""),
-                              "http": info.get("http", ""), "last_seen_s": ago})
+                role = "voter" if n in voters else "learner" if n in learners else ""
+                nodes.append({"node_id": n, "agency": role, "alive": ago is not None and ago < NODE_ALIVE_S,
+                              "client": info.get("client", ""), "http": info.get("http", ""), "last_seen_s": ago})
             ok({
                 "node_id": self.boot.node_id, "cluster_id": self.bridge.cluster_id, "version": self.boot.version,
                 "uptime_s": round(self.now() - self.started, 3),
@@ -760,19 +795,43 @@ class Dispatcher(ChorusActor):
                 "replicas": sum(1 for p in self.plans.values() if self.boot.node_id in p.get("replicas", ())),
             })
 
-        def got_status(st: dict) -> None:
-            state["agency"] = st
-            finish()
+        self._cluster_view(finish)
 
-        def got_nodes(r: NodesReply) -> None:
-            state["seen"] = dict(r.seen_ago_s)
-            state["members"] = r.nodes
-            finish()
+    def _admin_promote_node(self, args: dict, ok: Callable, fail: Callable) -> None:
+        """Make an agency learner (a node that joined with ``--join``) a
+        voter.  Only a learner that is alive is promoted: a voter that does
+        not answer counts against the agency's quorum from the moment it is
+        added."""
+        nid = args["node_id"]
 
-        self.status_waiters.append(got_status)
-        self.nodes_waiters.append(got_nodes)
-        self.send(self.boot.agency, StatusQuery())
-        self.send(self.boot.supervisor, NodesQuery())
+        def decide(st: dict, seen: dict[str, float], members: tuple[str, ...]) -> None:
+            voters, learners = list(st.get("voters", ())), list(st.get("learners", ()))
+            if nid in voters:
+                fail(409, "conflict", f"{nid} is already an agency voter")
+                return
+            if nid not in learners:
+                known = nid in self.nodes or nid in seen or nid in members
+                fail(404 if not known else 409, "not_found" if not known else "conflict",
+                     f"no such node: {nid}" if not known else f"{nid} is not an agency learner")
+                return
+            ago = seen.get(nid)
+            if ago is None or ago >= NODE_ALIVE_S:
+                fail(409, "conflict", f"{nid} is not alive; only a live learner can become a voter")
+                return
+
+            def done(reply: AgencyReply) -> None:
+                if reply.status == "ok":
+                    ok({"node_id": nid, "role": "voter", "voters": sorted(voters + [nid]),
+                        "learners": [n for n in learners if n != nid]})
+                elif reply.error in ("another membership change is in progress",
+                                     "only one voter may be added or removed at a time"):
+                    fail(409, "conflict", f"agency: {reply.error}")
+                else:
+                    fail(503, "unavailable", f"agency: {reply.error or reply.status}")
+
+            self._agency_call(lambda req_id: MembershipChange(self.client, req_id, "add_voter", nid), done)
+
+        self._cluster_view(decide)
 
     def on_StatusReply(self, msg: StatusReply, sender: Any) -> None:
         waiters, self.status_waiters = self.status_waiters, []

@@ -371,9 +371,16 @@ class RaftPeer(ChorusActor):
     # -------------------------------------------------------- membership
     def on_MembershipChange(self, msg: MembershipChange, sender: Any) -> None:
         core = self.core
+        reply_to = msg.reply_to if msg.reply_to is not None else sender
         if core is None or core.role != LEADER:
+            # like any agency write: a follower passes it on to the leader
             leader = core.leader if core else None
-            self.send(sender, AgencyReply(msg.client, msg.req_id, FAIL, None, leader, "not the leader"))
+            addr = self.addrs.get(leader) if leader else None
+            if addr is None or msg.hops >= MAX_HOPS:
+                self.send(reply_to, AgencyReply(msg.client, msg.req_id, FAIL, None, leader, "not the leader"))
+                return
+            self.send(addr, MembershipChange(msg.client, msg.req_id, msg.op, msg.node_id, msg.address,
+                                             reply_to, msg.hops + 1))
             return
         cfg = core.config
         voters, learners = set(cfg.voters), set(cfg.learners)
@@ -384,19 +391,20 @@ class RaftPeer(ChorusActor):
             voters.discard(msg.node_id)
             learners.discard(msg.node_id)
         elif msg.op == "add_learner":
-            learners.add(msg.node_id)
+            if msg.node_id not in voters:  # a voter re-joining after a restart stays a voter
+                learners.add(msg.node_id)
         else:
-            self.send(sender, AgencyReply(msg.client, msg.req_id, FAIL, None, core.leader,
-                                          f"unknown membership op {msg.op!r}"))
+            self.send(reply_to, AgencyReply(msg.client, msg.req_id, FAIL, None, core.leader,
+                                            f"unknown membership op {msg.op!r}"))
             return
         if msg.address is not None:
             self.addrs[msg.node_id] = msg.address
         res = core.propose_config(ClusterConfig(tuple(sorted(voters)), tuple(sorted(learners))))
         if isinstance(res, str):
-            self.send(sender, AgencyReply(msg.client, msg.req_id, FAIL, None, core.leader, res))
+            self.send(reply_to, AgencyReply(msg.client, msg.req_id, FAIL, None, core.leader, res))
             return
         index, term = res
-        self._add_pending(index, term, sender, msg.client, msg.req_id)
+        self._add_pending(index, term, reply_to, msg.client, msg.req_id)
         self._handle(core.ready())
 
     # ------------------------------------------------------------ watches

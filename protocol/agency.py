@@ -89,6 +89,8 @@ class MembershipChange:
     op: str  # add_voter | remove_voter | add_learner
     node_id: str
     address: Any = None
+    reply_to: Any = None  # ActorAddress of the client when forwarded
+    hops: int = 0
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Admin commands of ``brokerctl``, talking to a node's HTTP REST API.
 
-:func:`register` adds ``status``, ``nodes``, ``shards`` and the ``topics``
-group to a Typer application.  The commands speak only HTTP/JSON to
+:func:`register` adds ``status``, ``shards`` and the ``nodes`` and
+``topics`` groups to a Typer application.  The commands speak only HTTP/JSON to
 ``/api/v1`` (see ``runtime/http_api.py``), with the standard library's
 ``urllib.request`` and a timeout, so they work against any node of a
 cluster from any machine that can reach it.
@@ -143,7 +143,7 @@ def _dash(v: Any) -> str:
 
 def _nodes_table(nodes: list[dict], *, self_id: str = "", leader: str | None = None) -> Table:
     t = Table(title="Nodes", title_justify="left")
-    for col in ("node", "alive", "client", "http", "last seen"):
+    for col in ("node", "agency", "alive", "client", "http", "last seen"):
         t.add_column(col, no_wrap=True)
     for n in nodes:
         marks = []
@@ -154,7 +154,7 @@ def _nodes_table(nodes: list[dict], *, self_id: str = "", leader: str | None = N
         name = _esc(str(n.get("node_id"))) + (f" [dim]({', '.join(marks)})[/]" if marks else "")
         alive = "[green]yes[/]" if n.get("alive") else "[red]no[/]"
         seen = n.get("last_seen_s")
-        t.add_row(name, alive, _esc(_dash(n.get("client"))), _esc(_dash(n.get("http"))),
+        t.add_row(name, _esc(_dash(n.get("agency"))), alive, _esc(_dash(n.get("client"))), _esc(_dash(n.get("http"))),
                   "-" if seen is None else f"{seen:.1f}s ago")
     return t
 
@@ -224,13 +224,38 @@ def status(url: UrlOpt = DEFAULT_URL, timeout: TimeoutOpt = DEFAULT_TIMEOUT_S, a
                            leader=(s.get("agency") or {}).get("leader")))
 
 
-def nodes(url: UrlOpt = DEFAULT_URL, timeout: TimeoutOpt = DEFAULT_TIMEOUT_S, as_json: JsonOpt = False) -> None:
-    """List the cluster's nodes and whether they are alive."""
+nodes_app = typer.Typer(help="List the cluster's nodes; promote a joined node to an agency voter.")
+
+
+@nodes_app.callback(invoke_without_command=True)
+def nodes(ctx: typer.Context, url: UrlOpt = DEFAULT_URL, timeout: TimeoutOpt = DEFAULT_TIMEOUT_S,
+          as_json: JsonOpt = False) -> None:
+    """List the cluster's nodes, their agency role and whether they are alive."""
+    if ctx.invoked_subcommand is not None:
+        return
     c = _Ctx(url, timeout, as_json)
     ns = c.call("GET", "nodes")
     if as_json:
         return c.print_json(ns)
     out.print(_nodes_table(ns))
+
+
+@nodes_app.command("promote")
+def nodes_promote(node_id: Annotated[str, typer.Argument(help="a live agency learner, e.g. a node that joined")],
+                  url: UrlOpt = DEFAULT_URL, timeout: TimeoutOpt = DEFAULT_TIMEOUT_S,
+                  as_json: JsonOpt = False) -> None:
+    """Make an agency learner a voter (one at a time; it must be alive).
+
+    A node that joins with ``--join`` replicates the agency as a learner; a
+    voter also counts for the agency's quorum, so promote nodes until the
+    agency has three (or five) voters on separate machines."""
+    c = _Ctx(url, timeout, as_json)
+    r = c.call("POST", f"nodes/{_quote(node_id)}/promote")
+    if as_json:
+        return c.print_json(r)
+    out.print(f"[bold]{_esc(node_id)}[/] is now an agency voter "
+              f"(voters {_esc(', '.join(r.get('voters') or []))}; "
+              f"learners {_esc(', '.join(r.get('learners') or []) or '-')})")
 
 
 def shards(url: UrlOpt = DEFAULT_URL,
@@ -318,8 +343,8 @@ def topics_delete(name: NameArg,
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``status``, ``nodes``, ``shards`` and the ``topics`` group to ``app``."""
+    """Add ``status``, ``shards`` and the ``nodes`` and ``topics`` groups to ``app``."""
     app.command("status")(status)
-    app.command("nodes")(nodes)
+    app.add_typer(nodes_app, name="nodes")
     app.command("shards")(shards)
     app.add_typer(topics_app, name="topics")

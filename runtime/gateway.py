@@ -17,7 +17,8 @@ Shapes of what is returned (all keys always present):
                    "admin": "127.0.0.1:7191"},
      "agency": {"role": "leader", "leader": "n1", "term": 3,
                 "commit_index": 120, "voters": ["n1", "n2", "n3"], "learners": ["n4"]},
-     "nodes": [{"node_id": "n1", "alive": true, "client": "127.0.0.1:7171",
+     "nodes": [{"node_id": "n1", "agency": "voter" | "learner" | "",
+                "alive": true, "client": "127.0.0.1:7171",
                 "http": "127.0.0.1:7181", "last_seen_s": 0.1}, ...],
      "replicas": 6}                      # shard replicas on this node
 
@@ -25,6 +26,11 @@ Shapes of what is returned (all keys always present):
 
     {"cluster_id": "c-...", "nodes": [{"node_id", "client", "http", "admin",
      "raft", "supervisor", "node", "dispatcher"}]}   # addresses as host:port
+
+``promote_node(node_id)``: make an agency learner a voter; returns
+``{"node_id", "role": "voter", "voters": [...], "learners": [...]}``.  404
+for a node the cluster does not know, 409 for a voter already, a node that
+is not a learner, or a learner that is not alive.
 
 ``shards(topic=None)``: list of::
 
@@ -90,6 +96,8 @@ class Gateway(Protocol):
     async def status(self) -> dict: ...
 
     async def directory(self) -> dict: ...
+
+    async def promote_node(self, node_id: str) -> dict: ...
 
     async def shards(self, topic: str | None = None) -> list[dict]: ...
 

@@ -170,6 +170,10 @@ async def get_nodes(request: web.Request) -> web.Response:
     return web.json_response((await _gateway(request).status())["nodes"])
 
 
+async def promote_node(request: web.Request) -> web.Response:
+    return web.json_response(await _gateway(request).promote_node(request.match_info["node_id"]))
+
+
 async def get_shards(request: web.Request) -> web.Response:
     topic = request.query.get("topic") or None
     return web.json_response(await _gateway(request).shards(topic))
@@ -322,6 +326,9 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/cluster/directory", get_directory, "Where every node's actors are (for joining nodes)",
           "cluster", _ref("Directory")),
     Route("GET", "/nodes", get_nodes, "The cluster's nodes", "cluster", _list_of("Node")),
+    Route("POST", "/nodes/{node_id}/promote", promote_node, "Make an agency learner (a joined node) a voter",
+          "cluster", _ref("Promotion"), errors=(404, 409, 503),
+          path_doc={"node_id": "The node's id; it must be a live agency learner."}),
     Route("GET", "/shards", get_shards, "Shards, their leaders and replicas", "cluster", _list_of("Shard"),
           query=(Param("topic", {"type": "string"}, "only the shards of this topic"),), errors=(404,)),
     Route("GET", "/topics", list_topics, "List topics", "topics", _list_of("Topic")),
@@ -375,8 +382,11 @@ SCHEMAS: dict[str, dict] = {
         "node": _STR, "dispatcher": _STR})}}),
     "Error": _obj({"error": _obj({"code": {"type": "string", "description": "stable snake_case name"},
                                    "message": {"type": "string", "description": "for people"}})}),
-    "Node": _obj({"node_id": _STR, "alive": {"type": "boolean"}, "client": _STR, "http": _STR,
+    "Node": _obj({"node_id": _STR, "agency": {"type": "string", "enum": ["voter", "learner", ""]},
+                  "alive": {"type": "boolean"}, "client": _STR, "http": _STR,
                   "last_seen_s": {"type": ["number", "null"]}}),
+    "Promotion": _obj({"node_id": _STR, "role": {"type": "string", "enum": ["voter"]}, "voters": _STRS,
+                       "learners": _STRS}),
     "Status": _obj({
         "node_id": _STR, "cluster_id": _STR, "version": _STR, "uptime_s": {"type": "number"},
         "endpoints": _obj({"client": _STR, "http": _STR, "admin": _STR}),

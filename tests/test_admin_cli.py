@@ -139,6 +139,18 @@ def test_nodes(gw, url):
     assert [n["node_id"] for n in json.loads(ok("nodes", "--url", url, "--json").stdout)] == ["n1", "n2", "n3"]
 
 
+def test_nodes_promote(gw, url):
+    assert "learner" in next(line for line in ok("nodes", "--url", url).plain.splitlines() if "│ n3 " in line)
+    out = ok("nodes", "promote", "n3", "--url", url).plain
+    assert "n3 is now an agency voter (voters n1, n2, n3; learners -)" in out
+    assert gw.calls[-1] == ("promote_node", "n3")
+    assert json.loads(ok("nodes", "promote", "n3", "--url", url, "--json").stdout)["role"] == "voter"
+    r = run("nodes", "promote", "n1", "--url", url)
+    assert r.exit_code == 1 and "conflict" in r.plain and "already an agency voter" in r.plain
+    r = run("nodes", "promote", "n9", "--url", url)
+    assert r.exit_code == 1 and "no such node: n9" in r.plain
+
+
 def test_shards(gw, url):
     gw.add_topic({"name": "acme/app/web/users", "shards": 1})
     out = ok("shards", "--url", url).plain

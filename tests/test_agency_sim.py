@@ -418,10 +418,14 @@ def test_membership_learner_promote_and_remove():
         cfg = c.peer(p).core.config
         assert (cfg.voters, cfg.learners) == (("n1", "n2", "n3", "n4"), ()), p
 
-    # membership changes go to the leader only
+    # a follower passes a membership change on to the leader, which answers:
+    # "unchanged" (the leader's own verdict) for a voter already there, and a
+    # re-join of a voter as a learner (its node restarted) keeps it a voter
     other = [p for p in c.peers if p != c.leader()][0]
-    rep = c.membership(other, "remove_voter", "n4", 4)
-    assert rep.status == FAIL and rep.leader == c.leader()
+    rep = c.membership(other, "add_voter", "n4", 4)
+    assert rep.status == FAIL and rep.error == "configuration unchanged" and rep.leader == c.leader(), rep
+    rep = c.membership(other, "add_learner", "n4", 6)
+    assert rep.status == FAIL and rep.error == "configuration unchanged", rep
 
     # remove the current leader (an original peer): it steps down
     old = c.leader()

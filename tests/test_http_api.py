@@ -72,10 +72,18 @@ class FakeGateway:
                 "endpoints": {"client": "127.0.0.1:7171", "http": "127.0.0.1:7181", "admin": "127.0.0.1:7191"},
                 "agency": {"role": "leader", "leader": "n1", "term": 3, "commit_index": 120,
                            "voters": list(NODES)},
-                "nodes": [{"node_id": n, "alive": n != "n3", "client": f"127.0.0.1:717{i + 1}",
+                "nodes": [{"node_id": n, "agency": "learner" if n == "n3" else "voter", "alive": n != "n3", "client": f"127.0.0.1:717{i + 1}",
                            "http": f"127.0.0.1:718{i + 1}", "last_seen_s": 0.1 * (i + 1)}
                           for i, n in enumerate(NODES)],
                 "replicas": 6}
+
+    async def promote_node(self, node_id: str) -> dict:
+        self._call("promote_node", node_id)
+        if node_id not in NODES:
+            raise not_found(f"no such node: {node_id}")
+        if node_id != "n3":
+            raise GatewayError(409, "conflict", f"{node_id} is already an agency voter")
+        return {"node_id": node_id, "role": "voter", "voters": list(NODES), "learners": []}
 
     async def shards(self, topic: str | None = None) -> list[dict]:
         self._call("shards", topic)
@@ -219,6 +227,17 @@ def test_status_and_nodes():
         assert [n["node_id"] for n in nodes] == list(NODES)
         assert nodes[2]["alive"] is False
     serve(s, node_id="n1")
+
+
+def test_promote_node():
+    async def s(c, gw):
+        done = await call(c, "POST", "/api/v1/nodes/n3/promote", status=200)
+        assert done == {"node_id": "n3", "role": "voter", "voters": list(NODES), "learners": []}
+        assert gw.calls[-1] == ("promote_node", "n3")
+        assert "already" in await error(c, "POST", "/api/v1/nodes/n1/promote", status=409, code="conflict")
+        await error(c, "POST", "/api/v1/nodes/n9/promote", status=404, code="not_found")
+        await error(c, "GET", "/api/v1/nodes/n3/promote", status=405, code="method_not_allowed")
+    serve(s)
 
 
 def test_shards_all_and_by_topic():
@@ -498,7 +517,8 @@ def test_openapi_describes_exactly_the_served_routes():
                 "$ref": "#/components/schemas/Error"}
             assert {p["name"] for p in op.get("parameters", ()) if p["in"] == "path"} == names
             assert all(p["required"] for p in op.get("parameters", ()) if p["in"] == "path")
-            assert ("requestBody" in op) == (method in ("post", "patch"))
+            action = path.endswith("/promote")  # an action on a resource takes no body
+            assert ("requestBody" in op) == (method in ("post", "patch") and not action)
     assert schemas["Error"]["properties"]["error"]["required"] == ["code", "message"]
     assert schemas["ProduceRequest"]["properties"]["level"]["enum"] == ["any", "one", "quorum", "all"]
     # every $ref resolves

@@ -229,6 +229,25 @@ def test_a_new_node_joins_a_running_cluster_and_takes_replicas(tmp_path) -> None
         assert c.stop("n2") == 0
         c.start("n2")
         assert c.get("n2", "/status")["agency"]["learners"] == ["n2"]
+        assert {n["node_id"]: n["agency"] for n in c.get("n1", "/nodes")} == {"n1": "voter", "n2": "learner"}
+        # promote it (asked through the learner itself: its agency peer
+        # passes the change on to the leader); a voter cannot be promoted again
+        status, body = c.call("n2", "POST", "/nodes/n2/promote")
+        assert status == 200 and body == {"node_id": "n2", "role": "voter", "voters": ["n1", "n2"],
+                                          "learners": []}, body
+        status, body = c.call("n1", "POST", "/nodes/n2/promote")
+        assert status == 409 and "already an agency voter" in body["error"]["message"], body
+        assert c.call("n1", "POST", "/nodes/n7/promote")[0] == 404
+        for nid in ("n1", "n2"):
+            agency = c.get(nid, "/status")["agency"]
+            assert (agency["voters"], agency["learners"]) == (["n1", "n2"], []), (nid, agency)
+        c.create_topic("n2", "t/p/c/voters", shards=1, rf=2)  # an agency write needs both voters now
+        # a restarted voter re-joins as what it is: a voter
+        assert c.stop("n2") == 0
+        c.start("n2")
+        agency = c.get("n2", "/status")["agency"]
+        assert (agency["voters"], agency["learners"]) == (["n1", "n2"], [])
+        assert "t/p/c/voters" in [t["name"] for t in c.get("n1", "/topics")]
     finally:
         assert c.stop_all() == []
 
