@@ -71,6 +71,9 @@ from protocol.frames import (
 from protocol.frames import Delivery as DeliveryFrame
 from protocol.hashing import RoundRobin
 from protocol.node import (
+    CAP_CLUSTER,
+    CAP_HTTP,
+    CAP_NODE,
     AlterTopic,
     CreateTopic,
     DeleteTopic,
@@ -92,7 +95,8 @@ TICK_S = 0.05
 RETRY_S = 0.1
 KEEPALIVE_S = 0.5
 HOPS_MAX = 3
-NODE_ALIVE_S = 3.0  # a node the supervisor heard from this recently is alive
+NODE_ALIVE_S = 3.0
+CONVENTION_MEMBERS_MAX = 1000  # a node the supervisor heard from this recently is alive
 PENDING_MAX = 100_000
 SUBSCRIPTIONS_PER_CONN_MAX = 256
 FETCH_WAIT_MS_MAX = 30_000
@@ -197,6 +201,10 @@ class Dispatcher(ChorusActor):
         self.registered = False
         self.started = 0.0
         self.directory: dict = {"cluster_id": "", "nodes": []}
+        # node id -> {"node_id", "http", "admin"}: members of this cluster's
+        # Thespian convention (a potential leader hears of every member)
+        self.convention: dict[str, dict] = {}
+        self.convention_refused: dict[str, str] = {}  # node id -> its (other) cluster id
 
     # --------------------------------------------------------------- boot
     def on_DispatcherBoot(self, msg: DispatcherBoot, sender: Any) -> None:
@@ -211,6 +219,7 @@ class Dispatcher(ChorusActor):
         self.record("dispatcher.listening", node=msg.node_id, client_port=self.bridge.client_port,
                     http_port=self.bridge.http_port)
         self.send(sender, ("listening", self.bridge.client_port, self.bridge.http_port))
+        self.notifyOnSystemRegistrationChanges(True)
         self._poll()
         self._arm()
 
@@ -734,18 +743,50 @@ class Dispatcher(ChorusActor):
             # started listening): handshakes and status must say so
             self.bridge.cluster_id = cluster_id
 
+    def on_ActorSystemConventionUpdate(self, msg: Any, sender: Any) -> None:
+        """A node's ActorSystem entered or left the Thespian convention.
+        Members announce their node id, cluster id and HTTP endpoint as
+        capabilities; a member of another cluster is not listed."""
+        caps = msg.remoteCapabilities or {}
+        nid, cluster, http = caps.get(CAP_NODE), caps.get(CAP_CLUSTER), caps.get(CAP_HTTP)
+        if not isinstance(nid, str) or not nid or nid == (self.boot.node_id if self.boot else None):
+            return
+        self.convention.pop(nid, None)
+        self.convention_refused.pop(nid, None)
+        if not msg.remoteAdded:
+            self.record("convention.left", node=nid)
+            return
+        if len(self.convention) + len(self.convention_refused) >= CONVENTION_MEMBERS_MAX:
+            return
+        mine = self.bridge.cluster_id if self.bridge is not None else ""
+        if cluster != mine:
+            self.convention_refused[nid] = str(cluster)
+            self.record("convention.foreign", node=nid, cluster=cluster)
+            return
+        self.convention[nid] = {"node_id": nid, "http": http if isinstance(http, str) else "",
+                                "admin": str(msg.remoteAdminAddress)}
+        self.record("convention.joined", node=nid, http=http)
+
     def _admin_directory(self, args: dict, ok: Callable, fail: Callable) -> None:
-        """The launcher's directory, plus every node registered in the agency
-        that it does not list yet (a node that joined through another seed):
-        those entries carry only the HTTP and client endpoints, enough for a
-        launcher to fetch that node's own directory."""
+        """The launcher's directory, plus every node that it does not list
+        yet (one that joined through another seed) heard of through the
+        Thespian convention or registered in the agency: those entries
+        carry only endpoints, enough for a launcher to fetch that node's own
+        directory.  ``convention`` lists the convention members heard of,
+        ``convention_refused`` those that belong to another cluster."""
         nodes = list(self.directory.get("nodes", []))
         listed = {n.get("node_id") for n in nodes if isinstance(n, dict)}
+        for nid in sorted(self.convention):
+            entry = self.convention[nid]
+            if nid not in listed and entry["http"]:
+                nodes.append({"node_id": nid, "http": entry["http"]})
+                listed.add(nid)
         for nid in sorted(self.nodes):
             reg = self.nodes[nid]
             if nid not in listed and reg.get("http"):
                 nodes.append({"node_id": nid, "http": reg["http"], "client": reg.get("client", "")})
-        ok({**self.directory, "nodes": nodes})
+        ok({**self.directory, "nodes": nodes, "convention": sorted(self.convention),
+            "convention_refused": sorted(self.convention_refused)})
 
     def _cluster_view(self, done: Callable[[dict, dict[str, float], tuple[str, ...]], None]) -> None:
         """The local agency peer's status, and how long ago the supervisor

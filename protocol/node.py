@@ -6,6 +6,15 @@ from typing import Any
 
 from protocol.brief import Brief
 
+# ActorSystem capabilities of a node: the Thespian convention's potential
+# leaders (admin host:port, in priority order), and what every member
+# announces of itself to them -- read by the Dispatchers, which watch the
+# convention (ActorSystemConventionUpdate)
+CONVENTION_CAPABILITY = "Convention Address.IPv4"
+CAP_NODE = "Chorus Node"
+CAP_CLUSTER = "Chorus Cluster"
+CAP_HTTP = "Chorus HTTP"
+
 
 @dataclass(frozen=True)
 class NodeBoot:

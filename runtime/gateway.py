@@ -25,7 +25,10 @@ Shapes of what is returned (all keys always present):
 ``directory()``: how nodes find each other's actors (see runtime/node.py)::
 
     {"cluster_id": "c-...", "nodes": [{"node_id", "client", "http", "admin",
-     "raft", "supervisor", "node", "dispatcher"}]}   # addresses as host:port
+     "raft", "supervisor", "node", "dispatcher"}],   # addresses as host:port
+     "convention_leaders": ["127.0.0.1:7191", ...],  # the Thespian convention's
+     "convention": ["n2", ...],                       # members heard of through it
+     "convention_refused": ["x1"]}                    # ... that belong to another cluster
 
 ``promote_node(node_id)``: make an agency learner a voter; returns
 ``{"node_id", "role": "voter", "voters": [...], "learners": [...]}``.  404

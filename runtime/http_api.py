@@ -377,9 +377,11 @@ def _obj(props: dict, required: list[str] | None = None, *, closed: bool = False
 
 
 SCHEMAS: dict[str, dict] = {
-    "Directory": _obj({"cluster_id": _STR, "nodes": {"type": "array", "items": _obj({
-        "node_id": _STR, "client": _STR, "http": _STR, "admin": _STR, "raft": _STR, "supervisor": _STR,
-        "node": _STR, "dispatcher": _STR})}}),
+    "Directory": _obj({"cluster_id": _STR, "convention_leaders": _STRS, "convention": _STRS,
+                       "convention_refused": _STRS,
+                       "nodes": {"type": "array", "items": _obj({
+                           "node_id": _STR, "client": _STR, "http": _STR, "admin": _STR, "raft": _STR,
+                           "supervisor": _STR, "node": _STR, "dispatcher": _STR})}}),
     "Error": _obj({"error": _obj({"code": {"type": "string", "description": "stable snake_case name"},
                                    "message": {"type": "string", "description": "for people"}})}),
     "Node": _obj({"node_id": _STR, "agency": {"type": "string", "enum": ["voter", "learner", ""]},

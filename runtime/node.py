@@ -17,17 +17,21 @@ This module is the node's *launcher*, a plain process that
    ``GET /api/v1/cluster/directory`` (this node's actor addresses);
 4. finds its peers: it reads the directory of every seed (``--join`` /
    ``peers``) and of every node those name, and boots the RaftPeer,
-   Supervisor and NodeActor with what it found;
+   Supervisor and NodeActor with what it found; then enters the Thespian
+   convention;
 5. keeps reading the directories every second and tells its actors when a
    peer's addresses change (a restarted peer has new ones);
 6. on SIGTERM or Ctrl-C shuts the ActorSystem down and waits until every
    process it ran is gone.
 
-Why a directory over HTTP and not Thespian conventions: a convention tells
-an admin which other admins exist, but not where their actors are, and a
-restarted node's actors get new addresses.  The directory carries exactly
-that, on a port every node serves anyway; Thespian's own transport still
-carries all actor traffic.  (docs/ARCHITECTURE.md, "Production runtime".)
+Membership goes through a Thespian convention with several potential
+leaders (by default every agency voter): each node announces its node id,
+cluster id and HTTP endpoint as ActorSystem capabilities, and the
+Dispatchers list the members they hear of in their directories.  A
+convention does not say where a node's actors are, and a restarted node's
+actors get new addresses: the directory carries that, on a port every node
+serves anyway; Thespian's own transport carries all actor traffic.
+(docs/ARCHITECTURE.md, "Production runtime".)
 """
 from __future__ import annotations
 
@@ -43,6 +47,8 @@ import urllib.request
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
+
+from protocol.node import CAP_CLUSTER, CAP_HTTP, CAP_NODE, CONVENTION_CAPABILITY
 
 log = logging.getLogger("chorus.node")
 
@@ -68,6 +74,9 @@ class NodeConfig:
     admin_port: int = DEFAULT_ADMIN_PORT
     peers: list[str] = field(default_factory=list)  # HTTP host:port of other nodes (seeds)
     initial_nodes: list[str] = field(default_factory=list)  # node ids of the first cluster; default [node_id]
+    # cluster (admin) host:port of the Thespian convention's leaders, in
+    # priority order; empty: the agency voters' cluster ports
+    convention_leaders: list[str] = field(default_factory=list)
     group_commit_ms: float = 0.0  # 0: sync each write at once (lowest latency); >0: share one sync per window
     log_level: str = "WARNING"
     boot_timeout_s: float = 60.0
@@ -110,6 +119,8 @@ class NodeConfig:
         if len(set(ports)) != len(ports):
             raise ValueError(f"client, http and admin ports must differ, got {ports}")
         for p in self.peers:
+            _split_endpoint(p)
+        for p in self.convention_leaders:
             _split_endpoint(p)
         if not self.initial_nodes:
             self.initial_nodes = [self.node_id]
@@ -229,6 +240,7 @@ class Node:
         self.peers: dict[str, dict] = {}  # node id -> directory entry (strings)
         self.joining = False  # a new node added to a running cluster (an agency learner)
         self.admin_pid: int | None = None
+        self.convention_leaders: list[str] = []
         self._stop = False
 
     # ---------------------------------------------------------- start
@@ -255,7 +267,8 @@ class Node:
         utilis._thesplog_file = None
         _install_loopback_bind_patch()
         before = set(_children_of(os.getpid()))
-        self.asys = ActorSystem("multiprocTCPBase", {"Admin Port": cfg.admin_port},
+        self.asys = ActorSystem("multiprocTCPBase", {"Admin Port": cfg.admin_port, CAP_NODE: cfg.node_id,
+                                                     CAP_CLUSTER: self.cluster_id},
                                 logDefs=_log_defs(data / "logs" / "actors.log", cfg.log_level),
                                 transientUnique=True)
         reap_new_children(before)
@@ -274,6 +287,7 @@ class Node:
             raise RuntimeError(f"the dispatcher did not start listening (answer: {reply!r}); "
                                f"see {data / 'logs'}")
         self.client_port, self.http_port = reply[1], reply[2]
+        self.asys.updateCapability(CAP_HTTP, f"{cfg.host}:{self.http_port}")
         self._publish()
         self.say(f"node {cfg.node_id}: client {cfg.host}:{self.client_port}, http {cfg.host}:{self.http_port}, "
                  f"cluster {cfg.host}:{cfg.admin_port}, data {data}")
@@ -285,9 +299,35 @@ class Node:
         self._boot_actors()
         if self.joining:
             self._join_agency()
+        self._enter_convention()
         self._learn_admin_pid()
         self._write_pidfile()
         return self
+
+    def _enter_convention(self) -> None:
+        """Register this node's ActorSystem with the Thespian convention.
+
+        Every potential leader (``convention_leaders``, by default the
+        agency voters' cluster ports, in node-id order) hears of every
+        member; a member hears of the leaders.  Each node's Dispatcher
+        watches the convention and lists the members of its own cluster in
+        its directory, which is how launchers find nodes they were not told
+        of (a node that joined through another seed), with no single point
+        of failure while one potential leader is up."""
+        cfg = self.cfg
+        leaders = list(cfg.convention_leaders)
+        if not leaders:
+            voters = self._cluster_voters() or tuple(sorted(set(cfg.initial_nodes)))
+            mine = f"{cfg.host}:{cfg.admin_port}"
+            for nid in voters:
+                admin = mine if nid == cfg.node_id else self.peers.get(nid, {}).get("admin")
+                if admin:
+                    leaders.append(admin)
+            leaders = leaders or [mine]
+        self.convention_leaders = leaders
+        self.asys.updateCapability(CAP_CLUSTER, self.cluster_id)  # a joining node adopted the cluster's id
+        self.asys.updateCapability(CONVENTION_CAPABILITY, leaders)
+        self._publish()
 
     def _mine(self) -> dict:
         cfg = self.cfg
@@ -299,7 +339,8 @@ class Node:
         """Tell the dispatcher the directory it serves."""
         from protocol.node import Directory
 
-        doc = {"cluster_id": self.cluster_id, "nodes": [self._mine()] + [self.peers[n] for n in sorted(self.peers)]}
+        doc = {"cluster_id": self.cluster_id, "convention_leaders": list(self.convention_leaders),
+               "nodes": [self._mine()] + [self.peers[n] for n in sorted(self.peers)]}
         self.asys.tell(self.addrs["dispatcher"], Directory(doc))
 
     def _discover(self, initial: bool = False) -> bool:

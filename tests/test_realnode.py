@@ -20,7 +20,8 @@ from protocol.frames import (
     MetadataResponse,
     encode_frame,
 )
-from runtime.agency_local import process_exists
+from runtime.agency_local import free_port, process_exists
+from runtime.node import NodeConfig
 from runtime.realcluster import RealCluster, _zombie
 
 pytestmark = pytest.mark.realnet
@@ -252,10 +253,54 @@ def test_a_new_node_joins_a_running_cluster_and_takes_replicas(tmp_path) -> None
         assert c.stop_all() == []
 
 
-def test_a_new_node_with_no_reachable_seed_does_not_start_a_cluster_of_its_own(tmp_path) -> None:
-    from runtime.agency_local import free_port
+def _wait_for(what, probe, timeout_s: float = 30.0):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        got = probe()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.3)
+
+
+def test_nodes_find_each_other_through_a_convention_with_several_leaders(tmp_path) -> None:
     from runtime.local_cluster import spawn_node
-    from runtime.node import NodeConfig
+
+    c = RealCluster(tmp_path, n=3)
+    try:
+        c.start()
+        leaders = [f"127.0.0.1:{c.cfgs[n].admin_port}" for n in ("n1", "n2", "n3")]
+        for nid in ("n1", "n2", "n3"):  # every voter is a potential leader and hears of the others
+            d = _wait_for(f"{nid}'s convention", lambda nid=nid: (
+                lambda d: d if len(d["convention"]) == 2 else None)(c.get(nid, "/cluster/directory")))
+            assert d["convention_leaders"] == leaders
+            assert d["convention"] == sorted({"n1", "n2", "n3"} - {nid})
+        # the first leader dies; a new node joins through n3 and the other
+        # leaders still hear of it, and it of them: no single point of failure
+        c.kill9("n1")
+        c.add_node("n4", join="n3")
+        c.start("n4")
+        for nid in ("n2", "n3"):
+            _wait_for(f"n4 in {nid}'s convention", lambda nid=nid: "n4" in c.get(nid, "/cluster/directory")["convention"])
+        d4 = _wait_for("n4's convention", lambda: (
+            lambda d: d if {"n2", "n3"} <= set(d["convention"]) else None)(c.get("n4", "/cluster/directory")))
+        assert d4["convention_leaders"] == leaders and "n1" not in d4["convention"]
+        # a node of another cluster that registers with our convention is not listed
+        x1 = NodeConfig(node_id="x1", cluster_id="c-other", data_dir=str(tmp_path / "x1"), client_port=free_port(),
+                        http_port=free_port(), admin_port=free_port(), convention_leaders=[leaders[1]])
+        c.cfgs["x1"] = x1
+        c.procs["x1"] = spawn_node(x1, tmp_path / "x1.out")
+        _wait_for("x1 refused", lambda: "x1" in c.get("n2", "/cluster/directory")["convention_refused"])
+        d2 = c.get("n2", "/cluster/directory")
+        assert "x1" not in d2["convention"] and "x1" not in {n["node_id"] for n in d2["nodes"]}
+        assert "n2" in c.get("x1", "/cluster/directory")["convention_refused"]
+    finally:
+        assert c.stop_all() == []
+
+
+def test_a_new_node_with_no_reachable_seed_does_not_start_a_cluster_of_its_own(tmp_path) -> None:
+    from runtime.local_cluster import spawn_node
 
     cfg = NodeConfig(node_id="n9", data_dir=str(tmp_path / "n9"), client_port=free_port(), http_port=free_port(),
                      admin_port=free_port(), peers=[f"127.0.0.1:{free_port()}"], boot_timeout_s=2)
