@@ -7,8 +7,10 @@ the end), runs the Python client against them and reports:
 * ``single``  -- one node, persistent, level ``one``: acknowledged msgs/s,
   MB/s and acknowledgement latency p50/p99/p999;
 * ``quorum``  -- three nodes, replication factor 3, level ``quorum``;
-* ``e2e``     -- three nodes, a producer at a fixed rate and a subscription
-  consumer: produce-to-delivery latency p50/p99/p999;
+* ``e2e``     -- three nodes, replication factor 3, level ``quorum``, a
+  producer at a fixed rate and a subscription consumer on another node:
+  produce-to-delivery latency p50/p99/p999;
+* ``e2e1``    -- the same on one node, level ``one``;
 * ``failover``-- three nodes under quorum writes; kill -9 of the node that
   leads the shard; the time until writes are acknowledged again.
 
@@ -29,7 +31,7 @@ from typing import Any, Callable
 
 from sim.runner import percentile
 
-CASES = ("single", "quorum", "e2e", "failover")
+CASES = ("single", "quorum", "e2e", "e2e1", "failover")
 FAILOVER = "failover after kill -9"
 # Throughput cases time every record but take the acknowledgement latency of
 # one in this many (a callback per record would cost the producer more
@@ -125,22 +127,28 @@ def run_throughput(base: Path, nodes: int, level: str, n: int, size: int,
         c.stop_all()
 
 
-def run_e2e(base: Path, rate: int, seconds: float, size: int, progress: Callable[[int], None]) -> Result:
+def run_e2e(base: Path, rate: int, seconds: float, size: int, progress: Callable[[int], None],
+            nodes: int = 3) -> Result:
+    """Produce through n1 at ``rate``; consume through n2 (n1 on one node).
+    With several nodes: replication factor ``nodes``, level quorum; on one
+    node level one."""
     from runtime.client import Consumer, Producer
     from runtime.realcluster import RealCluster
 
-    c = RealCluster(base / "e2e", n=3)
-    topic = "bench/three/e2e/t"
+    c = RealCluster(base / f"e2e-{nodes}", n=nodes)
+    topic = f"bench/n{nodes}/e2e/t"
+    level = "quorum" if nodes > 1 else "one"
+    consumer_node = "n2" if nodes > 1 else "n1"
     try:
         c.start()
-        c.create_topic("n1", topic, shards=1, rf=3)
+        c.create_topic("n1", topic, shards=1, rf=nodes)
         lat: list[float] = []
         total = int(rate * seconds)
         got = [0]
         stop = threading.Event()
 
         def consume() -> None:
-            with Consumer(c.client("n2"), topic, "e2e", mode="exclusive") as cons:
+            with Consumer(c.client(consumer_node), topic, "e2e", mode="exclusive") as cons:
                 while not stop.is_set() and got[0] < total:
                     m = cons.poll(timeout_s=0.5)
                     if m is None:
@@ -155,7 +163,7 @@ def run_e2e(base: Path, rate: int, seconds: float, size: int, progress: Callable
         t.start()
         time.sleep(1.0)  # let the subscription attach
         pad = b"." * max(0, size - 8)
-        with Producer(c.client("n1"), level="quorum", linger_ms=1) as p:
+        with Producer(c.client("n1"), level=level, linger_ms=1) as p:
             t_start = time.perf_counter()
             for i in range(total):
                 due = t_start + i / rate
@@ -174,7 +182,8 @@ def run_e2e(base: Path, rate: int, seconds: float, size: int, progress: Callable
         t.join(5)
         elapsed = time.perf_counter() - t_start
         progress(total)
-        return Result(f"end to end at {rate}/s", got[0], elapsed, got[0] * size, lat,
+        where = f"{nodes} nodes, R={nodes}, quorum" if nodes > 1 else "1 node, level one"
+        return Result(f"end to end, {where}", got[0], elapsed, got[0] * size, lat,
                       {"delivered": f"{got[0]}/{total}"})
     finally:
         c.stop_all()
@@ -282,10 +291,12 @@ def run(cases: list[str], messages: int, size: int, rate: int, seconds: float,
                 task = prog.add_task("3 nodes, R=3, quorum", total=messages)
                 results.append(run_throughput(base, 3, "quorum", messages, size,
                                               lambda d: prog.update(task, completed=d)))
-            elif case == "e2e":
+            elif case in ("e2e", "e2e1"):
+                nodes = 3 if case == "e2e" else 1
                 total = int(rate * seconds)
-                task = prog.add_task(f"end to end at {rate}/s", total=total)
-                results.append(run_e2e(base, rate, seconds, size, lambda d: prog.update(task, completed=d)))
+                task = prog.add_task(f"end to end at {rate}/s, {nodes} node{'s' if nodes > 1 else ''}", total=total)
+                results.append(run_e2e(base, rate, seconds, size, lambda d: prog.update(task, completed=d),
+                                       nodes=nodes))
             elif case == "failover":
                 task = prog.add_task("failover after kill -9", total=2)
                 results.append(run_failover(base, size, lambda d: prog.update(task, completed=d)))

@@ -253,7 +253,12 @@ class Node:
         from actors.supervisor import Supervisor
         from protocol.host import HostConfig
         from protocol.node import DispatcherBoot, ListenConfig, NodeEndpoints
-        from runtime.agency_local import _children_of, _install_loopback_bind_patch, reap_new_children
+        from runtime.agency_local import (
+            _children_of,
+            _install_loopback_bind_patch,
+            reap_new_children,
+            tune_thespian_transport,
+        )
 
         cfg = self.cfg
         self.cluster_id = claim_data_dir(cfg)
@@ -266,6 +271,7 @@ class Node:
 
         utilis._thesplog_file = None
         _install_loopback_bind_patch()
+        tune_thespian_transport()
         before = set(_children_of(os.getpid()))
         self.asys = ActorSystem("multiprocTCPBase", {"Admin Port": cfg.admin_port, CAP_NODE: cfg.node_id,
                                                      CAP_CLUSTER: self.cluster_id},

@@ -19,7 +19,7 @@ from typing import Any, Iterator
 import pytest
 
 from protocol.agency import OK
-from runtime.agency_local import LocalAgency
+from runtime.agency_local import THESPIAN_BACKOFF_MIN_MS, LocalAgency, tune_thespian_transport
 
 pytestmark = [
     pytest.mark.realnet,
@@ -61,6 +61,21 @@ def write_and_check(agency: LocalAgency, acked: dict[str, Any], path: str, value
     assert r.result["values"] == [value], (path, r)
     assert r.result["revision"] >= w.result["revision"], (w, r)
     return w.result["revision"]
+
+
+def test_thespian_transmit_backoff_starts_short_and_still_grows() -> None:
+    from datetime import timedelta
+
+    import thespian.system.transport as transport
+
+    tune_thespian_transport()
+    first = transport.backoffDelay(0)
+    assert first <= timedelta(milliseconds=2 * THESPIAN_BACKOFF_MIN_MS)  # Thespian's own: 34 ms
+    pauses = [first]
+    for _ in range(30):
+        pauses.append(transport.backoffDelay(pauses[-1]))
+    assert all(b > a for a, b in zip(pauses, pauses[1:]) if b < transport.MAX_BACKOFF_DELAY)
+    assert pauses[-1] == transport.MAX_BACKOFF_DELAY  # a peer that stays unreachable is still left alone
 
 
 def test_agency_survives_leader_sigkill(tmp_path) -> None:
