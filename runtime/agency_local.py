@@ -141,8 +141,38 @@ def tune_thespian_transport() -> None:
     transport.MIN_BACKOFF_DELAY = timedelta(milliseconds=THESPIAN_BACKOFF_MIN_MS)
 
 
+_PORTS_HANDED_OUT: set[int] = set()
+FREE_PORT_LOW = 10_000
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's range for outgoing connections."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port(host: str = LOOPBACK) -> int:
-    """A TCP port that was free a moment ago (bind port 0, read it, close)."""
+    """A TCP port that was free a moment ago, never the same twice in a
+    process.  Chosen below the kernel's ephemeral range: a port from that
+    range (what binding port 0 gives) can be taken by any outgoing
+    connection -- Thespian opens many -- before the node gets to bind it."""
+    import random
+
+    top = _ephemeral_low() - 1
+    for _ in range(100 if top > FREE_PORT_LOW + 1000 else 0):
+        port = random.randint(FREE_PORT_LOW, top)
+        if port in _PORTS_HANDED_OUT:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        _PORTS_HANDED_OUT.add(port)
+        return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]

@@ -19,7 +19,13 @@ from typing import Any, Iterator
 import pytest
 
 from protocol.agency import OK
-from runtime.agency_local import THESPIAN_BACKOFF_MIN_MS, LocalAgency, tune_thespian_transport
+from runtime.agency_local import (
+    THESPIAN_BACKOFF_MIN_MS,
+    LocalAgency,
+    _ephemeral_low,
+    free_port,
+    tune_thespian_transport,
+)
 
 pytestmark = [
     pytest.mark.realnet,
@@ -61,6 +67,16 @@ def write_and_check(agency: LocalAgency, acked: dict[str, Any], path: str, value
     assert r.result["values"] == [value], (path, r)
     assert r.result["revision"] >= w.result["revision"], (w, r)
     return w.result["revision"]
+
+
+def test_free_ports_are_distinct_bindable_and_outside_the_ephemeral_range() -> None:
+    import socket
+
+    ports = [free_port() for _ in range(50)]
+    assert len(set(ports)) == 50
+    assert all(p < _ephemeral_low() for p in ports)  # no outgoing connection can take them meanwhile
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", ports[-1]))
 
 
 def test_thespian_transmit_backoff_starts_short_and_still_grows() -> None:
