@@ -241,6 +241,7 @@ class Node:
         self.joining = False  # a new node added to a running cluster (an agency learner)
         self.admin_pid: int | None = None
         self.convention_leaders: list[str] = []
+        self.cluster_voters: tuple[str, ...] = ()  # the agency voters a peer reported at boot
         self._stop = False
 
     # ---------------------------------------------------------- start
@@ -323,7 +324,7 @@ class Node:
         cfg = self.cfg
         leaders = list(cfg.convention_leaders)
         if not leaders:
-            voters = self._cluster_voters() or tuple(sorted(set(cfg.initial_nodes)))
+            voters = self.cluster_voters or tuple(sorted(set(cfg.initial_nodes)))
             mine = f"{cfg.host}:{cfg.admin_port}"
             for nid in voters:
                 admin = mine if nid == cfg.node_id else self.peers.get(nid, {}).get("admin")
@@ -411,7 +412,7 @@ class Node:
         peers = self._peer_addrs("raft")
         voters = tuple(sorted(set(cfg.initial_nodes)))
         learners: tuple[str, ...] = ()
-        cluster = self._cluster_voters()
+        cluster = self.cluster_voters = self._cluster_voters()
         if cluster and cfg.node_id not in cluster:
             # Joining a running cluster: never boot as a voter of a
             # configuration of our own (a one-node "cluster" that would elect
