@@ -933,13 +933,19 @@ class Dispatcher(ChorusActor):
         for cb in self.info_waiters.pop(msg.shard, []):
             cb(status)
 
+    def _known_topic(self, name: str, fail: Callable) -> dict | None:
+        """The topic's spec, or None after a 404 through ``fail``."""
+        spec = self.topics.get(name)
+        if spec is None:
+            fail(404, "not_found", f"topic {name!r} does not exist")
+        return spec
+
     def _topic_info(self, topic: str | None, required: bool, fail: Callable,
                     done: Callable[[list[str], dict[str, dict]], None]) -> None:
         """``done(shards, info)`` with the status of every shard of ``topic``
         (of every topic when it is empty and not ``required``); a 404 when the
         topic does not exist."""
-        if (topic or required) and topic not in self.topics:
-            fail(404, "not_found", f"topic {topic!r} does not exist")
+        if (topic or required) and self._known_topic(topic, fail) is None:
             return
         shards = self._shard_list(topic)
         self._gather_info(shards, lambda info: done(shards, info))
@@ -971,11 +977,9 @@ class Dispatcher(ChorusActor):
         ok([self._topic_json(self.topics[t]) for t in sorted(self.topics)])
 
     def _admin_topic(self, args: dict, ok: Callable, fail: Callable) -> None:
-        spec = self.topics.get(args.get("name", ""))
-        if spec is None:
-            fail(404, "not_found", f"topic {args.get('name')!r} does not exist")
-            return
-        ok(self._topic_json(spec))
+        spec = self._known_topic(args.get("name", ""), fail)
+        if spec is not None:
+            ok(self._topic_json(spec))
 
     def _topic_call(self, msg: Any, ok: Callable, fail: Callable, after: Callable[[], Any]) -> None:
         def done(_reply: TopicReply) -> None:
@@ -1031,9 +1035,8 @@ class Dispatcher(ChorusActor):
 
     def _admin_alter_topic(self, args: dict, ok: Callable, fail: Callable) -> None:
         name, changes = args.get("name", ""), dict(args.get("changes") or {})
-        spec = self.topics.get(name)
+        spec = self._known_topic(name, fail)
         if spec is None:
-            fail(404, "not_found", f"topic {name!r} does not exist")
             return
         try:
             wanted = TopicSpec.from_json(spec).alter(**changes)
@@ -1052,9 +1055,8 @@ class Dispatcher(ChorusActor):
 
     def _admin_delete_topic(self, args: dict, ok: Callable, fail: Callable) -> None:
         name = args.get("name", "")
-        spec = self.topics.get(name)
+        spec = self._known_topic(name, fail)
         if spec is None:
-            fail(404, "not_found", f"topic {name!r} does not exist")
             return
         gone = self._topic_json(spec)
         self._topic_call(DeleteTopic(self.client, 0, name), ok, fail,
@@ -1062,9 +1064,8 @@ class Dispatcher(ChorusActor):
 
     def _admin_lookup(self, args: dict, ok: Callable, fail: Callable) -> None:
         topic = args.get("topic", "")
-        spec = self.topics.get(topic)
+        spec = self._known_topic(topic, fail)
         if spec is None:
-            fail(404, "not_found", f"topic {topic!r} does not exist")
             return
         out = []
         for i in range(int(spec.get("shards", 1))):
@@ -1077,9 +1078,8 @@ class Dispatcher(ChorusActor):
 
     def _admin_produce(self, args: dict, ok: Callable, fail: Callable) -> None:
         topic = args.get("topic", "")
-        spec = self.topics.get(topic)
+        spec = self._known_topic(topic, fail)
         if spec is None:
-            fail(404, "not_found", f"topic {topic!r} does not exist")
             return
         records = args.get("records") or []
         if not isinstance(records, list) or not 1 <= len(records) <= HTTP_RECORDS_MAX:
@@ -1127,9 +1127,8 @@ class Dispatcher(ChorusActor):
 
     def _admin_fetch(self, args: dict, ok: Callable, fail: Callable) -> None:
         topic, index = args.get("topic", ""), args.get("shard", 0)
-        spec = self.topics.get(topic)
+        spec = self._known_topic(topic, fail)
         if spec is None:
-            fail(404, "not_found", f"topic {topic!r} does not exist")
             return
         if not isinstance(index, int) or not 0 <= index < int(spec.get("shards", 1)):
             fail(404, "not_found", f"topic {topic!r} has no shard {index}")
