@@ -103,7 +103,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Coroutine, Iterable, Iterator, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Coroutine, Iterable, Iterator, Mapping, Self, Sequence, TypeVar
 
 from protocol import frames as fr
 from protocol.frames import ErrorCode, Level, Mode
@@ -705,7 +705,32 @@ class _Cluster:
 # -- AsyncClient ------------------------------------------------------------------
 
 
-class AsyncClient:
+class _AsyncContext:
+    """``async with``: ``start()`` on entry (closing at once if that fails),
+    ``close()`` on exit."""
+
+    async def start(self) -> Self:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    async def _close_now(self) -> None:
+        """Close without waiting for anything still pending."""
+        await self.close()
+
+    async def __aenter__(self) -> Self:
+        try:
+            return await self.start()
+        except BaseException:
+            await self._close_now()
+            raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class AsyncClient(_AsyncContext):
     """Metadata and plain reads (fetch) of a cluster.
 
     ``AsyncClient(bootstrap="127.0.0.1:7171", *, client_id=None,
@@ -734,16 +759,6 @@ class AsyncClient:
         """Connect (``ChorusConnectionError`` if no bootstrap address answers)."""
         await self._cluster.connection()
         return self
-
-    async def __aenter__(self) -> "AsyncClient":
-        try:
-            return await self.start()
-        except BaseException:
-            await self.close()
-            raise
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
 
     async def close(self) -> None:
         await self._cluster.close()
@@ -848,7 +863,7 @@ class _TopicState:
     resolver: asyncio.Task[None] | None = None
 
 
-class AsyncProducer:
+class AsyncProducer(_AsyncContext):
     """Sends records to topics, batched per shard and level, idempotently.
 
     Options: ``level`` the default consistency level (``"any"``, ``"one"``,
@@ -907,15 +922,8 @@ class AsyncProducer:
         await self._cluster.connection()
         return self
 
-    async def __aenter__(self) -> "AsyncProducer":
-        try:
-            return await self.start()
-        except BaseException:
-            await self.close(timeout_s=0)
-            raise
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
+    async def _close_now(self) -> None:
+        await self.close(timeout_s=0)
 
     @property
     def buffered_bytes(self) -> int:
@@ -1371,7 +1379,7 @@ class AsyncProducer:
 # -- AsyncConsumer ------------------------------------------------------------------
 
 
-class AsyncConsumer:
+class AsyncConsumer(_AsyncContext):
     """A consumer attached to the durable subscription ``subscription`` of ``topic``.
 
     ``mode`` (``"exclusive"``, ``"shared"``, ``"failover"``) is used when the
@@ -1431,15 +1439,8 @@ class AsyncConsumer:
                        asyncio.create_task(self._ack_loop(), name="chorus-consumer-acks")]
         return self
 
-    async def __aenter__(self) -> "AsyncConsumer":
-        try:
-            return await self.start()
-        except BaseException:
-            await self.close(timeout_s=0)
-            raise
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
+    async def _close_now(self) -> None:
+        await self.close(timeout_s=0)
 
     async def close(self, timeout_s: float = 5.0) -> None:
         """Send pending acknowledgements (waiting at most ``timeout_s``) and
