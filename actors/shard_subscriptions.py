@@ -134,12 +134,10 @@ class ShardSubscriptions:
         core = self.cores.get(m.subscription)
         if core is None:
             return
-        # one pass over the effects of the whole batch: the records the acks
-        # make room for leave in one Delivery, not one message per record
-        effects: list[Any] = []
-        for off in m.offsets:
-            effects.extend(core.nack(m.consumer, 0, off, now_s) if m.negative else core.ack(m.consumer, 0, off, now_s))
-        self._effects(m.subscription, effects, now_s, read)
+        # the whole batch at once: the records it makes room for leave in one
+        # Delivery, and a batch of nacks rewinds an ordered subscription once
+        settle = core.nack_many if m.negative else core.ack_many
+        self._effects(m.subscription, settle(m.consumer, 0, m.offsets, now_s), now_s, read)
 
     def unsubscribe(self, subscription: str, consumer: str, now_s: float, read: Any) -> None:
         """Detach a consumer at once (its connection closed)."""

@@ -74,6 +74,15 @@ Inputs
     and, when ``nack_delay_s > 0``, delivery on that shard pauses until
     ``now_s + nack_delay_s`` (resumed by any input at or after that time).
 
+``ack_many(consumer, shard, offsets, now_s)`` / ``nack_many(...)``
+    The acks (nacks) of one message from the consumer, in order: each
+    offset is judged by the acceptance rule against the state left by the
+    offsets before it, but nothing is delivered in between -- deliveries
+    and fetches the batch makes room for are computed once, at the end, and
+    the cursor advance yields one ``PersistCursor``.  So a batch of nacks
+    in an ordered mode rewinds the shard once (the later offsets are no
+    longer in flight), and every released record is delivered again once.
+
 ``tick(now_s)``
     Expires in-flight records whose deadline is ``<= now_s`` (shared: the
     record is released and redelivered; exclusive / failover: its shard
@@ -151,7 +160,7 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
 from sortedcontainers import SortedSet
 
@@ -303,18 +312,33 @@ class SubscriptionCore:
         return out.effects()
 
     def ack(self, consumer: str, shard: int, offset: int, now_s: float) -> list[Any]:
-        out = _Out()
+        return self.ack_many(consumer, shard, (offset,), now_s)
+
+    def ack_many(self, consumer: str, shard: int, offsets: Iterable[int], now_s: float) -> list[Any]:
         sh = self._sh.get(shard)
-        if sh is None or not self._holds(sh, consumer, offset):
+        if sh is None:
             return []
-        self._unhold(sh, offset)
-        sh.records.pop(offset, None)
-        sh.attempts.pop(offset, None)
-        sh.last_holder.pop(offset, None)
-        sh.acked.add(offset)
+        inflight, records, attempts, last_holder, acked = (sh.inflight, sh.records, sh.attempts, sh.last_holder,
+                                                           sh.acked)
+        held = self._held.get(consumer)
+        accepted = False
+        for offset in offsets:
+            fl = inflight.get(offset)
+            if fl is None or fl.consumer != consumer:
+                continue
+            del inflight[offset]
+            held.pop((shard, offset), None)
+            records.pop(offset, None)
+            attempts.pop(offset, None)
+            last_holder.pop(offset, None)
+            acked.add(offset)
+            accepted = True
+        if not accepted:
+            return []
+        out = _Out()
         before = sh.cursor
-        while sh.cursor in sh.acked:
-            sh.acked.discard(sh.cursor)
+        while sh.cursor in acked:
+            acked.discard(sh.cursor)
             sh.cursor += 1
         if sh.cursor != before:
             out.persist[shard] = sh.cursor
@@ -324,23 +348,33 @@ class SubscriptionCore:
         return out.effects()
 
     def nack(self, consumer: str, shard: int, offset: int, now_s: float) -> list[Any]:
-        out = _Out()
+        return self.nack_many(consumer, shard, (offset,), now_s)
+
+    def nack_many(self, consumer: str, shard: int, offsets: Iterable[int], now_s: float) -> list[Any]:
         sh = self._sh.get(shard)
-        if sh is None or not self._holds(sh, consumer, offset):
+        if sh is None:
             return []
-        if self._ordered:
-            self._rewind(sh)
-            if self.nack_delay_s > 0:
-                sh.paused_until = now_s + self.nack_delay_s
-        else:
-            self._unhold(sh, offset)
-            if self.nack_delay_s > 0:
-                due = now_s + self.nack_delay_s
-                sh.delayed[offset] = due
-                self._seq += 1
-                heapq.heappush(self._delays, (due, self._seq, shard, offset))
+        accepted = False
+        for offset in offsets:
+            if not self._holds(sh, consumer, offset):
+                continue
+            accepted = True
+            if self._ordered:
+                self._rewind(sh)
+                if self.nack_delay_s > 0:
+                    sh.paused_until = now_s + self.nack_delay_s
             else:
-                sh.ready.add(offset)
+                self._unhold(sh, offset)
+                if self.nack_delay_s > 0:
+                    due = now_s + self.nack_delay_s
+                    sh.delayed[offset] = due
+                    self._seq += 1
+                    heapq.heappush(self._delays, (due, self._seq, shard, offset))
+                else:
+                    sh.ready.add(offset)
+        if not accepted:
+            return []
+        out = _Out()
         self._pump(now_s, out)
         return out.effects()
 

@@ -233,6 +233,36 @@ def test_ordered_nack_restarts_from_first_unacked_offset() -> None:
     assert persists(c.ack("a", 0, 1, 2)) == [(0, 3)]
 
 
+def test_batched_acks_persist_once_and_deliver_once() -> None:
+    c = core("exclusive", inflight_max=3)
+    c.attach("a", 0)
+    assert offs(c.records(0, 0, recs(8), 0)) == [0, 1, 2]
+    eff = c.ack_many("a", 0, [1, 0, 2, 7], 1)  # 7 is not in flight: ignored
+    assert persists(eff) == [(0, 3)]
+    assert dl(eff) == [("a", 0, o, False) for o in (3, 4, 5)]
+    assert c.ack_many("a", 0, [0, 1], 2) == []  # nothing accepted, nothing happens
+
+
+def test_batched_nacks_rewind_an_ordered_shard_once() -> None:
+    c = core("failover")
+    c.attach("a", 0)
+    c.records(0, 0, recs(4), 0)
+    eff = c.nack_many("a", 0, [1, 2, 3], 1)
+    # one rewind: each unacked record comes back once, in order
+    assert dl(eff) == [("a", 0, o, True) for o in range(4)]
+    assert c.state()["inflight_by_consumer"]["a"] == [(0, o) for o in range(4)]
+
+
+def test_batched_nacks_release_each_record_in_shared_mode() -> None:
+    c = core("shared")
+    c.attach("a", 0)
+    c.attach("b", 0)
+    c.records(0, 0, recs(4), 0)  # a: 0, 2; b: 1, 3
+    eff = c.nack_many("a", 0, [0, 2, 1], 1)  # 1 is b's: ignored
+    assert sorted(offs(eff, "b")) == [0, 2]
+    assert sorted(o for _s, o in c.state()["inflight_by_consumer"]["b"]) == [0, 1, 2, 3]
+
+
 def test_ordered_nack_delay_pauses_the_shard_only() -> None:
     c = core("failover", shards=(0, 1), nack_delay_s=3.0)
     c.attach("a", 0)
@@ -568,6 +598,25 @@ class SubscriptionMachine(RuleBasedStateMachine):
         key = self._take(c, i)
         if key is not None:
             self._apply(self.core.nack(c, key[0], key[1], self.now), "nack")
+
+    @rule(c=st.sampled_from(CONSUMERS), n=st.integers(1, 6), negative=st.booleans(), bogus=st.integers(0, 25))
+    def settle_many(self, c, n, negative, bogus) -> None:
+        """One message settles several records per shard (how real consumers
+        ack), with a bogus offset mixed in."""
+        got = self.received[c]
+        batch = [got.pop(0) for _ in range(min(n, len(got)))]
+        per_shard = defaultdict(list)
+        for s, o in batch:
+            per_shard[s].append(o)
+        for s in sorted(per_shard):
+            offsets = per_shard[s] + [bogus]
+            if negative:
+                self._apply(self.core.nack_many(c, s, offsets, self.now), "nack")
+                continue
+            for o in offsets:
+                if c in self.delivered_to[(s, o)]:
+                    self.model_acked.add((s, o))
+            self._apply(self.core.ack_many(c, s, offsets, self.now), "ack")
 
     @rule()
     def restart(self) -> None:
