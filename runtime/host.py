@@ -1,6 +1,7 @@
 """The production host: real clocks, a real RNG and RocksDB stores."""
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import random
@@ -23,6 +24,12 @@ class ProductionHost:
         self.rng = random.Random(seed)
         self.pid = os.getpid()
         self._stores: dict[str, RocksStore] = {}
+        # Everything the process holds by now -- imported modules, the
+        # transport's state, some 40,000 objects -- lives as long as the
+        # process: keep it out of the collector's full passes, each of which
+        # would otherwise scan it all (10 ms on an idle core, 30-50 ms seen
+        # as an end-to-end latency spike on a busy one).
+        gc.freeze()
 
     def monotonic(self) -> float:
         return time.monotonic()
