@@ -58,6 +58,8 @@ DEFAULT_ADMIN_PORT = 7191
 DEFAULT_MQTT_PORT = 1883  # reserved for the MQTT front end (not served yet)
 LOCAL_PORT_STRIDE = 100  # node k of `run --nodes N` uses the defaults + (k-1) * stride
 DIRECTORY_POLL_S = 1.0
+FAILOVER_GRACE_MS_MIN = 200.0  # below this, replica reports (every 150 ms) look like deaths
+FAILOVER_GRACE_MS_MAX = 600_000.0
 VERSION = "0.1.0"
 
 
@@ -78,6 +80,9 @@ class NodeConfig:
     # priority order; empty: the agency voters' cluster ports
     convention_leaders: list[str] = field(default_factory=list)
     group_commit_ms: float = 0.0  # 0: sync each write at once (lowest latency); >0: share one sync per window
+    # a shard leader silent this long is failed over; stalls shorter than
+    # this (a slow fsync, a collector pause) leave leadership where it is
+    failover_grace_ms: float = 1500.0
     log_level: str = "WARNING"
     boot_timeout_s: float = 60.0
 
@@ -118,6 +123,9 @@ class NodeConfig:
         ports = [p for p in (self.client_port, self.http_port, self.admin_port) if p]
         if len(set(ports)) != len(ports):
             raise ValueError(f"client, http and admin ports must differ, got {ports}")
+        if not FAILOVER_GRACE_MS_MIN <= self.failover_grace_ms <= FAILOVER_GRACE_MS_MAX:
+            raise ValueError(f"failover_grace_ms must be in {FAILOVER_GRACE_MS_MIN:g}..{FAILOVER_GRACE_MS_MAX:g}, "
+                             f"got {self.failover_grace_ms:g}")
         for p in self.peers:
             _split_endpoint(p)
         for p in self.convention_leaders:
@@ -423,6 +431,7 @@ class Node:
         sups = self._peer_addrs("supervisor")
         nodes = tuple(sorted(set(cfg.initial_nodes) | {n for n, _ in sups}))
         self.asys.tell(self.addrs["supervisor"], SupervisorBoot(cfg.node_id, self.addrs["raft"], sups, nodes,
+                                                                grace_s=cfg.failover_grace_ms / 1000.0,
                                                                 host=self.host_cfg))
         tuning = ShardTuning(group_commit_ms=cfg.group_commit_ms)
         self.asys.tell(self.addrs["node"], NodeBoot(cfg.node_id, self.addrs["raft"], self._peer_addrs("node"),

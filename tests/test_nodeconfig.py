@@ -1,0 +1,41 @@
+"""NodeConfig: defaults, then the file, then CHORUS_* variables, then flags;
+bad values refused with the key's name."""
+from __future__ import annotations
+
+import pytest
+
+from runtime.node import NodeConfig
+
+
+def test_file_then_environment_then_flags(tmp_path) -> None:
+    f = tmp_path / "chorus.yml"
+    f.write_text("node_id: n2\nfailover_grace_ms: 2500\ngroup_commit_ms: 2\npeers: ['127.0.0.1:7181']\n")
+    cfg = NodeConfig.load(str(f), env={})
+    assert (cfg.node_id, cfg.failover_grace_ms, cfg.group_commit_ms, cfg.peers) == ("n2", 2500.0, 2.0,
+                                                                                     ["127.0.0.1:7181"])
+    cfg = NodeConfig.load(str(f), env={"CHORUS_FAILOVER_GRACE_MS": "4000"})
+    assert cfg.failover_grace_ms == 4000.0
+    cfg = NodeConfig.load(str(f), env={"CHORUS_FAILOVER_GRACE_MS": "4000"}, node_id="n3", data_dir=None)
+    assert (cfg.node_id, cfg.failover_grace_ms, cfg.data_dir) == ("n3", 4000.0, "data")
+
+
+def test_defaults() -> None:
+    cfg = NodeConfig.load(env={})
+    assert cfg.failover_grace_ms == 1500.0 and cfg.group_commit_ms == 0.0 and cfg.initial_nodes == ["n1"]
+
+
+@pytest.mark.parametrize("env,words", [
+    ({"CHORUS_FAILOVER_GRACE_MS": "50"}, "failover_grace_ms must be in 200..600000, got 50"),
+    ({"CHORUS_FAILOVER_GRACE_MS": "soon"}, "failover_grace_ms"),
+    ({"CHORUS_CLIENT_PORT": "70000"}, "client_port must be in 0..65535"),
+])
+def test_bad_values_are_refused_by_name(env, words) -> None:
+    with pytest.raises(ValueError, match=words):
+        NodeConfig.load(env=env)
+
+
+def test_unknown_keys_are_refused(tmp_path) -> None:
+    f = tmp_path / "chorus.toml"
+    f.write_text('node_id = "n1"\nfailover_grace = 3\n')
+    with pytest.raises(ValueError, match="unknown configuration keys: failover_grace"):
+        NodeConfig.load(str(f), env={})
