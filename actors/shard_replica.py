@@ -3,9 +3,9 @@
 It opens the shard's log (``shard/<name>``) and a small metadata store
 (``shard/<name>.meta``, holding the highest epoch seen), routes messages to
 the core and carries out its ShardReady: persist the epoch and sync, then
-send.  Every ``state_interval_s`` it reports its state (epoch, role, log
-position) to the supervisors, which use it to detect dead or leaderless
-shards.
+send.  Every ``tuning.state_interval_ms`` (rounded to whole ticks) it
+reports its state (epoch, role, log position) to the supervisors, which use
+it to detect dead or leaderless shards.
 """
 from __future__ import annotations
 
@@ -32,9 +32,6 @@ from protocol.shard import (
     SupervisorsAre,
 )
 from storage.shardlog import ShardLog
-
-
-STATE_INTERVAL_S = 0.15
 
 
 class ShardReplica(ChorusActor):
@@ -100,7 +97,7 @@ class ShardReplica(ChorusActor):
                     [cursor_record(s, mode, off) for s, mode, off in cursors], self.now()))
             self._flush_subs()
         self.ticks += 1
-        every = max(1, int(STATE_INTERVAL_S * 1000 / self.core.tuning.tick_ms))
+        every = max(1, round(self.core.tuning.state_interval_ms / self.core.tuning.tick_ms))
         if self.ticks % every == 0:
             self._report()
         self._arm()

@@ -172,6 +172,7 @@ class ShardTuning:
     producers_max: int = 10_000
     pending_max: int = 10_000
     group_commit_ms: float = 0.0  # 0: sync each produce at once; >0: one sync for all appends in this window
+    state_interval_ms: int = 150  # each replica reports its state to every supervisor this often
     bugs: ShardBugs = ShardBugs()
 
 

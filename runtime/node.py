@@ -58,8 +58,16 @@ DEFAULT_ADMIN_PORT = 7191
 DEFAULT_MQTT_PORT = 1883  # reserved for the MQTT front end (not served yet)
 LOCAL_PORT_STRIDE = 100  # node k of `run --nodes N` uses the defaults + (k-1) * stride
 DIRECTORY_POLL_S = 1.0
-FAILOVER_GRACE_MS_MIN = 200.0  # below this, replica reports (every 150 ms) look like deaths
+FAILOVER_GRACE_MS_MIN = 200.0  # below this, two replica reports could not fit in the grace
 FAILOVER_GRACE_MS_MAX = 600_000.0
+# Every shard replica is a process with a timer and reports to every
+# node's supervisor, so their rates set what an idle cluster costs: a
+# 16-shard topic (48 replicas) on three nodes took more than the two cores
+# of this machine at the simulator's rates (50 ms ticks, reports every
+# 150 ms).  Real nodes tick every 100 ms and report four times per
+# failover_grace_ms.
+SHARD_TICK_MS = 100
+REPORTS_PER_GRACE = 4
 VERSION = "0.1.0"
 
 
@@ -132,6 +140,14 @@ class NodeConfig:
             _split_endpoint(p)
         if not self.initial_nodes:
             self.initial_nodes = [self.node_id]
+
+
+def shard_tuning(cfg: NodeConfig) -> Any:
+    """The ShardTuning of this node's replicas (see SHARD_TICK_MS)."""
+    from protocol.shard import ShardTuning
+
+    return ShardTuning(group_commit_ms=cfg.group_commit_ms, tick_ms=SHARD_TICK_MS,
+                       state_interval_ms=max(SHARD_TICK_MS, int(cfg.failover_grace_ms / REPORTS_PER_GRACE)))
 
 
 def _coerce(name: str, default: Any, value: Any) -> Any:
@@ -414,7 +430,6 @@ class Node:
         from actors.supervisor import SupervisorBoot
         from protocol.node import NodeBoot
         from protocol.raft import RaftBoot
-        from protocol.shard import ShardTuning
 
         cfg = self.cfg
         peers = self._peer_addrs("raft")
@@ -433,7 +448,7 @@ class Node:
         self.asys.tell(self.addrs["supervisor"], SupervisorBoot(cfg.node_id, self.addrs["raft"], sups, nodes,
                                                                 grace_s=cfg.failover_grace_ms / 1000.0,
                                                                 host=self.host_cfg))
-        tuning = ShardTuning(group_commit_ms=cfg.group_commit_ms)
+        tuning = shard_tuning(cfg)
         self.asys.tell(self.addrs["node"], NodeBoot(cfg.node_id, self.addrs["raft"], self._peer_addrs("node"),
                                                     tuple(a for _, a in sups), self.addrs["supervisor"], tuning,
                                                     self.host_cfg))

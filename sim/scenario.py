@@ -56,7 +56,7 @@ DATA_CHECKS = (
 )
 ALL_CHECKS = CHECKS + DATA_CHECKS
 SHARD_TUNING_KEYS = ("tick_ms", "push_batches_max", "push_bytes_max", "inflight_max", "isr_timeout_s",
-                     "request_timeout_s", "group_commit_ms")
+                     "request_timeout_s", "group_commit_ms", "state_interval_ms")
 LEVEL_NAMES = ("any", "one", "quorum", "all")
 TUNING_KEYS = tuple(f for f in RaftTuning.__dataclass_fields__ if f != "bugs")
 OPTION_KEYS = tuple(SimOptions.__dataclass_fields__)

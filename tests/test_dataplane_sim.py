@@ -238,3 +238,26 @@ def test_growing_the_replication_factor_adds_a_replica_that_catches_up():
         ends = {n: h.replica(shard, n).log.end_offset for n in core.replicas}
         assert min(ends.values()) > 0 and len(set(ends.values())) == 1, ends  # the new replica caught up
     assert w.errors == []
+
+
+@pytest.mark.parametrize("interval_ms", [150, 300])
+def test_replicas_report_their_state_every_state_interval(monkeypatch, interval_ms):
+    from actors.supervisor import Supervisor
+    from sim.runner import Harness
+    from sim.scenario import parse
+
+    seen = []
+    real = Supervisor.on_ReplicaState
+    monkeypatch.setattr(Supervisor, "on_ReplicaState",
+                        lambda self, msg, sender: (seen.append((self.now(), msg.node)), real(self, msg, sender)))
+    monkeypatch.setattr(Supervisor, "_dispatch_cache", {})  # handlers are looked up once per class
+    doc = {"name": "t", "duration_s": 10, "settle_s": 0, "cluster": {"peers": 3}, "workload": {"clients": 0},
+           "data": {"topics": [{"name": "a/b/c/d", "shards": 1, "replication_factor": 3}], "producers": 0,
+                    "tuning": {"state_interval_ms": interval_ms}},
+           "checks": ["election_safety"]}
+    h = Harness(parse(doc), 1)
+    h.world.run_until(8.0)
+    window = [n for t, n in seen if 3.0 <= t < 8.0]
+    # three replicas, each to three supervisors
+    expected = 3 * 3 * 5.0 / (interval_ms / 1000)
+    assert 0.85 * expected <= len(window) <= 1.15 * expected, (len(window), expected)

@@ -39,3 +39,12 @@ def test_unknown_keys_are_refused(tmp_path) -> None:
     f.write_text('node_id = "n1"\nfailover_grace = 3\n')
     with pytest.raises(ValueError, match="unknown configuration keys: failover_grace"):
         NodeConfig.load(str(f), env={})
+
+
+def test_replicas_tick_every_100_ms_and_report_four_times_per_grace() -> None:
+    from runtime.node import shard_tuning
+
+    t = shard_tuning(NodeConfig.load(env={"CHORUS_GROUP_COMMIT_MS": "2"}))
+    assert (t.tick_ms, t.state_interval_ms, t.group_commit_ms) == (100, 375, 2.0)
+    # a short grace still leaves a report per tick, never less
+    assert shard_tuning(NodeConfig.load(env={"CHORUS_FAILOVER_GRACE_MS": "200"})).state_interval_ms == 100
