@@ -2,7 +2,9 @@
 
 One Supervisor actor runs on every node; it is *active* only while the
 agency peer on its node is the agency leader.  Replicas report their state
-to every supervisor every 150 ms and nodes heartbeat every 250 ms.
+to every supervisor every ``ShardTuning.state_interval_ms`` (150 ms in the
+simulator, a quarter of the failover grace on real nodes) and nodes
+heartbeat every 250 ms.
 
 **Failover.**  When the active supervisor has not heard the planned leader
 of a shard claim leadership of the planned epoch for ``grace_s``, it fails
