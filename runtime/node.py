@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from protocol.node import CAP_CLUSTER, CAP_HTTP, CAP_NODE, CONVENTION_CAPABILITY
+from protocol.shard import ShardTuning
 
 log = logging.getLogger("chorus.node")
 
@@ -142,10 +143,8 @@ class NodeConfig:
             self.initial_nodes = [self.node_id]
 
 
-def shard_tuning(cfg: NodeConfig) -> Any:
+def shard_tuning(cfg: NodeConfig) -> ShardTuning:
     """The ShardTuning of this node's replicas (see SHARD_TICK_MS)."""
-    from protocol.shard import ShardTuning
-
     return ShardTuning(group_commit_ms=cfg.group_commit_ms, tick_ms=SHARD_TICK_MS,
                        state_interval_ms=max(SHARD_TICK_MS, int(cfg.failover_grace_ms / REPORTS_PER_GRACE)))
 
