@@ -318,27 +318,22 @@ class SubscriptionCore:
         sh = self._sh.get(shard)
         if sh is None:
             return []
-        inflight, records, attempts, last_holder, acked = (sh.inflight, sh.records, sh.attempts, sh.last_holder,
-                                                           sh.acked)
-        held = self._held.get(consumer)
         accepted = False
         for offset in offsets:
-            fl = inflight.get(offset)
-            if fl is None or fl.consumer != consumer:
+            if not self._holds(sh, consumer, offset):
                 continue
-            del inflight[offset]
-            held.pop((shard, offset), None)
-            records.pop(offset, None)
-            attempts.pop(offset, None)
-            last_holder.pop(offset, None)
-            acked.add(offset)
+            self._unhold(sh, offset)
+            sh.records.pop(offset, None)
+            sh.attempts.pop(offset, None)
+            sh.last_holder.pop(offset, None)
+            sh.acked.add(offset)
             accepted = True
         if not accepted:
             return []
         out = _Out()
         before = sh.cursor
-        while sh.cursor in acked:
-            acked.discard(sh.cursor)
+        while sh.cursor in sh.acked:
+            sh.acked.discard(sh.cursor)
             sh.cursor += 1
         if sh.cursor != before:
             out.persist[shard] = sh.cursor
