@@ -30,6 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from rich.progress import ProgressColumn, Task
+from rich.text import Text
+
 from sim.runner import percentile
 
 CASES = ("single", "quorum", "e2e", "e2e1", "failover")
@@ -43,6 +46,12 @@ LATENCY_SAMPLE_EVERY = 16
 # sleep per message (10,000 a second) costs the machine more CPU in timer
 # wake-ups than the sending itself, and on two cores that CPU is the nodes'.
 PACE_SLEEP_MIN_S = 0.002
+# How long the timed cases run once their nodes are up, for the progress
+# display: e2e lets the subscription attach (1 s), sends for ``--seconds``
+# and drains (well under 1 s); failover writes for 2 s, kills the leader,
+# waits for the new one (1-3 s) and writes 3 s more.
+E2E_OVERHEAD_S = 2.0
+FAILOVER_EXPECTED_S = 8.0
 
 
 class Pacer:
@@ -140,7 +149,7 @@ def _payloads(size: int, count: int = 4096) -> list[bytes]:
 
 def run_throughput(base: Path, nodes: int, level: str, n: int, size: int,
                    progress: Callable[[int], None]) -> Result:
-    """``nodes`` nodes, a topic of ``nodes + 1`` shards (at least 2) with replication factor ``nodes``."""
+    """``nodes`` nodes, a topic of ``max(2, nodes)`` shards with replication factor ``nodes``."""
     from runtime.realcluster import RealCluster
 
     c = RealCluster(base / f"throughput-{nodes}-{level}", n=nodes)
@@ -170,6 +179,7 @@ def run_e2e(base: Path, rate: int, seconds: float, size: int, progress: Callable
     try:
         c.start()
         c.create_topic("n1", topic, shards=1, rf=nodes)
+        progress(0)
         lat: list[float] = []
         total = int(rate * seconds)
         got = [0]
@@ -229,6 +239,7 @@ def run_failover(base: Path, size: int, progress: Callable[[int], None]) -> Resu
     try:
         c.start()
         c.create_topic("n1", topic, shards=1, rf=3)
+        progress(0)
         first = c.wait_leaders("n1", topic)[0]["leader"]
         via = next(n for n in sorted(c.cfgs) if n != first)
         sent: list[tuple[float, Any]] = []
@@ -306,36 +317,78 @@ def _quiet_disk(path: Path) -> None:
     os.sync()
 
 
+def _clock(seconds: float) -> str:
+    m, sec = divmod(max(0, int(seconds)), 60)
+    return f"{m}:{sec:02d}"
+
+
+class _TimeColumn(ProgressColumn):
+    """Elapsed time with an estimate: the time left for a case that counts
+    records, the expected duration for a case that runs for a set time, or
+    what the case is doing before its nodes are up."""
+
+    def render(self, task: Task) -> Text:
+        if not task.started:
+            return Text(task.fields["state"], style="progress.remaining")
+        elapsed = (task.finished_time if task.finished else task.elapsed) or 0.0
+        if task.finished:
+            return Text(_clock(elapsed), style="progress.elapsed")
+        expect = task.fields["expect_s"]
+        if expect:
+            return Text(f"{_clock(elapsed)} of ~{_clock(expect)}", style="progress.elapsed")
+        left = task.time_remaining
+        return Text(f"{_clock(elapsed)}, {_clock(left) if left is not None else '-:--'} left",
+                    style="progress.remaining")
+
+
 def run(cases: list[str], messages: int, size: int, rate: int, seconds: float,
         json_path: str | None = None) -> list[Result]:
+    """Run ``cases`` one after the other, each on fresh nodes, with a progress
+    bar per case (records done of the total and the time left, or for the
+    timed cases the elapsed of the expected duration); print the tables and
+    write ``json_path``."""
     from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, Progress, TextColumn
 
     console = Console(width=max(Console().width, 110))
     results: list[Result] = []
+    console.print(f"{len(cases)} case{'s' if len(cases) > 1 else ''} ({', '.join(cases)}), each on fresh nodes")
     with tempfile.TemporaryDirectory(prefix="chorus-bench-") as tmp, Progress(
-            TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-            TimeElapsedColumn(), console=console) as prog:
+            TextColumn("{task.description}"), BarColumn(),
+            TextColumn("{task.completed:>9,.0f}/{task.total:,.0f} {task.fields[unit]}"),
+            _TimeColumn(), console=console) as prog:
+
+        def case_task(description: str, total: float, unit: str, nodes: int,
+                      expect_s: float | None = None) -> Callable[[int], None]:
+            task = prog.add_task(description, total=total, start=False, unit=unit, expect_s=expect_s,
+                                 state=f"starting {nodes} node{'s' if nodes > 1 else ''}")
+
+            started = []
+
+            def progress(done: int) -> None:
+                if not started:  # the first call comes once the nodes are up: start the clock
+                    started.append(True)
+                    prog.start_task(task)
+                prog.update(task, completed=done)
+            return progress
+
         for i, case in enumerate(cases):
             base = Path(tmp) / f"{i}-{case}"
             base.mkdir()
             if case == "single":
-                task = prog.add_task("single node, level one", total=messages)
-                results.append(run_throughput(base, 1, "one", messages, size,
-                                              lambda d: prog.update(task, completed=d)))
+                progress = case_task("single node, level one", messages, "records", 1)
+                results.append(run_throughput(base, 1, "one", messages, size, progress))
             elif case == "quorum":
-                task = prog.add_task("3 nodes, R=3, quorum", total=messages)
-                results.append(run_throughput(base, 3, "quorum", messages, size,
-                                              lambda d: prog.update(task, completed=d)))
+                progress = case_task("3 nodes, R=3, quorum", messages, "records", 3)
+                results.append(run_throughput(base, 3, "quorum", messages, size, progress))
             elif case in ("e2e", "e2e1"):
                 nodes = 3 if case == "e2e" else 1
-                total = int(rate * seconds)
-                task = prog.add_task(f"end to end at {rate}/s, {nodes} node{'s' if nodes > 1 else ''}", total=total)
-                results.append(run_e2e(base, rate, seconds, size, lambda d: prog.update(task, completed=d),
-                                       nodes=nodes))
+                progress = case_task(f"end to end at {rate}/s, {nodes} node{'s' if nodes > 1 else ''}",
+                                     int(rate * seconds), "delivered", nodes, seconds + E2E_OVERHEAD_S)
+                results.append(run_e2e(base, rate, seconds, size, progress, nodes=nodes))
             elif case == "failover":
-                task = prog.add_task("failover after kill -9", total=2)
-                results.append(run_failover(base, size, lambda d: prog.update(task, completed=d)))
+                progress = case_task("failover after kill -9", 2, "steps", 3, FAILOVER_EXPECTED_S)
+                results.append(run_failover(base, size, progress))
             _quiet_disk(base)
     console.print(render(results, size))
     if json_path:
