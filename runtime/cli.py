@@ -268,7 +268,11 @@ def bench(
     seconds: float = typer.Option(10.0, "--seconds", min=1.0, help="duration of the end-to-end case"),
     json_out: str = typer.Option(None, "--json", help="also write the results to this JSON file"),
 ) -> None:
-    """Start real nodes on 127.0.0.1 and measure throughput, latency and failover."""
+    """Start real nodes on 127.0.0.1 and measure throughput, latency and failover.
+
+    With no options it runs every case, each on fresh nodes, with a progress
+    bar per case: about a minute on 2 cores.  A quick look:
+    brokerctl bench --case single --messages 20000 (a few seconds)."""
     from runtime.bench import CASES
     from runtime.bench import run as run_bench
 
