@@ -1,0 +1,618 @@
+"""The MQTT 3.1.1 broker of one node (sans-IO): connections, sessions,
+local delivery, retained messages, wills, keep-alive and client-id
+takeover, over the cluster route table of ``actors/mqtt_routes.py``.
+
+The actor shell (``actors/mqtt_front.py``) feeds it decoded packets per
+connection, forwarded batches from other nodes, agency watch events and
+ticks, and carries out what it leaves in its outboxes, in this order:
+store writes then ``sync()`` (persist before acknowledging), agency
+transactions, messages to other nodes, packets to connections.
+
+* ``out``: connection -> packets to send; ``to_close``: connections to
+  close after their packets.
+* ``sends``: (node, message) for other nodes' MqttFronts.
+* ``txns``: (Txn, callback(reply)) for the agency.
+
+A publish is delivered to the local sessions whose subscriptions match
+(once per session, at the highest QoS of its matching subscriptions,
+MQTT-3.3.5-1) and forwarded to the nodes whose routes match.  The
+publisher's PUBACK/PUBREC leaves when the local deliveries are stored and
+every destination node acknowledged, or after ``ack_wait_max_s``.  A
+retained publish (MQTT-3.3.1-5..11) is written to the agency
+(``/chorus/mqtt/retained``: replicated and durable) before it is
+acknowledged; an empty retained payload deletes it.
+"""
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any, Callable
+
+from actors.mqtt_routes import RouteTable, Settle, escape, unescape
+from actors.mqtt_session import Msg, Session
+from actors.mqtt_trie import TopicTrie
+from protocol.agency import Mutation, Txn
+from protocol.mqtt import (
+    ACCEPTED,
+    REFUSED_SERVER_UNAVAILABLE,
+    SUBACK_FAILURE,
+    Connack,
+    Connect,
+    Disconnect,
+    Pingreq,
+    Pingresp,
+    Puback,
+    Pubcomp,
+    Publish,
+    Pubrec,
+    Pubrel,
+    Suback,
+    Subscribe,
+    Unsuback,
+    Unsubscribe,
+    parse_shared,
+)
+from protocol.mqtt_cluster import RETAINED_ROOT, ROUTES_ROOT, Fwd, MqttForward, MqttTakeover, MqttTakeoverReply, MqttTuning
+
+PENDING_PACKETS_MAX = 1000  # packets a client may send before its CONNACK
+STATUS_FILTERS_MAX = 100  # route filters per node shown in the status
+
+
+class _Conn:
+    __slots__ = ("id", "client_id", "session", "last_rx", "pending", "graceful")
+
+    def __init__(self, conn_id: Any, now: float) -> None:
+        self.id = conn_id
+        self.client_id: str | None = None
+        self.session: Session | None = None
+        self.last_rx = now
+        self.pending: list | None = None  # packets held while the CONNECT waits for a takeover
+        self.graceful = False
+
+
+class MqttCore:
+    def __init__(self, node_id: str, tuning: MqttTuning, store: Any, epoch: int,
+                 record: Callable[..., None] = lambda kind, **f: None) -> None:
+        self.node_id = node_id
+        self.t = tuning
+        self.store = store
+        self.record = record
+        self.routes = RouteTable(node_id, tuning, epoch)
+        self.local = TopicTrie()  # real filter -> (client id, group or "")
+        self.sessions: dict[str, Session] = {}
+        self.conns: dict[Any, _Conn] = {}
+        self.filter_refs: dict[str, int] = {}  # filter as subscribed -> local sessions with it
+        self.retained: dict[str, tuple[bytes, int]] = {}
+        self.peers: list[str] = []  # other nodes' ids
+        self.takeovers: dict[int, dict] = {}  # req -> {"conn", "connect", "waiting", "state", "deadline"}
+        self.req = 0
+        self.mids = 0
+        self.route_waiters: list[tuple[set[str], Callable[[], None]]] = []
+        self.routes_written: set[str] = set()  # own routes the agency has
+        self.routes_loaded = False
+        self.local_rr: dict[tuple[str, str], int] = {}
+        # sessions handed over to another node: real filter -> (client id, node);
+        # publishes that still reach this node for them are passed on until the
+        # other nodes' route tables show the move (``moved_grace_s``)
+        self.moved = TopicTrie()
+        self.moved_until: list[tuple[float, str, tuple[str, str]]] = []
+        self.out: dict[Any, list] = {}
+        self.to_close: set[Any] = set()
+        self.sends: list[tuple[str, Any]] = []
+        self.txns: list[tuple[Txn, Callable[[Any], None]]] = []
+        self.stats = {"published": 0, "delivered": 0, "forwarded": 0, "dropped": 0}
+        self._restore()
+
+    # ------------------------------------------------------------ restore
+    def _restore(self) -> None:
+        """Persistent sessions from the node's store (after a restart)."""
+        for key, value in list(self.store.scan(b"s\x00", b"s\x01")):
+            cid = key[2:].decode()
+            s = self._new_session(cid, clean=False)
+            s.restore_queue()
+            for flt, qos in json.loads(value).get("subs", {}).items():
+                self._add_sub(s, flt, qos)
+
+    def _new_session(self, cid: str, clean: bool) -> Session:
+        s = Session(cid, clean, self.store, self.t.inflight_max, self.t.session_queue_max, self.t.recent_mids_max)
+        self.sessions[cid] = s
+        return s
+
+    # ---------------------------------------------------------- outboxes
+    def _send(self, conn: Any, packets: list) -> None:
+        if packets:
+            self.out.setdefault(conn, []).extend(packets)
+
+    def _close(self, conn: Any) -> None:
+        self.to_close.add(conn)
+
+    # ------------------------------------------------------- connections
+    def packets(self, conn_id: Any, packets: list, now: float) -> None:
+        c = self.conns.get(conn_id)
+        if c is None:
+            c = self.conns[conn_id] = _Conn(conn_id, now)
+        c.last_rx = now
+        for p in packets:
+            if conn_id in self.to_close:
+                return
+            if c.pending is not None:
+                if len(c.pending) >= PENDING_PACKETS_MAX:
+                    self._close(conn_id)
+                    return
+                c.pending.append(p)
+                continue
+            self._packet(c, p, now)
+
+    def _packet(self, c: _Conn, p: Any, now: float) -> None:
+        t = type(p)
+        if t is Publish:
+            self._client_publish(c, p, now)
+        elif t is Puback or t is Pubcomp:
+            if c.session is not None:
+                out: list = []
+                c.session.acked(p.packet_id, out)
+                self._send(c.id, out)
+        elif t is Pubrec:
+            if c.session is not None:
+                out = []
+                c.session.received(p.packet_id, out)
+                self._send(c.id, out)
+        elif t is Pubrel:
+            if c.session is not None:
+                c.session.in_qos2.discard(p.packet_id)
+            self._send(c.id, [Pubcomp(p.packet_id)])
+        elif t is Subscribe:
+            self._subscribe(c, p)
+        elif t is Unsubscribe:
+            self._unsubscribe(c, p)
+        elif t is Pingreq:
+            self._send(c.id, [Pingresp()])
+        elif t is Disconnect:
+            c.graceful = True  # MQTT-3.14.4-3: the will is discarded
+            self._close(c.id)
+            self._gone(c, now)
+        elif t is Connect:
+            if c.client_id is None:
+                self._connect(c, p, now)
+            else:
+                self._abort(c, now)  # MQTT-3.1.0-2: a second CONNECT
+
+    def closed(self, conn_id: Any, now: float) -> None:
+        """The connection dropped (or the listener closed it): abrupt unless
+        a DISCONNECT came first."""
+        c = self.conns.get(conn_id)
+        if c is not None:
+            self._gone(c, now)
+        self.to_close.discard(conn_id)
+        self.out.pop(conn_id, None)
+
+    def _abort(self, c: _Conn, now: float) -> None:
+        self._close(c.id)
+        self._gone(c, now)
+
+    def _gone(self, c: _Conn, now: float) -> None:
+        if self.conns.pop(c.id, None) is None:
+            return
+        s = c.session
+        if s is None or s.conn != c.id:
+            return  # never connected, or taken over already
+        s.conn = None
+        will, s.will = s.will, None
+        if will is not None and not c.graceful:
+            self.record("mqtt.will", node=self.node_id, client=s.client_id, topic=will.topic)
+            self.publish(will.topic, will.payload, will.qos, will.retain, now, None)
+        if s.clean:
+            self._discard(s)
+        self.record("mqtt.disconnected", node=self.node_id, client=s.client_id, graceful=c.graceful)
+
+    # ---------------------------------------------------------- CONNECT
+    def _connect(self, c: _Conn, p: Connect, now: float) -> None:
+        cid = p.client_id or f"auto-{self.node_id}-{self.routes.epoch}-{self._mid()}"
+        if cid not in self.sessions and len(self.sessions) >= self.t.sessions_max:
+            self._send(c.id, [Connack(False, REFUSED_SERVER_UNAVAILABLE)])
+            self._close(c.id)
+            self.conns.pop(c.id, None)
+            return
+        c.client_id = cid
+        c.pending = []
+        self.req += 1
+        tk = {"conn": c.id, "connect": p, "cid": cid, "waiting": set(self.peers), "state": None,
+              "deadline": now + self.t.takeover_wait_s}
+        self.takeovers[self.req] = tk
+        for node in self.peers:
+            self.sends.append((node, MqttTakeover(cid, self.node_id, self.req, p.clean_session)))
+        if not tk["waiting"]:
+            self._finish_connect(self.req, now)
+
+    def takeover(self, m: MqttTakeover, now: float) -> MqttTakeoverReply:
+        """Another node has the client now: drop ours, hand the session over."""
+        s = self.sessions.get(m.client_id)
+        state = None
+        if s is not None:
+            if s.conn is not None:
+                c = self.conns.pop(s.conn, None)
+                self._close(s.conn)
+                s.conn = None
+                self.record("mqtt.taken_over", node=self.node_id, client=m.client_id, by=m.node, had_conn=c is not None)
+            if not s.clean and not m.clean:
+                state = {"subs": dict(s.subs),
+                         "queue": [[x.topic, x.payload, x.qos, x.mid, x.retain] for x in s.pending()]}
+                for flt in s.subs:
+                    group, real = parse_shared(flt)
+                    if group is None and self.moved.add(real, (m.client_id, m.node)):
+                        self.moved_until.append((now + self.t.moved_grace_s, real, (m.client_id, m.node)))
+            self._discard(s)
+        return MqttTakeoverReply(m.client_id, self.node_id, m.req, state)
+
+    def takeover_reply(self, m: MqttTakeoverReply, now: float) -> None:
+        tk = self.takeovers.get(m.req)
+        if tk is None or tk["cid"] != m.client_id:
+            return
+        tk["waiting"].discard(m.node)
+        if m.session is not None:
+            tk["state"] = m.session
+        if not tk["waiting"]:
+            self._finish_connect(m.req, now)
+
+    def _finish_connect(self, req: int, now: float) -> None:
+        tk = self.takeovers.pop(req)
+        c = self.conns.get(tk["conn"])
+        if c is None:
+            return  # the client went away meanwhile
+        p: Connect = tk["connect"]
+        cid = tk["cid"]
+        s = self.sessions.get(cid)
+        if s is not None and s.conn is not None and s.conn != c.id:
+            old = self.conns.pop(s.conn, None)  # MQTT-3.1.4-2: the existing client is disconnected
+            self._close(s.conn)
+            s.conn = None
+            self.record("mqtt.taken_over", node=self.node_id, client=cid, by=self.node_id, had_conn=old is not None)
+        if s is not None and (p.clean_session or s.clean):
+            self._discard(s)
+            s = None
+        present = s is not None
+        if s is None:
+            s = self._new_session(cid, p.clean_session)
+            handed = tk["state"]
+            if handed and not p.clean_session:
+                present = True
+                for flt, qos in handed["subs"].items():
+                    self._add_sub(s, flt, qos)
+                for topic, payload, qos, mid, retain in handed["queue"]:
+                    s.offer(Msg(topic, payload, qos, mid, retain), [])
+                self._sync_routes(None)
+            s.save_subs()
+        s.conn = c.id
+        s.will = p.will
+        s.keepalive_s = p.keep_alive_s
+        c.session = s
+        out: list = [Connack(present, ACCEPTED)]
+        s.resume(out)
+        self._send(c.id, out)
+        self.record("mqtt.connected", node=self.node_id, client=cid, clean=p.clean_session, present=present)
+        pending, c.pending = c.pending or [], None
+        for q in pending:
+            if c.id in self.to_close:
+                break
+            self._packet(c, q, now)
+
+    def _discard(self, s: Session) -> None:
+        for flt in list(s.subs):
+            self._drop_sub(s, flt)
+        s.forget()
+        if self.sessions.get(s.client_id) is s:
+            del self.sessions[s.client_id]
+        if self.routes_loaded:
+            self._sync_routes(None)
+
+    # ------------------------------------------------------ (UN)SUBSCRIBE
+    def _add_sub(self, s: Session, flt: str, qos: int) -> bool:
+        """True when this node had no subscription to ``flt`` before (a new route)."""
+        group, real = parse_shared(flt)
+        s.subs[flt] = qos
+        if not self.local.add(real, (s.client_id, group or "")):
+            return False
+        n = self.filter_refs.get(flt, 0)
+        self.filter_refs[flt] = n + 1
+        return n == 0
+
+    def _drop_sub(self, s: Session, flt: str) -> None:
+        if s.subs.pop(flt, None) is None:
+            return
+        group, real = parse_shared(flt)
+        if self.local.remove(real, (s.client_id, group or "")):
+            n = self.filter_refs.get(flt, 0) - 1
+            if n <= 0:
+                self.filter_refs.pop(flt, None)
+            else:
+                self.filter_refs[flt] = n
+
+    def _subscribe(self, c: _Conn, p: Subscribe) -> None:
+        s = c.session
+        if s is None:
+            return
+        codes = []
+        fresh = []
+        for flt, qos in p.topics:
+            if flt not in s.subs and len(s.subs) >= self.t.subscriptions_per_session_max:
+                codes.append(SUBACK_FAILURE)
+                continue
+            self._add_sub(s, flt, qos)
+            codes.append(qos)  # every QoS is granted as asked
+            fresh.append((flt, qos))
+        s.save_subs()
+        self.record("mqtt.subscribed", node=self.node_id, client=s.client_id, filters=tuple(f for f, _ in fresh))
+        conn = c.id
+
+        def ack() -> None:
+            if s.conn != conn:
+                return
+            out: list = [Suback(p.packet_id, tuple(codes))]
+            for flt, qos in fresh:  # MQTT-3.3.1-6: retained messages on subscribe
+                group, real = parse_shared(flt)
+                if group is None:
+                    for topic in self._retained_matching(real):
+                        payload, rq = self.retained[topic]
+                        s.offer(Msg(topic, payload, min(qos, rq), self._mid(), True), out)
+            self._send(conn, out)
+
+        self._sync_routes(ack)
+
+    def _unsubscribe(self, c: _Conn, p: Unsubscribe) -> None:
+        s = c.session
+        if s is None:
+            return
+        for flt in p.filters:
+            self._drop_sub(s, flt)
+        s.save_subs()
+        self._send(c.id, [Unsuback(p.packet_id)])
+        self._sync_routes(None)
+
+    def _retained_matching(self, real: str) -> list[str]:
+        probe = TopicTrie()
+        probe.add(real, 0)
+        return sorted(t for t in self.retained if probe.has_match(t))
+
+    # --------------------------------------------------------- own routes
+    def _sync_routes(self, then: Callable[[], None] | None) -> None:
+        """Write this node's route changes to the agency; ``then`` runs once
+        they are committed (at once when nothing changed)."""
+        want = set(self.filter_refs)
+        add = want - self.routes_written
+        drop = self.routes_written - want
+        if not add and not drop:
+            if then is not None:
+                if any(w for w, _ in self.route_waiters):
+                    self.route_waiters.append((set(), then))  # keep SUBACKs in order
+                else:
+                    then()
+            return
+        self.routes_written = set(want)
+        muts = tuple(Mutation(f"{ROUTES_ROOT}/{self.node_id}/{escape(f)}", "set", 1) for f in sorted(add)) + \
+            tuple(Mutation(f"{ROUTES_ROOT}/{self.node_id}/{escape(f)}", "delete") for f in sorted(drop))
+        waiter = (set(add), then)
+        if then is not None or add:
+            self.route_waiters.append(waiter)
+
+        def done(reply: Any) -> None:
+            result = getattr(reply, "result", None)
+            if getattr(reply, "status", "") != "ok" or (isinstance(result, dict) and not result.get("ok", True)):
+                # not committed (no leader, a partition, refused as stale): try again at the next tick
+                self.routes_written -= add
+                self.routes_written |= drop
+                return
+            for w, _ in self.route_waiters:  # the SUBACKs waiting for these filters (a retry's too)
+                w.difference_update(add)
+                w.intersection_update(self.filter_refs)
+            self._release_waiters()
+
+        self.txns.append((Txn(muts), done))
+
+    def _release_waiters(self) -> None:
+        while self.route_waiters and not self.route_waiters[0][0]:
+            _, then = self.route_waiters.pop(0)
+            if then is not None:
+                then()
+
+    def agency_loaded(self, tree: dict) -> None:
+        """The agency's /chorus/mqtt subtree (boot, or a compacted watch)."""
+        tree = tree if isinstance(tree, dict) else {}
+        routes = dict(tree.get("routes") or {})
+        self.routes_written = {unescape(seg) for seg in routes.pop(self.node_id, None) or {}}
+        self.routes.load(routes)  # this node's own routes are kept by _sync_routes, not looked up
+        self.retained = {}
+        for seg, doc in (tree.get("retained") or {}).items():
+            self._retain_doc(unescape(seg), doc)
+        self.routes_loaded = True
+        self._sync_routes(None)
+
+    def agency_event(self, path: str, value: Any) -> None:
+        rel = path[len("/chorus/mqtt/"):].split("/")
+        if rel[0] == "routes" and len(rel) == 3:
+            node, flt = rel[1], unescape(rel[2])
+            if node == self.node_id:
+                if value is None and flt in self.routes_written:
+                    # deleted by a node that took us for dead: say it again
+                    self.routes_written.discard(flt)
+                    self._sync_routes(None)
+                return
+            if value is None:
+                self.routes.remove_route(node, flt)
+            else:
+                self.routes.add_route(node, flt)
+        elif rel[0] == "retained" and len(rel) == 2:
+            topic = unescape(rel[1])
+            if value is None:
+                self.retained.pop(topic, None)
+            else:
+                self._retain_doc(topic, value)
+
+    def _retain_doc(self, topic: str, doc: Any) -> None:
+        if isinstance(doc, dict) and "p" in doc:
+            self.retained[topic] = (base64.b64decode(doc["p"]), int(doc.get("q", 0)))
+
+    # ------------------------------------------------------------ PUBLISH
+    def _mid(self) -> int:
+        self.mids += 1
+        return self.mids
+
+    def _client_publish(self, c: _Conn, p: Publish, now: float) -> None:
+        s = c.session
+        if s is None:
+            return
+        conn, pid, qos = c.id, p.packet_id, p.qos
+        if qos == 2:
+            if pid in s.in_qos2:
+                self._send(conn, [Pubrec(pid)])  # a resend of one delivered already (MQTT-4.3.3-2)
+                return
+            s.in_qos2.add(pid)
+
+        def settled() -> None:
+            self._send(conn, [Puback(pid) if qos == 1 else Pubrec(pid)])
+
+        if p.topic.startswith("$"):
+            # MQTT 4.7.2: '$' topics are the server's; a client's publish to one is dropped
+            if qos:
+                settled()
+            return
+        self.publish(p.topic, p.payload, qos, p.retain, now, settled if qos else None)
+
+    def publish(self, topic: str, payload: bytes, qos: int, retain: bool, now: float,
+                done: Callable[[], None] | None, mid: str | None = None) -> None:
+        """Route one publish (from a local client or a will)."""
+        mid = mid or f"{self.node_id}.{self.routes.epoch}.{self._mid()}"
+        self.stats["published"] += 1
+        settle = Settle(done, now + self.t.ack_wait_max_s) if done is not None else None
+        if settle is not None:
+            self.routes.settles.append(settle)
+        if retain:
+            self._retain(topic, payload, qos, settle)
+        self.record("mqtt.published", node=self.node_id, topic=topic, qos=qos, mid=mid)
+        nodes, groups = self.routes.destinations(topic, self._has_group_member)
+        mine = tuple(k for k, n in groups.items() if n == self.node_id)
+        self._deliver_local(topic, payload, qos, mid, mine)
+        per_node: dict[str, list[tuple[str, str]]] = {n: [] for n in nodes}
+        for key, n in groups.items():
+            if n != self.node_id:
+                per_node.setdefault(n, []).append(key)
+        for n, gs in per_node.items():
+            self.stats["forwarded"] += 1
+            self.routes.enqueue(n, Fwd(topic, payload, qos, mid, tuple(gs)), settle)
+        if len(self.moved):
+            self._pass_on(Fwd(topic, payload, qos, mid), settle)
+        if settle is not None:
+            settle.release()
+
+    def _retain(self, topic: str, payload: bytes, qos: int, settle: Settle | None) -> None:
+        path = f"{RETAINED_ROOT}/{escape(topic)}"
+        if payload:
+            if len(payload) > self.t.retained_payload_bytes_max or \
+                    (topic not in self.retained and len(self.retained) >= self.t.retained_max):
+                self.stats["dropped"] += 1
+                return  # delivered, not retained: over the bounds
+            self.retained[topic] = (payload, qos)
+            mut = Mutation(path, "set", {"p": base64.b64encode(payload).decode(), "q": qos})
+        else:
+            self.retained.pop(topic, None)  # MQTT-3.3.1-10: an empty payload clears it
+            mut = Mutation(path, "delete")
+        if settle is not None:
+            settle.add()
+
+        def done(_reply: Any) -> None:
+            if settle is not None:
+                settle.release()
+
+        self.txns.append((Txn((mut,)), done))
+
+    def _has_group_member(self, group: str, real: str) -> bool:
+        return any(g == group for _, g in self.local.values(real))
+
+    def _deliver_local(self, topic: str, payload: bytes, qos: int, mid: str, groups: tuple) -> None:
+        best: dict[str, int] = {}
+        members: dict[tuple[str, str], list[str]] = {}
+        for flt, (cid, group) in self.local.match(topic):
+            s = self.sessions.get(cid)
+            if s is None:
+                continue
+            g = s.subs.get(f"$share/{group}/{flt}" if group else flt, 0)
+            if group:
+                if (group, flt) in groups:
+                    members.setdefault((group, flt), []).append(cid)
+                continue
+            if g >= best.get(cid, -1):
+                best[cid] = g
+        for key, cids in members.items():  # one member per shared group, round robin
+            cids.sort()
+            online = [x for x in cids if self.sessions[x].conn is not None] or cids
+            k = self.local_rr.get(key, 0)
+            self.local_rr[key] = k + 1
+            cid = online[k % len(online)]
+            g = self.sessions[cid].subs.get(f"$share/{key[0]}/{key[1]}", 0)
+            best[cid] = max(best.get(cid, -1), g)
+        for cid, g in best.items():
+            s = self.sessions[cid]
+            out: list = []
+            s.offer(Msg(topic, payload, min(qos, g), mid), out)
+            self.stats["delivered"] += 1
+            if out:
+                self._send(s.conn, out)
+            self.record("mqtt.delivered", node=self.node_id, client=cid, topic=topic, mid=mid, qos=min(qos, g))
+
+    def forwarded(self, m: MqttForward, now: float) -> int:
+        """A batch from another node; returns the sequence to acknowledge (-1: none)."""
+        ok, seq = self.routes.accept(m)
+        if ok:
+            for f in m.items:
+                self._deliver_local(f.topic, f.payload, f.qos, f.mid, f.groups)
+                if len(self.moved):
+                    self._pass_on(f, None)
+        return seq
+
+    def _pass_on(self, f: Fwd, settle: Settle | None) -> None:
+        """Publishes for sessions that moved to another node follow them there."""
+        for node in sorted({node for _, (_, node) in self.moved.match(f.topic)}):
+            self.routes.enqueue(node, Fwd(f.topic, f.payload, f.qos, f.mid), settle)
+
+    # -------------------------------------------------------------- time
+    def tick(self, now: float) -> None:
+        for cid_conn, c in list(self.conns.items()):
+            s = c.session
+            if s is not None and s.keepalive_s and now - c.last_rx > s.keepalive_s * self.t.keepalive_factor:
+                self.record("mqtt.keepalive_timeout", node=self.node_id, client=s.client_id)
+                self._abort(c, now)  # MQTT-3.1.2-24
+        for req, tk in list(self.takeovers.items()):
+            if now >= tk["deadline"]:
+                self._finish_connect(req, now)  # nodes that did not answer keep nothing we could wait for
+        while self.moved_until and self.moved_until[0][0] <= now:
+            _, real, value = self.moved_until.pop(0)
+            self.moved.remove(real, value)
+        live = []
+        for st in self.routes.settles:
+            if st.done is not None:
+                if now >= st.deadline:
+                    st.expire()
+                else:
+                    live.append(st)
+        self.routes.settles = live
+        if self.routes_loaded and set(self.filter_refs) != self.routes_written:
+            self._sync_routes(None)  # a write that failed (routes_written is set back), once per tick
+
+    def nodes_dead(self, dead: list[str]) -> None:
+        """Nodes unheard of for ``route_dead_after_s``: forget their routes;
+        the lowest-numbered live node also deletes them from the agency."""
+        muts = []
+        for node in dead:
+            filters = sorted(self.routes.routes.get(node, ()))
+            n = self.routes.drop_node(node)
+            self.stats["dropped"] += n
+            muts += [Mutation(f"{ROUTES_ROOT}/{node}/{escape(f)}", "delete") for f in filters]
+        if muts:
+            self.txns.append((Txn(tuple(muts)), lambda _r: None))
+
+    def status(self) -> dict:
+        return {"sessions": len(self.sessions), "connections": len(self.conns),
+                "online": sum(1 for s in self.sessions.values() if s.conn is not None),
+                "subscriptions": sum(len(s.subs) for s in self.sessions.values()),
+                "routes": {n: len(f) for n, f in sorted(self.routes.routes.items())},
+                "route_sample": {n: sorted(f)[:STATUS_FILTERS_MAX] for n, f in sorted(self.routes.routes.items())},
+                "retained": len(self.retained), "forward_queued": self.routes.queued(), **self.stats}

@@ -1,0 +1,179 @@
+"""One MQTT session's delivery state (sans-IO): subscriptions, the window of
+unacknowledged QoS 1/2 messages, the queue behind it, QoS 2 packet ids in
+both directions, and the durable form of a persistent session.
+
+A session outlives its connection when the client connected with
+``clean_session=0`` (MQTT-3.1.2-4): its subscriptions and its QoS 1/2
+messages are kept, queued while it is offline, and sent again (DUP set for
+those already sent) when it reconnects (MQTT-4.4.0-1).  QoS 0 messages are
+not queued for an offline session.  Each queued message of a persistent
+session is also a key in the node's store (``q`` + client id + number),
+removed when the client acknowledges it, so the session survives a restart
+of its node.
+
+Outgoing flow (broker -> subscriber): QoS 1 PUBLISH -> PUBACK; QoS 2
+PUBLISH -> PUBREC, PUBREL -> PUBCOMP.  At most ``inflight_max`` messages are
+unacknowledged; the rest wait in the queue, at most ``session_queue_max``
+(the oldest is dropped beyond, and counted).
+"""
+from __future__ import annotations
+
+import base64
+import collections
+import json
+from typing import Any, NamedTuple
+
+from protocol.mqtt import Publish, Pubrel, Will
+
+PID_MAX = 65535
+
+
+class Msg(NamedTuple):
+    """A message on its way to a session; ``n`` numbers it in the session's store."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    mid: str
+    retain: bool = False
+    n: int = 0
+
+
+def session_key(client_id: str) -> bytes:
+    return b"s\x00" + client_id.encode()
+
+
+def queue_prefix(client_id: str) -> bytes:
+    return b"q\x00" + client_id.encode() + b"\x00"
+
+
+def encode_msg(m: Msg) -> bytes:
+    return json.dumps([m.topic, base64.b64encode(m.payload).decode(), m.qos, m.mid, m.retain]).encode()
+
+
+def decode_msg(data: bytes, n: int) -> Msg:
+    topic, payload, qos, mid, retain = json.loads(data)
+    return Msg(topic, base64.b64decode(payload), qos, mid, retain, n)
+
+
+class Session:
+    """See the module docstring.  ``store`` is None for clean sessions."""
+
+    __slots__ = ("client_id", "clean", "conn", "subs", "inflight", "queue", "in_qos2", "next_pid", "n",
+                 "will", "keepalive_s", "dropped", "store", "recent", "_inflight_max", "_queue_max", "_recent_max")
+
+    def __init__(self, client_id: str, clean: bool, store: Any, inflight_max: int, queue_max: int,
+                 recent_max: int = 1024) -> None:
+        self.client_id = client_id
+        self.clean = clean
+        self.conn: Any = None
+        self.subs: dict[str, int] = {}  # filter as subscribed (with any $share/ prefix) -> granted qos
+        self.inflight: dict[int, list] = {}  # packet id -> [Msg, stage]; stage 1: PUBLISH sent, 2: PUBREL sent
+        self.queue: collections.deque[Msg] = collections.deque()
+        self.in_qos2: set[int] = set()  # QoS 2 ids received and delivered, PUBREL not yet seen
+        self.next_pid = 1
+        self.n = 0
+        self.will: Will | None = None
+        self.keepalive_s = 0
+        self.dropped = 0
+        self.store = None if clean else store
+        self._inflight_max = inflight_max
+        self._queue_max = queue_max
+        # ids of the latest messages offered: one that reaches the session twice
+        # (straight and through the node it moved from) is delivered once
+        self.recent: dict[str, None] = {}
+        self._recent_max = recent_max
+
+    # ------------------------------------------------------------ durability
+    def save_subs(self) -> None:
+        if self.store is not None:
+            self.store.put(session_key(self.client_id), json.dumps({"subs": self.subs}).encode())
+
+    def forget(self) -> None:
+        """Delete the durable form (a clean session, or one taken over elsewhere)."""
+        if self.store is None:
+            return
+        prefix = queue_prefix(self.client_id)
+        for key, _ in list(self.store.scan(prefix, prefix + b"\xff")):
+            self.store.delete(key)
+        self.store.delete(session_key(self.client_id))
+
+    def restore_queue(self) -> None:
+        prefix = queue_prefix(self.client_id)
+        for key, value in self.store.scan(prefix, prefix + b"\xff"):
+            n = int.from_bytes(key[len(prefix):], "big")
+            self.queue.append(decode_msg(value, n))
+            self.n = max(self.n, n)
+
+    def _unstore(self, m: Msg) -> None:
+        if self.store is not None and m.n:
+            self.store.delete(queue_prefix(self.client_id) + m.n.to_bytes(8, "big"))
+
+    # -------------------------------------------------------------- delivery
+    def offer(self, m: Msg, out: list) -> None:
+        """A message for this session at its effective QoS; ``out`` collects
+        packets for the connection."""
+        if m.mid in self.recent:
+            return
+        self.recent[m.mid] = None
+        if len(self.recent) > self._recent_max:
+            del self.recent[next(iter(self.recent))]
+        if m.qos == 0:
+            if self.conn is not None:
+                out.append(Publish(m.topic, m.payload, 0, m.retain))
+            return
+        if self.store is not None:
+            self.n += 1
+            m = m._replace(n=self.n)
+            self.store.put(queue_prefix(self.client_id) + self.n.to_bytes(8, "big"), encode_msg(m))
+        if self.conn is not None and len(self.inflight) < self._inflight_max and not self.queue:
+            self._send_new(m, out)
+            return
+        self.queue.append(m)
+        if len(self.queue) > self._queue_max:
+            self._unstore(self.queue.popleft())
+            self.dropped += 1
+
+    def _send_new(self, m: Msg, out: list) -> None:
+        pid = self._pid()
+        self.inflight[pid] = [m, 1]
+        out.append(Publish(m.topic, m.payload, m.qos, m.retain, False, pid))
+
+    def _pid(self) -> int:
+        while True:
+            pid = self.next_pid
+            self.next_pid = pid % PID_MAX + 1
+            if pid not in self.inflight:
+                return pid
+
+    def pump(self, out: list) -> None:
+        """Send queued messages while the window has room."""
+        if self.conn is None:
+            return
+        while self.queue and len(self.inflight) < self._inflight_max:
+            self._send_new(self.queue.popleft(), out)
+
+    def resume(self, out: list) -> None:
+        """After a reconnect: everything unacknowledged again, DUP set on
+        PUBLISH (MQTT-4.4.0-1), then the queue."""
+        for pid, (m, stage) in self.inflight.items():
+            out.append(Publish(m.topic, m.payload, m.qos, m.retain, True, pid) if stage == 1 else Pubrel(pid))
+        self.pump(out)
+
+    def acked(self, pid: int, out: list) -> None:
+        """PUBACK (QoS 1) or PUBCOMP (QoS 2)."""
+        entry = self.inflight.pop(pid, None)
+        if entry is not None:
+            self._unstore(entry[0])
+            self.pump(out)
+
+    def received(self, pid: int, out: list) -> None:
+        """PUBREC: the subscriber has the QoS 2 message; release it."""
+        entry = self.inflight.get(pid)
+        if entry is not None:
+            entry[1] = 2
+            out.append(Pubrel(pid))
+
+    def pending(self) -> list[Msg]:
+        """Every message not yet acknowledged, in order (for a hand-over)."""
+        return [e[0] for e in self.inflight.values() if e[1] == 1] + list(self.queue)

@@ -1,0 +1,172 @@
+"""Actor messages of the MQTT front end: boot, cross-node forwarding,
+client-id takeover, and the simulator's stand-in for sockets.
+
+The route table and the retained messages live in the agency under
+``MQTT_ROOT`` (see ``actors/mqtt_core.py``); these messages carry what does
+not: batches of publishes forwarded to the nodes that have subscribers, and
+the hand-over of a session when its client id connects on another node.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from protocol.brief import Brief
+
+MQTT_ROOT = "/chorus/mqtt"
+ROUTES_ROOT = MQTT_ROOT + "/routes"  # /routes/<node>/<escaped filter> = 1
+RETAINED_ROOT = MQTT_ROOT + "/retained"  # /retained/<escaped topic> = {"p": base64, "q": qos}
+
+
+@dataclass(frozen=True)
+class MqttTuning:
+    """Bounds and timings of one node's MQTT front end (units in the names)."""
+
+    inflight_max: int = 32  # unacknowledged QoS 1/2 messages per session (outgoing window)
+    session_queue_max: int = 10_000  # messages queued per session beyond the window (oldest dropped)
+    sessions_max: int = 100_000  # sessions (connected and persistent) per node
+    subscriptions_per_session_max: int = 1_000
+    retained_max: int = 10_000  # retained topics in the cluster
+    retained_payload_bytes_max: int = 64 << 10  # larger retained payloads are delivered, not retained
+    forward_batch_max: int = 2_000  # publishes per forward message
+    forward_window: int = 8  # forward batches in flight per destination node
+    forward_queue_max: int = 100_000  # publishes waiting per destination node (oldest dropped)
+    forward_retry_s: float = 1.0  # resend unacknowledged forward batches after this long
+    ack_wait_max_s: float = 5.0  # a publisher's PUBACK waits this long at most for remote nodes
+    takeover_wait_s: float = 0.5  # how long a CONNECT waits for other nodes to hand over the session
+    moved_grace_s: float = 10.0  # publishes for a session handed over are passed on this long
+    recent_mids_max: int = 1024  # message ids a session remembers to drop duplicates
+    route_dead_after_s: float = 30.0  # a node unheard of this long loses its routes
+    keepalive_factor: float = 1.5  # MQTT-3.1.2-24
+    tick_s: float = 0.1
+
+
+@dataclass(frozen=True)
+class MqttBugs:
+    """Deliberately broken forwarding, for proving the simulator catches it."""
+
+    no_forward_retry: bool = False  # an unacknowledged forward batch is never sent again
+    no_forward_dedup: bool = False  # the receiver delivers a batch again when it is sent again
+
+    def any(self) -> bool:
+        return any(getattr(self, f) for f in self.__dataclass_fields__)
+
+
+@dataclass(frozen=True)
+class MqttListenConfig:
+    """Where a node's MQTT listener binds (port 0: a free port; -1: no listener)."""
+
+    host: str = "127.0.0.1"
+    port: int = 1883
+    connections_max: int = 10_000
+    conn_out_bytes_max: int = 8 << 20  # unsent bytes before a client that does not read is dropped
+    packet_bytes_max: int = 1 << 20
+
+
+@dataclass(frozen=True)
+class MqttBoot:
+    """First message to a node's MqttFront (again to update its peers)."""
+
+    node_id: str
+    agency: Any  # the local RaftPeer
+    supervisor: Any = None  # the local Supervisor (node liveness for route clean-up)
+    peers: tuple[tuple[str, Any], ...] = ()  # (node id, MqttFront address) of every node
+    listen: MqttListenConfig | None = None  # None: no sockets (the simulator)
+    tuning: MqttTuning = MqttTuning()
+    host: Any = None  # HostConfig in production
+    bugs: MqttBugs = MqttBugs()  # the simulator's deliberately broken variants
+
+
+@dataclass(frozen=True)
+class MqttPeers:
+    """Every node's MqttFront address, from the launcher's directory."""
+
+    peers: tuple[tuple[str, Any], ...]
+
+
+@dataclass(frozen=True)
+class Fwd:
+    """One publish forwarded to a node: ``groups`` are the shared
+    subscriptions (group, filter) for which this node was chosen."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    mid: str  # origin-unique message id (for tracing and the checker)
+    groups: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class MqttForward(Brief):
+    """A batch of publishes for the subscribers on the receiving node.
+
+    Batches from one origin incarnation (``epoch``) to one receiver
+    incarnation (``dest_epoch``) are numbered from 1; the receiver delivers
+    them in order, once, and acknowledges cumulatively.  A batch addressed
+    to another incarnation of the receiver (0: not known yet) is not
+    delivered; the answer names the receiver's epoch, and the origin numbers
+    what it has not had acknowledged afresh for it."""
+
+    origin: str
+    epoch: int
+    seq: int
+    items: tuple[Fwd, ...]
+    dest_epoch: int = 0
+
+
+@dataclass(frozen=True)
+class MqttForwardAck:
+    node: str
+    epoch: int  # the origin's
+    seq: int  # every batch up to this one was delivered
+    dest_epoch: int = 0  # the receiver's
+
+
+@dataclass(frozen=True)
+class MqttTakeover:
+    """Client ``client_id`` connected on ``node``: drop its connection here
+    and hand its session over (``clean``: discard it instead)."""
+
+    client_id: str
+    node: str
+    req: int
+    clean: bool
+
+
+@dataclass(frozen=True)
+class MqttTakeoverReply(Brief):
+    client_id: str
+    node: str
+    req: int
+    session: dict | None = None  # {"subs": {filter: qos}, "queue": [[topic, payload, qos, mid], ...]}
+
+
+@dataclass(frozen=True)
+class MqttIn(Brief):
+    """Packets from a simulated client's connection ``conn`` (the
+    simulator's socket); ``closed``: the connection dropped."""
+
+    conn: str
+    packets: tuple = ()
+    closed: bool = False
+
+
+@dataclass(frozen=True)
+class MqttOut(Brief):
+    """Packets to a simulated client's connection; ``close``: the server
+    closed it after them."""
+
+    conn: str
+    packets: tuple = ()
+    close: bool = False
+
+
+@dataclass(frozen=True)
+class MqttStatusQuery:
+    pass
+
+
+@dataclass(frozen=True)
+class MqttStatusReply:
+    node_id: str
+    status: dict

@@ -1,0 +1,367 @@
+"""The MQTT broker core on several nodes, wired together in memory: QoS
+flows, sessions, takeover, retained messages, wills, the route table and
+forwarding (the real-process tests with real clients are in
+tests/test_mqtt_real.py; the simulator's runs in tests/test_mqtt_sim.py)."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from actors.mqtt_core import MqttCore
+from protocol.agency import Txn
+from protocol.mqtt import (
+    Connack,
+    Connect,
+    Disconnect,
+    Pingreq,
+    Pingresp,
+    Puback,
+    Pubcomp,
+    Publish,
+    Pubrec,
+    Pubrel,
+    Suback,
+    Subscribe,
+    Unsuback,
+    Unsubscribe,
+    Will,
+)
+from protocol.mqtt_cluster import MqttForward, MqttTakeover, MqttTakeoverReply, MqttTuning
+from storage.memory import MemoryDisk
+
+
+class Net:
+    """Cores of several nodes, an agency as a dict, connections as inboxes."""
+
+    def __init__(self, nodes=("n1", "n2", "n3"), tuning: MqttTuning = MqttTuning(), down=()) -> None:
+        self.now = 0.0
+        self.tuning = tuning
+        self.disks = {n: MemoryDisk() for n in nodes}
+        self.agency: dict[str, object] = {}
+        self.inbox: dict[tuple[str, str], list] = {}
+        self.closed: set[tuple[str, str]] = set()
+        self.cut: set[str] = set(down)  # nodes whose messages are lost
+        self.cores: dict[str, MqttCore] = {}
+        self.epochs = {n: 0 for n in nodes}
+        for n in nodes:
+            self.boot(n)
+
+    def boot(self, n: str) -> MqttCore:
+        self.epochs[n] += 1
+        core = MqttCore(n, self.tuning, self.disks[n].open("mqtt"), self.epochs[n])
+        core.peers = sorted(m for m in self.disks if m != n)
+        self.cores[n] = core
+        core.agency_loaded(self._tree())
+        self.pump()
+        return core
+
+    def _tree(self) -> dict:
+        tree: dict = {}
+        for path, value in self.agency.items():
+            parts = path.split("/")[3:]
+            d = tree
+            for p in parts[:-1]:
+                d = d.setdefault(p, {})
+            d[parts[-1]] = value
+        return tree
+
+    def _apply(self, txn: Txn) -> list:
+        events = []
+        for m in txn.mutations:
+            if m.kind == "set":
+                self.agency[m.path] = m.value
+                events.append((m.path, m.value))
+            elif m.path in self.agency:
+                del self.agency[m.path]
+                events.append((m.path, None))
+        return events
+
+    def pump(self) -> None:
+        for _ in range(100):
+            busy = False
+            for n, core in list(self.cores.items()):
+                while core.txns:
+                    txns, core.txns = core.txns, []
+                    for txn, cb in txns:
+                        busy = True
+                        events = self._apply(txn)
+                        for other in self.cores.values():
+                            for path, value in events:
+                                other.agency_event(path, value)
+                        cb(SimpleNamespace(status="ok"))
+                sent: list = []
+                core.routes.flush(self.now, lambda node, m: sent.append((node, m)) or True)
+                sent += core.sends
+                core.sends = []
+                for node, m in sent:
+                    busy = True
+                    if n in self.cut or node in self.cut or node not in self.cores:
+                        continue
+                    self._deliver(n, node, m)
+                for conn, packets in core.out.items():
+                    self.inbox.setdefault((n, conn), []).extend(packets)
+                    busy = busy or bool(packets)
+                core.out = {}
+                for conn in core.to_close:
+                    self.closed.add((n, conn))
+                core.to_close = set()
+            if not busy:
+                return
+        raise AssertionError("no quiescence")
+
+    def _deliver(self, src: str, dst: str, m) -> None:
+        target = self.cores[dst]
+        if isinstance(m, MqttForward):
+            seq = target.forwarded(m, self.now)
+            if seq >= 0:
+                self.cores[src].routes.acked(dst, m.epoch, seq, self.now, target.routes.epoch)
+        elif isinstance(m, MqttTakeover):
+            self.cores[src].takeover_reply(target.takeover(m, self.now), self.now)
+
+    def send(self, node: str, conn: str, *packets) -> list:
+        self.cores[node].packets(conn, list(packets), self.now)
+        self.pump()
+        return self.take(node, conn)
+
+    def take(self, node: str, conn: str) -> list:
+        return self.inbox.pop((node, conn), [])
+
+    def tick(self, dt: float) -> None:
+        self.now += dt
+        for core in self.cores.values():
+            core.tick(self.now)
+            core.routes.retry(self.now, lambda node, m: core.sends.append((node, m)) or True)
+        self.pump()
+
+    def connect(self, node: str, conn: str, cid: str, clean: bool = True, will=None, keepalive=60) -> Connack:
+        out = self.send(node, conn, Connect(cid, clean, keepalive, will))
+        if not out:  # waiting for the other nodes' takeover answers
+            self.tick(self.tuning.takeover_wait_s)
+            out = self.take(node, conn)
+        assert isinstance(out[0], Connack) and out[0].return_code == 0, out
+        self.inbox[(node, conn)] = out[1:] + self.inbox.get((node, conn), [])  # for take()
+        return out[0]
+
+
+def pubs(packets) -> list[tuple[str, bytes, int]]:
+    return [(p.topic, p.payload, p.qos) for p in packets if isinstance(p, Publish)]
+
+
+def test_qos0_1_2_on_one_node_with_wildcards():
+    net = Net(("n1",))
+    net.connect("n1", "s", "sub")
+    assert net.send("n1", "s", Subscribe(1, (("a/+/c", 2), ("a/#", 0)))) == [Suback(1, (2, 0))]
+    net.connect("n1", "p", "pub")
+    assert net.send("n1", "p", Publish("a/b/c", b"x", 0)) == []
+    assert pubs(net.take("n1", "s")) == [("a/b/c", b"x", 0)]  # once, at the best matching QoS
+    assert net.send("n1", "p", Publish("a/b/c", b"y", 1, packet_id=7)) == [Puback(7)]
+    got = net.take("n1", "s")
+    assert pubs(got) == [("a/b/c", b"y", 1)]
+    net.send("n1", "s", Puback(got[0].packet_id))
+    assert net.send("n1", "p", Publish("a/b/c", b"z", 2, packet_id=8)) == [Pubrec(8)]
+    # a resend of the same QoS 2 packet before PUBREL is not delivered again
+    assert net.send("n1", "p", Publish("a/b/c", b"z", 2, dup=True, packet_id=8)) == [Pubrec(8)]
+    got = net.take("n1", "s")
+    assert pubs(got) == [("a/b/c", b"z", 2)]
+    assert net.send("n1", "s", Pubrec(got[0].packet_id)) == [Pubrel(got[0].packet_id)]
+    assert net.send("n1", "s", Pubcomp(got[0].packet_id)) == []
+    assert net.send("n1", "p", Pubrel(8)) == [Pubcomp(8)]
+    assert pubs(net.send("n1", "p", Publish("x/y", b"none", 1, packet_id=9))) == []
+    assert net.send("n1", "p", Pingreq()) == [Pingresp()]
+    assert net.send("n1", "s", Unsubscribe(2, ("a/#", "a/+/c"))) == [Unsuback(2)]
+    net.send("n1", "p", Publish("a/b/c", b"gone", 0))
+    assert net.take("n1", "s") == []
+
+
+def test_sys_topics_are_not_matched_by_wildcards_and_clients_cannot_publish_there():
+    net = Net(("n1",))
+    net.connect("n1", "s", "sub")
+    net.send("n1", "s", Subscribe(1, (("#", 0), ("+/x", 0), ("$SYS/#", 0))))
+    net.connect("n1", "p", "pub")
+    assert net.send("n1", "p", Publish("$SYS/x", b"1", 1, packet_id=1)) == [Puback(1)]
+    assert net.take("n1", "s") == []
+    net.cores["n1"].publish("$SYS/x", b"2", 0, False, 0.0, None)
+    net.pump()
+    assert pubs(net.take("n1", "s")) == [("$SYS/x", b"2", 0)]  # only "$SYS/#" matched
+
+
+def test_publish_is_forwarded_only_to_nodes_with_matching_routes():
+    net = Net()
+    net.connect("n2", "s", "sub")
+    net.send("n2", "s", Subscribe(1, (("room/+/temp", 1),)))
+    assert set(net.agency) == {"/chorus/mqtt/routes/n2/troom%2F%2B%2Ftemp"}
+    assert net.cores["n1"].routes.routes == {"n2": {"room/+/temp"}}
+    net.connect("n1", "p", "pub")
+    assert net.send("n1", "p", Publish("room/1/temp", b"21", 1, packet_id=1)) == [Puback(1)]
+    assert pubs(net.take("n2", "s")) == [("room/1/temp", b"21", 1)]
+    sent = []
+    net.cores["n1"].publish("room/1/humidity", b"x", 0, False, net.now, None)
+    net.cores["n1"].routes.flush(net.now, lambda n, m: sent.append(n) or True)
+    assert sent == []  # no route: nothing forwarded, to no node
+    # the last subscriber leaves: the route goes
+    net.send("n2", "s", Unsubscribe(2, ("room/+/temp",)))
+    assert net.agency == {}
+    assert net.cores["n1"].routes.routes == {}
+
+
+def test_puback_waits_for_the_remote_node_and_a_partition_delays_but_loses_nothing():
+    net = Net()
+    net.connect("n2", "s", "sub")
+    net.send("n2", "s", Subscribe(1, (("t", 1),)))
+    net.connect("n1", "p", "pub")
+    net.cut.add("n2")
+    assert net.send("n1", "p", *[Publish("t", b"%d" % i, 1, packet_id=i + 1) for i in range(5)]) == []
+    net.tick(1.0)
+    assert net.take("n1", "p") == []
+    net.cut.clear()
+    net.tick(net.tuning.forward_retry_s)
+    assert sorted(p.packet_id for p in net.take("n1", "p")) == [1, 2, 3, 4, 5]
+    got = pubs(net.take("n2", "s"))
+    assert [g[1] for g in got] == [b"0", b"1", b"2", b"3", b"4"]  # in order, once
+
+
+def test_puback_is_not_held_forever_by_an_unreachable_node():
+    net = Net()
+    net.connect("n2", "s", "sub")
+    net.send("n2", "s", Subscribe(1, (("t", 1),)))
+    net.connect("n1", "p", "pub")
+    net.cut.add("n2")
+    assert net.send("n1", "p", Publish("t", b"x", 1, packet_id=1)) == []
+    net.tick(net.tuning.ack_wait_max_s + 0.1)
+    assert net.take("n1", "p") == [Puback(1)]
+
+
+def test_shared_subscription_balances_across_nodes_and_members():
+    net = Net()
+    for node, conn in (("n1", "a"), ("n2", "b"), ("n2", "c")):
+        net.connect(node, conn, f"w-{conn}")
+        net.send(node, conn, Subscribe(1, (("$share/g/jobs/#", 0),)))
+    net.connect("n3", "p", "pub")
+    for i in range(30):
+        net.send("n3", "p", Publish("jobs/x", b"%d" % i, 0))
+    counts = {c: len(pubs(net.take(n, c))) for n, c in (("n1", "a"), ("n2", "b"), ("n2", "c"))}
+    assert sum(counts.values()) == 30  # each message to one member only
+    assert counts["a"] == 15 and counts["b"] > 0 and counts["c"] > 0
+
+
+def test_retained_is_replicated_delivered_on_subscribe_on_any_node_and_cleared():
+    net = Net()
+    net.connect("n1", "p", "pub")
+    assert net.send("n1", "p", Publish("dev/1/state", b"on", 1, retain=True, packet_id=1)) == [Puback(1)]
+    assert len([k for k in net.agency if "/retained/" in k]) == 1
+    net.connect("n3", "s", "sub")
+    out = net.send("n3", "s", Subscribe(1, (("dev/+/state", 1),)))
+    assert out[0] == Suback(1, (1,))
+    assert [(p.topic, p.payload, p.retain) for p in out[1:]] == [("dev/1/state", b"on", True)]
+    net.send("n1", "p", Publish("dev/1/state", b"", 0, retain=True))
+    assert not [k for k in net.agency if "/retained/" in k]
+    net.connect("n2", "s2", "sub2")
+    assert net.send("n2", "s2", Subscribe(1, (("dev/#", 0),))) == [Suback(1, (0,))]
+
+
+def test_will_on_abrupt_close_and_keepalive_timeout_not_on_disconnect():
+    net = Net(("n1", "n2"))
+    net.connect("n2", "s", "sub")
+    net.send("n2", "s", Subscribe(1, (("wills/#", 0),)))
+    net.connect("n1", "a", "a", will=Will("wills/a", b"a died"))
+    net.cores["n1"].closed("a", net.now)
+    net.pump()
+    assert pubs(net.take("n2", "s")) == [("wills/a", b"a died", 0)]
+    net.connect("n1", "b", "b", will=Will("wills/b", b"b died"))
+    net.send("n1", "b", Disconnect())
+    assert net.take("n2", "s") == []
+    net.connect("n1", "c", "c", will=Will("wills/c", b"c timed out"), keepalive=2)
+    net.tick(2.0)
+    assert net.take("n2", "s") == []
+    net.tick(1.1)  # 1.5 x the keep-alive without a packet
+    assert pubs(net.take("n2", "s")) == [("wills/c", b"c timed out", 0)]
+    assert ("n1", "c") in net.closed
+
+
+def test_persistent_session_queues_while_offline_and_survives_a_node_restart():
+    net = Net(("n1", "n2"))
+    assert net.connect("n2", "s", "keep", clean=False).session_present is False
+    net.send("n2", "s", Subscribe(1, (("q/#", 1),)))
+    net.cores["n2"].closed("s", net.now)
+    net.connect("n1", "p", "pub")
+    for i in range(3):
+        net.send("n1", "p", Publish("q/x", b"%d" % i, 1, packet_id=i + 1))
+        net.send("n1", "p", Publish("q/x", b"zero", 0))  # QoS 0 is not queued for an offline session
+    net.boot("n2")  # the subscriber's node restarts: the session comes back from its store
+    ack = net.connect("n2", "s2", "keep", clean=False)
+    assert ack.session_present is True
+    got = net.take("n2", "s2")
+    assert [p.payload for p in got if isinstance(p, Publish)] == [b"0", b"1", b"2"]
+    for p in got:
+        net.send("n2", "s2", Puback(p.packet_id))
+    net.send("n1", "p", Publish("q/y", b"after", 1, packet_id=9))  # the route was registered again
+    assert pubs(net.take("n2", "s2")) == [("q/y", b"after", 1)]
+
+
+def test_client_id_takeover_across_nodes_hands_the_session_over():
+    net = Net()
+    net.connect("n1", "old", "dev7", clean=False)
+    net.send("n1", "old", Subscribe(1, (("cmd/dev7", 1),)))
+    net.connect("n3", "p", "pub")
+    net.send("n3", "p", Publish("cmd/dev7", b"first", 1, packet_id=1))
+    assert pubs(net.take("n1", "old")) == [("cmd/dev7", b"first", 1)]  # not acknowledged by the client
+    ack = net.connect("n2", "new", "dev7", clean=False)
+    assert ack.session_present is True
+    assert ("n1", "old") in net.closed
+    got = net.take("n2", "new")
+    assert pubs(got) == [("cmd/dev7", b"first", 1)]  # sent again by the new node
+    assert set(net.agency) == {"/chorus/mqtt/routes/n2/tcmd%2Fdev7"}
+    net.send("n3", "p", Publish("cmd/dev7", b"second", 1, packet_id=2))
+    assert pubs(net.take("n2", "new")) == [("cmd/dev7", b"second", 1)]
+    assert net.take("n1", "old") == []
+    # a node whose route table has not caught up still sends to n1 (and to
+    # n2): n1 passes it on, and the session gets it once
+    net.cores["n3"].routes.add_route("n1", "cmd/dev7")
+    net.send("n3", "p", Publish("cmd/dev7", b"third", 2, packet_id=3))
+    assert pubs(net.take("n2", "new")) == [("cmd/dev7", b"third", 1)]
+    net.cores["n3"].routes.remove_route("n2", "cmd/dev7")
+    net.send("n3", "p", Publish("cmd/dev7", b"fourth", 1, packet_id=4))
+    assert pubs(net.take("n2", "new")) == [("cmd/dev7", b"fourth", 1)]
+    net.tick(net.tuning.moved_grace_s)
+    net.send("n3", "p", Publish("cmd/dev7", b"late", 1, packet_id=5))
+    assert net.take("n2", "new") == []  # the grace is over: n1 no longer passes it on
+    net.cores["n3"].routes.remove_route("n1", "cmd/dev7")
+    net.cores["n3"].routes.add_route("n2", "cmd/dev7")
+    # a clean connect elsewhere discards the session
+    assert net.connect("n1", "fresh", "dev7", clean=True).session_present is False
+    assert net.agency == {}
+
+
+def test_takeover_on_the_same_node_closes_the_first_connection():
+    net = Net(("n1",))
+    net.connect("n1", "c1", "same")
+    net.connect("n1", "c2", "same")
+    assert ("n1", "c1") in net.closed
+    net.send("n1", "c2", Subscribe(1, (("a", 0),)))
+    assert pubs(net.send("n1", "c2", Publish("a", b"x", 0))) == [("a", b"x", 0)]  # its own subscription
+
+
+def test_routes_of_a_dead_node_are_removed_and_it_registers_them_again():
+    net = Net()
+    net.connect("n2", "s", "sub", clean=False)
+    net.send("n2", "s", Subscribe(1, (("a", 1),)))
+    net.cores["n1"].nodes_dead(["n2"])
+    net.pump()
+    assert net.agency == {"/chorus/mqtt/routes/n2/ta": 1}  # n2 saw its route deleted and said it again
+    assert net.cores["n3"].routes.routes == {"n2": {"a"}}
+
+
+def test_inflight_window_and_queue_bound():
+    net = Net(("n1",), MqttTuning(inflight_max=2, session_queue_max=3))
+    net.connect("n1", "s", "sub")
+    net.send("n1", "s", Subscribe(1, (("t", 1),)))
+    net.connect("n1", "p", "pub")
+    for i in range(7):
+        net.send("n1", "p", Publish("t", b"%d" % i, 1, packet_id=i + 1))
+    got = net.take("n1", "s")
+    assert [p.payload for p in got] == [b"0", b"1"]  # the window
+    s = net.cores["n1"].sessions["sub"]
+    assert len(s.queue) == 3 and s.dropped == 2  # the oldest queued were dropped
+    more = net.send("n1", "s", Puback(got[0].packet_id))
+    assert [p.payload for p in more] == [b"4"]
