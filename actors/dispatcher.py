@@ -70,6 +70,7 @@ from protocol.frames import (
 )
 from protocol.frames import Delivery as DeliveryFrame
 from protocol.hashing import RoundRobin
+from protocol.mqtt_cluster import MqttStatusQuery, MqttStatusReply
 from protocol.node import (
     CAP_CLUSTER,
     CAP_HTTP,
@@ -178,6 +179,7 @@ class Dispatcher(ChorusActor):
         self.agency_waiters: dict[int, Callable[[AgencyReply], None]] = {}
         self.status_waiters: list[Callable[[dict], None]] = []
         self.nodes_waiters: list[Callable[[NodesReply], None]] = []
+        self.mqtt_waiters: list[Callable[[dict], None]] = []
         self.info_waiters: dict[str, list[Callable[[dict], None]]] = {}
         self.topics: dict[str, dict] = {}
         self.plans: dict[str, dict] = {}
@@ -873,6 +875,19 @@ class Dispatcher(ChorusActor):
             self._agency_call(lambda req_id: MembershipChange(self.client, req_id, "add_voter", nid), done)
 
         self._cluster_view(decide)
+
+    def _admin_mqtt(self, args: dict, ok: Callable, fail: Callable) -> None:
+        ep = self.boot.endpoints
+        if ep is None or ep.mqtt is None:
+            fail(503, "unavailable", "this node has no MQTT front end")
+            return
+        self.mqtt_waiters.append(ok)
+        self.send(ep.mqtt, MqttStatusQuery())
+
+    def on_MqttStatusReply(self, msg: MqttStatusReply, sender: Any) -> None:
+        waiters, self.mqtt_waiters = self.mqtt_waiters, []
+        for cb in waiters:
+            cb(msg.status)
 
     def on_StatusReply(self, msg: StatusReply, sender: Any) -> None:
         waiters, self.status_waiters = self.status_waiters, []

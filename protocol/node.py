@@ -125,6 +125,7 @@ class NodeEndpoints:
     supervisor: Any = None
     node: Any = None
     dispatcher: Any = None
+    mqtt: Any = None  # the MqttFront
 
 
 @dataclass(frozen=True)

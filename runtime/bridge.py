@@ -382,6 +382,9 @@ class BridgeGateway:
     async def promote_node(self, node_id: str) -> dict:
         return await self.bridge.call("promote_node", {"node_id": node_id})
 
+    async def mqtt(self) -> dict:
+        return await self.bridge.call("mqtt", {})
+
     async def shards(self, topic: str | None = None) -> list[dict]:
         return await self.bridge.call("shards", {"topic": topic})
 

@@ -222,6 +222,7 @@ def run(
     client_port: Optional[int] = typer.Option(None, "--client-port", help="binary protocol [7171]"),
     http_port: Optional[int] = typer.Option(None, "--http-port", help="HTTP API [7181]"),
     admin_port: Optional[int] = typer.Option(None, "--admin-port", help="cluster (Thespian admin) port [7191]"),
+    mqtt_port: Optional[int] = typer.Option(None, "--mqtt-port", help="MQTT 3.1.1 [1883]; -1: no MQTT listener"),
     cluster_id: Optional[str] = typer.Option(None, "--cluster-id", help="refuse data or peers of another cluster"),
     initial_nodes: Optional[str] = typer.Option(None, "--initial-nodes",
                                                 help="comma-separated node ids of a new cluster's agency"),
@@ -236,7 +237,7 @@ def run(
     try:
         cfg = NodeConfig.load(str(config) if config else None, node_id=node_id, data_dir=data_dir, host=host,
                               client_port=client_port, http_port=http_port, admin_port=admin_port,
-                              cluster_id=cluster_id, peers=peers,
+                              mqtt_port=mqtt_port, cluster_id=cluster_id, peers=peers,
                               initial_nodes=initial_nodes.split(",") if initial_nodes else None)
     except (OSError, ValueError) as exc:
         console.print(f"[red]configuration error:[/] {exc}")

@@ -52,6 +52,13 @@ class ProductionHost:
         self._bridge = IOBridge(listen, node_id=node_id, cluster_id=cluster_id).start()
         return self._bridge
 
+    def open_mqtt_listener(self, listen: Any) -> Any:
+        """The MqttFront's listener: an MQTT server in an I/O thread of this process."""
+        from runtime.mqtt_listener import MqttListener
+
+        self._mqtt = MqttListener(listen).start()
+        return self._mqtt
+
     def record(self, kind: str, /, **fields: Any) -> None:
         log.debug("%s %s %s", self.node_id, kind, fields)
 

@@ -267,6 +267,10 @@ async def delete_tenant(request: web.Request) -> web.Response:
     return web.json_response(await _gateway(request).delete_namespace(_namespace_path(request)))
 
 
+async def mqtt_status(request: web.Request) -> web.Response:
+    return web.json_response(await _gateway(request).mqtt())
+
+
 async def openapi(request: web.Request) -> web.Response:
     return web.json_response(openapi_document())
 
@@ -358,6 +362,8 @@ ROUTES: tuple[Route, ...] = (
           errors=(409, 503), path_doc=_NS_PARAM),
     Route("DELETE", "/tenants/{path:.+}", delete_tenant, "Delete an empty namespace", "namespaces",
           {"type": "object"}, errors=(404, 409, 503), path_doc=_NS_PARAM),
+    Route("GET", "/mqtt", mqtt_status, "This node's MQTT front end: sessions, routes, retained, forwarding",
+          "mqtt", {"type": "object"}, errors=(503,)),
     Route("GET", "/openapi.json", openapi, "This document", "meta", {"type": "object"}),
 )
 

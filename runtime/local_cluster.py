@@ -36,7 +36,9 @@ def node_configs(base: NodeConfig, n: int) -> list[NodeConfig]:
         off = k * LOCAL_PORT_STRIDE
         out.append(replace(base, node_id=nid, data_dir=str(Path(base.data_dir) / nid),
                            client_port=base.client_port + off, http_port=base.http_port + off,
-                           admin_port=base.admin_port + off, initial_nodes=list(ids), peers=[],
+                           admin_port=base.admin_port + off,
+                           mqtt_port=base.mqtt_port + off if base.mqtt_port > 0 else base.mqtt_port,
+                           initial_nodes=list(ids), peers=[],
                            cluster_id=cluster_id))
     for cfg in out:
         cfg.peers = [f"{o.host}:{o.http_port}" for o in out if o.node_id != cfg.node_id]
@@ -108,7 +110,7 @@ def _panel(cfgs: list[NodeConfig], procs: list[subprocess.Popen]) -> Any:
     from rich.table import Table
 
     table = Table(title="Chorus local cluster", expand=False)
-    for col in ("node", "pid", "state", "client", "http", "agency", "replicas", "sees alive"):
+    for col in ("node", "pid", "state", "client", "http", "mqtt", "agency", "replicas", "sees alive"):
         table.add_column(col)
     for cfg, proc in zip(cfgs, procs):
         st = node_status(cfg, 0.5) if proc.poll() is None else None
@@ -122,7 +124,8 @@ def _panel(cfgs: list[NodeConfig], procs: list[subprocess.Popen]) -> Any:
             alive = ", ".join(n["node_id"] for n in st.get("nodes", []) if n.get("alive"))
             replicas = str(st.get("replicas", ""))
         table.add_row(cfg.node_id, str(proc.pid), state, f"{cfg.host}:{cfg.client_port}",
-                      f"{cfg.host}:{cfg.http_port}", agency, replicas, alive)
+                      f"{cfg.host}:{cfg.http_port}", f"{cfg.host}:{cfg.mqtt_port}" if cfg.mqtt_port > 0 else "-",
+                      agency, replicas, alive)
     return table
 
 

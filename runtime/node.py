@@ -56,7 +56,7 @@ log = logging.getLogger("chorus.node")
 DEFAULT_CLIENT_PORT = 7171
 DEFAULT_HTTP_PORT = 7181
 DEFAULT_ADMIN_PORT = 7191
-DEFAULT_MQTT_PORT = 1883  # reserved for the MQTT front end (not served yet)
+DEFAULT_MQTT_PORT = 1883  # MQTT 3.1.1 (the IANA port)
 LOCAL_PORT_STRIDE = 100  # node k of `run --nodes N` uses the defaults + (k-1) * stride
 DIRECTORY_POLL_S = 1.0
 FAILOVER_GRACE_MS_MIN = 200.0  # below this, two replica reports could not fit in the grace
@@ -83,6 +83,7 @@ class NodeConfig:
     client_port: int = DEFAULT_CLIENT_PORT
     http_port: int = DEFAULT_HTTP_PORT
     admin_port: int = DEFAULT_ADMIN_PORT
+    mqtt_port: int = DEFAULT_MQTT_PORT  # -1: no MQTT listener
     peers: list[str] = field(default_factory=list)  # HTTP host:port of other nodes (seeds)
     initial_nodes: list[str] = field(default_factory=list)  # node ids of the first cluster; default [node_id]
     # cluster (admin) host:port of the Thespian convention's leaders, in
@@ -129,9 +130,11 @@ class NodeConfig:
             port = getattr(self, name)
             if not 0 <= port <= 65535:
                 raise ValueError(f"{name} must be in 0..65535, got {port}")
-        ports = [p for p in (self.client_port, self.http_port, self.admin_port) if p]
+        if not -1 <= self.mqtt_port <= 65535:
+            raise ValueError(f"mqtt_port must be in 0..65535 (or -1 for none), got {self.mqtt_port}")
+        ports = [p for p in (self.client_port, self.http_port, self.admin_port, self.mqtt_port) if p > 0]
         if len(set(ports)) != len(ports):
-            raise ValueError(f"client, http and admin ports must differ, got {ports}")
+            raise ValueError(f"client, http, admin and mqtt ports must differ, got {ports}")
         if not FAILOVER_GRACE_MS_MIN <= self.failover_grace_ms <= FAILOVER_GRACE_MS_MAX:
             raise ValueError(f"failover_grace_ms must be in {FAILOVER_GRACE_MS_MIN:g}..{FAILOVER_GRACE_MS_MAX:g}, "
                              f"got {self.failover_grace_ms:g}")
@@ -260,6 +263,7 @@ class Node:
         self.cluster_id = ""
         self.client_port = 0
         self.http_port = 0
+        self.mqtt_port = 0
         self.peers: dict[str, dict] = {}  # node id -> directory entry (strings)
         self.joining = False  # a new node added to a running cluster (an agency learner)
         self.admin_pid: int | None = None
@@ -272,6 +276,7 @@ class Node:
         from thespian.actors import ActorSystem
 
         from actors.dispatcher import Dispatcher
+        from actors.mqtt_front import MqttFront
         from actors.node import NodeActor
         from actors.raft_peer import RaftPeer
         from actors.supervisor import Supervisor
@@ -304,11 +309,11 @@ class Node:
         reap_new_children(before)
         self.host_cfg = HostConfig(cfg.node_id, str(data))
         for name, cls in (("raft", RaftPeer), ("supervisor", Supervisor), ("node", NodeActor),
-                          ("dispatcher", Dispatcher)):
+                          ("dispatcher", Dispatcher), ("mqtt", MqttFront)):
             self.addrs[name] = self.asys.createActor(cls)
         self.endpoints = NodeEndpoints(cfg.node_id, admin=f"{cfg.host}:{cfg.admin_port}", raft=self.addrs["raft"],
                                        supervisor=self.addrs["supervisor"], node=self.addrs["node"],
-                                       dispatcher=self.addrs["dispatcher"])
+                                       dispatcher=self.addrs["dispatcher"], mqtt=self.addrs["mqtt"])
         listen = ListenConfig(host=cfg.host, client_port=cfg.client_port, http_port=cfg.http_port)
         boot = DispatcherBoot(cfg.node_id, self.cluster_id, self.addrs["node"], self.addrs["raft"],
                               self.addrs["supervisor"], listen, self.endpoints, self.host_cfg, VERSION)
@@ -318,9 +323,11 @@ class Node:
                                f"see {data / 'logs'}")
         self.client_port, self.http_port = reply[1], reply[2]
         self.asys.updateCapability(CAP_HTTP, f"{cfg.host}:{self.http_port}")
+        self._boot_mqtt(data)
         self._publish()
+        mqtt = f"mqtt {cfg.host}:{self.mqtt_port}, " if self.mqtt_port else ""
         self.say(f"node {cfg.node_id}: client {cfg.host}:{self.client_port}, http {cfg.host}:{self.http_port}, "
-                 f"cluster {cfg.host}:{cfg.admin_port}, data {data}")
+                 f"{mqtt}cluster {cfg.host}:{cfg.admin_port}, data {data}")
         self._discover(initial=True)
         if cfg.peers and not self.peers and set(cfg.initial_nodes) <= {cfg.node_id} and not (data / "raft").exists():
             # a brand-new node told to join: never form a cluster of its own
@@ -333,6 +340,19 @@ class Node:
         self._learn_admin_pid()
         self._write_pidfile()
         return self
+
+    def _boot_mqtt(self, data: Path) -> None:
+        """Start the MQTT front end (it listens unless ``mqtt_port`` is -1)."""
+        from protocol.mqtt_cluster import MqttBoot, MqttListenConfig
+
+        cfg = self.cfg
+        listen = MqttListenConfig(host=cfg.host, port=cfg.mqtt_port) if cfg.mqtt_port >= 0 else None
+        boot = MqttBoot(cfg.node_id, self.addrs["raft"], self.addrs["supervisor"],
+                        ((cfg.node_id, self.addrs["mqtt"]),), listen, host=self.host_cfg)
+        reply = self.asys.ask(self.addrs["mqtt"], boot, 20)
+        if not (isinstance(reply, tuple) and reply and reply[0] == "mqtt-listening"):
+            raise RuntimeError(f"the MQTT front end did not start (answer: {reply!r}); see {data / 'logs'}")
+        self.mqtt_port = reply[1]
 
     def _enter_convention(self) -> None:
         """Register this node's ActorSystem with the Thespian convention.
@@ -363,7 +383,8 @@ class Node:
         cfg = self.cfg
         return {"node_id": cfg.node_id, "client": f"{cfg.host}:{self.client_port}",
                 "http": f"{cfg.host}:{self.http_port}", "admin": f"{cfg.host}:{cfg.admin_port}",
-                **{k: address_to_str(self.addrs[k]) for k in ("raft", "supervisor", "node", "dispatcher")}}
+                "mqtt_listen": f"{cfg.host}:{self.mqtt_port}" if self.mqtt_port else "",
+                **{k: address_to_str(self.addrs[k]) for k in ("raft", "supervisor", "node", "dispatcher", "mqtt")}}
 
     def _publish(self) -> None:
         """Tell the dispatcher the directory it serves."""
@@ -451,6 +472,12 @@ class Node:
         self.asys.tell(self.addrs["node"], NodeBoot(cfg.node_id, self.addrs["raft"], self._peer_addrs("node"),
                                                     tuple(a for _, a in sups), self.addrs["supervisor"], tuning,
                                                     self.host_cfg))
+        self._tell_mqtt_peers()
+
+    def _tell_mqtt_peers(self) -> None:
+        from protocol.mqtt_cluster import MqttPeers
+
+        self.asys.tell(self.addrs["mqtt"], MqttPeers(self._peer_addrs("mqtt")))
 
     def _cluster_voters(self) -> tuple[str, ...]:
         """The agency voters as a peer reports them (``GET /api/v1/status``);
@@ -519,10 +546,12 @@ class Node:
             try:
                 eps.append(NodeEndpoints(nid, e.get("client", ""), e.get("http", ""), e.get("admin", ""),
                                          address_from_str(e["raft"]), address_from_str(e["supervisor"]),
-                                         address_from_str(e["node"]), address_from_str(e["dispatcher"])))
+                                         address_from_str(e["node"]), address_from_str(e["dispatcher"]),
+                                         address_from_str(e["mqtt"]) if e.get("mqtt") else None))
             except (KeyError, ValueError):
                 continue
         self.asys.tell(self.addrs["node"], PeersAre(tuple(eps)))
+        self._tell_mqtt_peers()
 
     def _learn_admin_pid(self) -> None:
         from protocol.agency import StatusQuery, StatusReply
@@ -538,7 +567,8 @@ class Node:
 
     def _write_pidfile(self) -> None:
         doc = {"launcher": os.getpid(), "admin": self.admin_pid,
-               "client": f"{self.cfg.host}:{self.client_port}", "http": f"{self.cfg.host}:{self.http_port}"}
+               "client": f"{self.cfg.host}:{self.client_port}", "http": f"{self.cfg.host}:{self.http_port}",
+               "mqtt": f"{self.cfg.host}:{self.mqtt_port}" if self.mqtt_port else ""}
         path = Path(self.cfg.data_dir) / "node.pid"
         path.write_text(json.dumps(doc))
 

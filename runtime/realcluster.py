@@ -28,6 +28,7 @@ class RealCluster:
         for nid in ids:
             self.cfgs[nid] = NodeConfig(node_id=nid, cluster_id="c-test", data_dir=str(self.base_dir / nid),
                                         client_port=free_port(), http_port=free_port(), admin_port=free_port(),
+                                        mqtt_port=free_port(),
                                         initial_nodes=list(ids), **overrides)
         for nid, cfg in self.cfgs.items():
             cfg.peers = [f"127.0.0.1:{c.http_port}" for o, c in self.cfgs.items() if o != nid]
@@ -38,7 +39,7 @@ class RealCluster:
         node ``join`` (like ``brokerctl run --node-id nid --join HOST:PORT``:
         no cluster id, no initial nodes); start it with :meth:`start`."""
         cfg = NodeConfig(node_id=nid, data_dir=str(self.base_dir / nid), client_port=free_port(),
-                         http_port=free_port(), admin_port=free_port(),
+                         http_port=free_port(), admin_port=free_port(), mqtt_port=free_port(),
                          peers=[f"127.0.0.1:{self.cfgs[join].http_port}"])
         self.cfgs[nid] = cfg
         return cfg
@@ -169,6 +170,9 @@ class RealCluster:
                 return r.status, json.loads(r.read())
         except urllib.error.HTTPError as e:
             return e.code, json.loads(e.read() or b"{}")
+
+    def mqtt(self, nid: str) -> tuple[str, int]:
+        return "127.0.0.1", self.cfgs[nid].mqtt_port
 
     def client(self, nid: str) -> str:
         return f"127.0.0.1:{self.cfgs[nid].client_port}"

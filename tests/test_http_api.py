@@ -60,6 +60,10 @@ class FakeGateway:
 
     # the Gateway ------------------------------------------------------------
 
+    async def mqtt(self) -> dict:
+        self._call("mqtt")
+        return {"sessions": 2, "connections": 1, "routes": {"n2": 3}, "retained": 1}
+
     async def directory(self) -> dict:
         return {"cluster_id": "c-test", "nodes": [{"node_id": "n1", "client": "127.0.0.1:7171",
                                                    "http": "127.0.0.1:7181", "admin": "127.0.0.1:7191",
@@ -227,6 +231,13 @@ def test_status_and_nodes():
         assert [n["node_id"] for n in nodes] == list(NODES)
         assert nodes[2]["alive"] is False
     serve(s, node_id="n1")
+
+
+def test_mqtt_status():
+    async def s(c, gw):
+        assert await call(c, "GET", "/api/v1/mqtt", status=200) == await gw.mqtt()
+        assert gw.calls[-1] == ("mqtt",)
+    serve(s)
 
 
 def test_promote_node():

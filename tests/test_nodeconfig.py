@@ -28,10 +28,22 @@ def test_defaults() -> None:
     ({"CHORUS_FAILOVER_GRACE_MS": "50"}, "failover_grace_ms must be in 200..600000, got 50"),
     ({"CHORUS_FAILOVER_GRACE_MS": "soon"}, "failover_grace_ms"),
     ({"CHORUS_CLIENT_PORT": "70000"}, "client_port must be in 0..65535"),
+    ({"CHORUS_MQTT_PORT": "-2"}, "mqtt_port must be in 0..65535 .or -1 for none., got -2"),
+    ({"CHORUS_MQTT_PORT": "7181"}, "client, http, admin and mqtt ports must differ"),
 ])
 def test_bad_values_are_refused_by_name(env, words) -> None:
     with pytest.raises(ValueError, match=words):
         NodeConfig.load(env=env)
+
+
+def test_mqtt_port_defaults_to_1883_and_local_clusters_step_it() -> None:
+    from runtime.local_cluster import node_configs
+
+    cfg = NodeConfig.load(env={})
+    assert cfg.mqtt_port == 1883
+    assert [c.mqtt_port for c in node_configs(cfg, 3)] == [1883, 1983, 2083]
+    off = NodeConfig.load(env={"CHORUS_MQTT_PORT": "-1"})
+    assert [c.mqtt_port for c in node_configs(off, 2)] == [-1, -1]  # none on any node
 
 
 def test_unknown_keys_are_refused(tmp_path) -> None:

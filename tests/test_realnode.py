@@ -288,7 +288,8 @@ def test_nodes_find_each_other_through_a_convention_with_several_leaders(tmp_pat
         assert d4["convention_leaders"] == leaders and "n1" not in d4["convention"]
         # a node of another cluster that registers with our convention is not listed
         x1 = NodeConfig(node_id="x1", cluster_id="c-other", data_dir=str(tmp_path / "x1"), client_port=free_port(),
-                        http_port=free_port(), admin_port=free_port(), convention_leaders=[leaders[1]])
+                        http_port=free_port(), admin_port=free_port(), mqtt_port=free_port(),
+                        convention_leaders=[leaders[1]])
         c.cfgs["x1"] = x1
         c.procs["x1"] = spawn_node(x1, tmp_path / "x1.out")
         _wait_for("x1 refused", lambda: "x1" in c.get("n2", "/cluster/directory")["convention_refused"])
@@ -303,7 +304,7 @@ def test_a_new_node_with_no_reachable_seed_does_not_start_a_cluster_of_its_own(t
     from runtime.local_cluster import spawn_node
 
     cfg = NodeConfig(node_id="n9", data_dir=str(tmp_path / "n9"), client_port=free_port(), http_port=free_port(),
-                     admin_port=free_port(), peers=[f"127.0.0.1:{free_port()}"], boot_timeout_s=2)
+                     admin_port=free_port(), mqtt_port=free_port(), peers=[f"127.0.0.1:{free_port()}"], boot_timeout_s=2)
     proc = spawn_node(cfg, tmp_path / "out.txt")
     assert proc.wait(60) != 0
     assert "not starting a cluster of its own" in (tmp_path / "out.txt").read_text()

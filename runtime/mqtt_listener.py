@@ -1,0 +1,234 @@
+"""The MQTT listener: client sockets in an asyncio I/O thread, the broker
+logic in the MqttFront actor (``actors/mqtt_front.py``).
+
+Like the Dispatcher's bridge (``runtime/bridge.py``): the I/O thread decodes
+packets with :class:`protocol.mqtt.MqttDecoder` and queues them as events,
+one event per read (many packets); a byte on a socketpair wakes the actor,
+which takes every queued event at once.  The actor's answers come back in
+one ``call_soon_threadsafe`` per batch, as packets per connection, encoded
+here.
+
+Events the actor takes::
+
+    ("packets", conn_id, [packet, ...])
+    ("closed", conn_id)              # the connection is gone (abrupt unless a DISCONNECT came first)
+
+Malformed input closes the connection (after a CONNACK with a return code
+where the spec has one: MQTT-3.1.2-2, 3.1.3-9); the node and the other
+connections carry on.  Bounds: connections, packet size, unsent bytes per
+connection (a client that does not read is dropped), and queued packets
+(reading pauses on every connection while the actor is behind).
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import logging
+import socket
+import threading
+from typing import Any
+
+from protocol.mqtt import (
+    Connack,
+    MqttDecoder,
+    MqttLimits,
+    MqttProtocolError,
+    Publish,
+    encode,
+    encode_publish,
+)
+from protocol.mqtt_cluster import MqttListenConfig
+
+log = logging.getLogger("chorus.mqtt")
+
+INBOX_PACKETS_MAX = 50_000  # packets queued for the actor before reading pauses
+
+
+class _Conn(asyncio.Protocol):
+    def __init__(self, listener: "MqttListener", conn_id: int) -> None:
+        self.listener = listener
+        self.id = conn_id
+        self.decoder = MqttDecoder(MqttLimits(packet_bytes_max=listener.cfg.packet_bytes_max), server=True)
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.transport.set_write_buffer_limits(high=self.listener.cfg.conn_out_bytes_max)  # type: ignore[union-attr]
+        try:
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+        if self.listener.paused:
+            self.transport.pause_reading()  # type: ignore[union-attr]
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            packets = self.decoder.feed(data)
+        except MqttProtocolError as err:
+            log.info("mqtt connection %s: %s", self.id, err.message)
+            if err.connack_code is not None and self.transport is not None:
+                self.transport.write(encode(Connack(False, err.connack_code)))
+            self.close()
+            return
+        if packets:
+            self.listener._post(("packets", self.id, packets), len(packets))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.listener._gone(self)
+
+    def pause_writing(self) -> None:
+        log.warning("mqtt connection %s: %d bytes unsent, closing slow client", self.id,
+                    self.transport.get_write_buffer_size() if self.transport else -1)
+        self.close()
+
+    def close(self) -> None:
+        if not self.closed and self.transport is not None:
+            self.closed = True
+            self.transport.close()
+
+
+class MqttListener:
+    """See the module docstring."""
+
+    def __init__(self, cfg: MqttListenConfig) -> None:
+        self.cfg = cfg
+        self._rsock, self._wsock = socket.socketpair()
+        self._rsock.setblocking(False)
+        self._wsock.setblocking(False)
+        self._inbox: collections.deque = collections.deque()
+        self._queued = 0
+        self._signalled = False
+        self.paused = False
+        self._conns: dict[int, _Conn] = {}
+        self._ids = itertools.count(1)
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name="chorus-mqtt", daemon=True)
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._server: Any = None
+        self.port = 0
+
+    # ------------------------------------------------------------ lifecycle
+    def start(self, timeout_s: float = 10.0) -> "MqttListener":
+        self._thread.start()
+        if not self._ready.wait(timeout_s):
+            raise RuntimeError("MQTT I/O thread did not start")
+        if self._error is not None:
+            raise RuntimeError(f"cannot listen for MQTT: {self._error}") from self._error
+        return self
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self._server = self.loop.run_until_complete(
+                self.loop.create_server(self._accept, self.cfg.host, self.cfg.port, reuse_address=True, backlog=512))
+            self.port = self._server.sockets[0].getsockname()[1]
+        except BaseException as exc:  # reported to start()
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        self.loop.run_forever()
+
+    def _accept(self) -> _Conn:
+        conn = _Conn(self, next(self._ids))
+        if len(self._conns) >= self.cfg.connections_max:
+            # MQTT-3.1.4-? has no "busy" packet before CONNECT: answer its CONNACK with
+            # "server unavailable" and close (spec return code 3)
+            self.loop.call_soon(self._refuse, conn)
+        self._conns[conn.id] = conn
+        return conn
+
+    def _refuse(self, conn: _Conn) -> None:
+        if conn.transport is not None and not conn.closed:
+            conn.transport.write(encode(Connack(False, 3)))
+            conn.close()
+
+    def stop(self) -> None:
+        async def _stop() -> None:
+            if self._server is not None:
+                self._server.close()
+            for c in list(self._conns.values()):
+                c.close()
+
+        if self._thread.is_alive():
+            try:
+                asyncio.run_coroutine_threadsafe(_stop(), self.loop).result(5)
+            except Exception:
+                pass
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(5)
+
+    # ------------------------------------------------------- actor <- I/O
+    def _post(self, event: tuple, count: int = 1) -> None:
+        self._inbox.append(event)
+        self._queued += count
+        if self._queued > INBOX_PACKETS_MAX and not self.paused:
+            self.paused = True  # the actor is behind: stop reading until it catches up
+            for c in self._conns.values():
+                if c.transport is not None and not c.closed:
+                    c.transport.pause_reading()
+        if not self._signalled:
+            self._signalled = True
+            try:
+                self._wsock.send(b"x")
+            except (BlockingIOError, OSError):
+                pass
+
+    def _gone(self, conn: _Conn) -> None:
+        if self._conns.pop(conn.id, None) is not None:
+            self._post(("closed", conn.id), 0)
+
+    def fileno(self) -> int:
+        return self._rsock.fileno()
+
+    def take(self) -> list[tuple]:
+        """Every event posted since the last call (called by the actor)."""
+        try:
+            while self._rsock.recv(4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+        self._signalled = False  # drained first: see IOBridge.take
+        out = []
+        inbox = self._inbox
+        while inbox:
+            out.append(inbox.popleft())
+        self._queued = 0
+        if self.paused:
+            self.loop.call_soon_threadsafe(self._resume)
+        return out
+
+    def _resume(self) -> None:
+        if self.paused and self._queued <= INBOX_PACKETS_MAX // 2:
+            self.paused = False
+            for c in self._conns.values():
+                if c.transport is not None and not c.closed:
+                    c.transport.resume_reading()
+
+    # ------------------------------------------------------- actor -> I/O
+    def send(self, out: dict[Any, list], closing: set) -> None:
+        """Packets per connection, then close those in ``closing``."""
+        self.loop.call_soon_threadsafe(self._deliver, out, closing)
+
+    def _deliver(self, out: dict[Any, list], closing: set) -> None:
+        for conn_id, packets in out.items():
+            conn = self._conns.get(conn_id)
+            if conn is None or conn.closed or conn.transport is None:
+                continue
+            chunks = []
+            for p in packets:
+                if type(p) is Publish:
+                    chunks.append(encode_publish(p.topic, p.payload, p.qos, p.retain, p.dup, p.packet_id))
+                else:
+                    chunks.append(encode(p))
+            conn.transport.write(b"".join(chunks))
+        for conn_id in closing:
+            conn = self._conns.get(conn_id)
+            if conn is not None:
+                conn.close()

@@ -1,0 +1,311 @@
+"""MQTT with real clients against real node processes: paho-mqtt and the
+mosquitto command-line clients, on one node and on a three-node cluster."""
+from __future__ import annotations
+
+import queue
+import shutil
+import socket
+import subprocess
+import time
+
+import pytest
+
+from protocol.mqtt import Connack, Connect, MqttDecoder, encode
+from runtime.realcluster import RealCluster
+
+mqtt = pytest.importorskip("paho.mqtt.client")
+
+pytestmark = pytest.mark.realnet
+
+WAIT_S = 15.0
+
+
+@pytest.fixture(scope="module")
+def one(tmp_path_factory):
+    c = RealCluster(tmp_path_factory.mktemp("mqtt1"), n=1)
+    try:
+        c.start()
+        yield c
+    finally:
+        assert c.stop_all() == []
+
+
+@pytest.fixture(scope="module")
+def three(tmp_path_factory):
+    c = RealCluster(tmp_path_factory.mktemp("mqtt3"), n=3)
+    try:
+        c.start()
+        c.wait_all_alive()
+        yield c
+    finally:
+        assert c.stop_all() == []
+
+
+class Client:
+    """A paho client that queues what it receives."""
+
+    def __init__(self, addr: tuple[str, int], cid: str, clean: bool = True, will: tuple | None = None,
+                 keepalive: int = 30) -> None:
+        self.msgs: queue.Queue = queue.Queue()
+        self.connacks: queue.Queue = queue.Queue()
+        self.disconnects: queue.Queue = queue.Queue()
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cid, clean_session=clean,
+                             protocol=mqtt.MQTTv311, reconnect_on_failure=False)
+        self.c.on_message = lambda _c, _u, m: self.msgs.put((m.topic, m.payload, m.qos, m.retain))
+        self.c.on_connect = lambda _c, _u, flags, rc, _p: self.connacks.put((flags.session_present, rc.value))
+        self.c.on_disconnect = lambda _c, _u, _f, rc, _p: self.disconnects.put(rc)
+        if will:
+            self.c.will_set(*will)
+        self.c.connect(*addr, keepalive=keepalive)
+        self.c.loop_start()
+        self.session_present, rc = self.connacks.get(timeout=WAIT_S)
+        assert rc == 0
+
+    def sub(self, *filters: tuple[str, int]) -> None:
+        done: queue.Queue = queue.Queue()
+        self.c.on_subscribe = lambda _c, _u, mid, codes, _p: done.put([c.value for c in codes])
+        self.c.subscribe(list(filters))
+        assert done.get(timeout=WAIT_S) == [q for _, q in filters]
+
+    def pub(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> None:
+        info = self.c.publish(topic, payload, qos, retain)
+        if qos:
+            info.wait_for_publish(WAIT_S)
+            assert info.is_published()
+
+    def get(self, n: int = 1, timeout_s: float = WAIT_S) -> list[tuple]:
+        out = []
+        deadline = time.monotonic() + timeout_s
+        while len(out) < n:
+            out.append(self.msgs.get(timeout=max(0.01, deadline - time.monotonic())))
+        return out
+
+    def nothing(self, within_s: float = 0.5) -> bool:
+        try:
+            self.msgs.get(timeout=within_s)
+            return False
+        except queue.Empty:
+            return True
+
+    def close(self) -> None:
+        self.c.disconnect()
+        self.c.loop_stop()
+
+    def drop(self) -> None:
+        """An abrupt end: the socket closes without a DISCONNECT."""
+        self.c.loop_stop()
+        self.c.socket().close()
+
+
+def _wait_route(c: RealCluster, at: str, of: str, flt: str) -> None:
+    """Until node ``at`` knows node ``of``'s route for ``flt`` (routes
+    reach the other nodes through the agency, a moment after SUBACK)."""
+    _eventually(f"{at} to learn {of}'s route {flt}",
+                lambda: flt in c.get(at, "/mqtt")["route_sample"].get(of, ()))
+
+
+def _eventually(what: str, check, timeout_s: float = 20.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        got = check()
+        if got:
+            return got
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+# ------------------------------------------------------------- one node
+def test_wildcards_and_qos_0_1_2(one: RealCluster) -> None:
+    s = Client(one.mqtt("n1"), "wild-sub")
+    s.sub(("home/+/temp", 2), ("home/#", 0))
+    p = Client(one.mqtt("n1"), "wild-pub")
+    for qos in (0, 1, 2):
+        p.pub("home/kitchen/temp", b"q%d" % qos, qos)
+    got = s.get(3)
+    # once per message, at the highest QoS of the matching subscriptions
+    assert [(t, m, q) for t, m, q, _ in got] == [("home/kitchen/temp", b"q0", 0), ("home/kitchen/temp", b"q1", 1),
+                                                  ("home/kitchen/temp", b"q2", 2)]
+    p.pub("home/door", b"open", 1)
+    assert s.get(1)[0][:3] == ("home/door", b"open", 0)
+    p.pub("garden/temp", b"x", 1)
+    assert s.nothing()
+    s.close()
+    p.close()
+
+
+def test_retained_delivered_on_subscribe_and_cleared_by_an_empty_payload(one: RealCluster) -> None:
+    p = Client(one.mqtt("n1"), "ret-pub")
+    p.pub("status/pump", b"running", 1, retain=True)
+    s = Client(one.mqtt("n1"), "ret-sub")
+    s.sub(("status/#", 1))
+    assert s.get(1)[0] == ("status/pump", b"running", 1, True)
+    p.pub("status/pump", b"stopped", 1, retain=True)
+    assert s.get(1)[0] == ("status/pump", b"stopped", 1, False)  # live delivery: retain flag 0
+    p.pub("status/pump", b"", 1, retain=True)
+    s.get(1)
+    s2 = Client(one.mqtt("n1"), "ret-sub2")
+    s2.sub(("status/#", 1))
+    assert s2.nothing(1.0)
+    for c in (p, s, s2):
+        c.close()
+
+
+def test_will_on_abrupt_close_not_on_disconnect(one: RealCluster) -> None:
+    s = Client(one.mqtt("n1"), "will-sub")
+    s.sub(("wills/#", 1))
+    a = Client(one.mqtt("n1"), "will-a", will=("wills/a", b"a is gone", 1, False))
+    a.drop()
+    assert s.get(1)[0][:2] == ("wills/a", b"a is gone")
+    b = Client(one.mqtt("n1"), "will-b", will=("wills/b", b"b is gone", 1, False))
+    b.close()
+    assert s.nothing(1.0)
+    s.close()
+
+
+def test_will_after_keepalive_timeout(one: RealCluster) -> None:
+    s = Client(one.mqtt("n1"), "ka-sub")
+    s.sub(("ka/#", 0))
+    raw = socket.create_connection(one.mqtt("n1"), timeout=10)
+    raw.sendall(encode(Connect("ka-raw", True, 1, will=__import__("protocol.mqtt", fromlist=["Will"]).Will(
+        "ka/raw", b"silent"))))
+    t0 = time.monotonic()
+    assert s.get(1, timeout_s=10)[0][:2] == ("ka/raw", b"silent")
+    assert time.monotonic() - t0 >= 1.0  # 1.5 x the keep-alive of 1 s, not at once
+    raw.close()
+    s.close()
+
+
+def test_persistent_session_keeps_subscriptions_and_queues_qos1(one: RealCluster) -> None:
+    s = Client(one.mqtt("n1"), "persist", clean=False)
+    s.sub(("jobs/#", 1))
+    s.close()
+    p = Client(one.mqtt("n1"), "persist-pub")
+    for i in range(20):
+        p.pub("jobs/build", b"%d" % i, 1)
+    p.pub("jobs/build", b"qos0", 0)  # not queued for an offline session
+    s = Client(one.mqtt("n1"), "persist", clean=False)
+    assert s.session_present
+    assert [m for _, m, _, _ in s.get(20)] == [b"%d" % i for i in range(20)]
+    assert s.nothing()
+    s.close()
+    Client(one.mqtt("n1"), "persist", clean=True).close()  # and a clean session ends it
+    p.close()
+
+
+def test_second_connect_with_the_same_client_id_takes_over(one: RealCluster) -> None:
+    first = Client(one.mqtt("n1"), "twin")
+    second = Client(one.mqtt("n1"), "twin")
+    first.disconnects.get(timeout=WAIT_S)
+    second.sub(("twin/t", 0))
+    second.pub("twin/t", b"me", 0)
+    assert second.get(1)[0][:2] == ("twin/t", b"me")
+    second.close()
+
+
+def _raw_answer(addr: tuple[str, int], data: bytes) -> tuple[list, bool]:
+    with socket.create_connection(addr, timeout=10) as raw:
+        raw.sendall(data)
+        dec = MqttDecoder(server=False)
+        packets: list = []
+        try:
+            while True:
+                chunk = raw.recv(4096)
+                if not chunk:
+                    return packets, True
+                packets += dec.feed(chunk)
+        except socket.timeout:
+            return packets, False
+
+
+def test_bad_packets_close_the_connection_and_the_node_keeps_serving(one: RealCluster) -> None:
+    addr = one.mqtt("n1")
+    assert _raw_answer(addr, b"\x00\x00garbage") == ([], True)  # not a CONNECT
+    level5 = bytearray(encode(Connect("lvl")))
+    level5[8] = 5  # protocol level 5 is not 3.1.1
+    assert _raw_answer(addr, bytes(level5)) == ([Connack(False, 1)], True)
+    assert _raw_answer(addr, b"\x10\xff\xff\xff\xff\x7f") == ([], True)  # malformed remaining length
+    with socket.create_connection(addr, timeout=10) as raw:
+        raw.sendall(encode(Connect("ok-then-bad")))
+        dec = MqttDecoder(server=False)
+        assert dec.feed(raw.recv(4096)) == [Connack(False, 0)]
+        raw.sendall(b"\x30\x05\x00\x03a/#x")  # a wildcard in a topic name
+        assert raw.recv(4096) == b""  # closed
+    c = Client(addr, "still-served")
+    c.sub(("x", 0))
+    c.close()
+
+
+def _mosquitto() -> None:
+    if shutil.which("mosquitto_sub") is None and shutil.which("apt-get") and hasattr(__import__("os"), "geteuid") \
+            and __import__("os").geteuid() == 0:
+        subprocess.run(["apt-get", "install", "-y", "-q", "mosquitto-clients"], capture_output=True, timeout=300)
+    if shutil.which("mosquitto_sub") is None:
+        pytest.skip("mosquitto_sub/mosquitto_pub not found: apt-get install mosquitto-clients")
+
+
+def test_mosquitto_command_line_clients(one: RealCluster) -> None:
+    _mosquitto()
+    host, port = one.mqtt("n1")
+    sub = subprocess.Popen(["mosquitto_sub", "-h", host, "-p", str(port), "-t", "cli/#", "-q", "1", "-C", "3",
+                            "-v", "-W", "20"], stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.0)
+        for i in range(3):
+            subprocess.run(["mosquitto_pub", "-h", host, "-p", str(port), "-t", f"cli/{i}", "-m", f"hello {i}",
+                            "-q", "1"], check=True, timeout=20)
+        out, _ = sub.communicate(timeout=30)
+    finally:
+        if sub.poll() is None:
+            sub.kill()
+    assert out.splitlines() == [f"cli/{i} hello {i}" for i in range(3)]
+
+
+# ----------------------------------------------------------- three nodes
+def test_cross_node_delivery_in_order_only_to_nodes_with_routes(three: RealCluster) -> None:
+    s = Client(three.mqtt("n1"), "x-sub")
+    s.sub(("plant/+/rpm", 1))
+    p = Client(three.mqtt("n3"), "x-pub")
+    _wait_route(three, "n3", "n1", "plant/+/rpm")
+    for i in range(200):
+        p.pub("plant/m1/rpm", b"%d" % i, 1)
+    assert [m for _, m, _, _ in s.get(200)] == [b"%d" % i for i in range(200)]
+    st = {n: three.get(n, "/mqtt") for n in ("n1", "n2", "n3")}
+    assert st["n3"]["forwarded"] >= 200
+    assert "n2" not in st["n3"]["forward_queued"]  # nothing was sent to a node without a route
+    s.close()
+    p.close()
+
+
+def test_takeover_across_nodes_hands_the_persistent_session_over(three: RealCluster) -> None:
+    a = Client(three.mqtt("n1"), "roamer", clean=False)
+    a.sub(("roam/#", 1))
+    a.drop()
+    p = Client(three.mqtt("n3"), "roam-pub")
+    _wait_route(three, "n3", "n1", "roam/#")
+    for i in range(5):
+        p.pub("roam/x", b"%d" % i, 1)
+    b = Client(three.mqtt("n2"), "roamer", clean=False)
+    assert b.session_present
+    assert [m for _, m, _, _ in b.get(5)] == [b"%d" % i for i in range(5)]
+    p.pub("roam/x", b"after", 1)
+    assert b.get(1)[0][1] == b"after"
+    b.close()
+    p.close()
+
+
+def test_persistent_session_survives_its_node_restart(three: RealCluster) -> None:
+    s = Client(three.mqtt("n2"), "durable", clean=False)
+    s.sub(("fleet/#", 1))
+    p = Client(three.mqtt("n1"), "durable-pub")
+    _wait_route(three, "n1", "n2", "fleet/#")
+    p.pub("fleet/a", b"before", 1)
+    assert s.get(1)[0][1] == b"before"
+    s.close()
+    assert three.stop("n2") == 0
+    three.start("n2")
+    s = Client(three.mqtt("n2"), "durable", clean=False)
+    assert s.session_present
+    p.pub("fleet/a", b"after restart", 1)
+    assert s.get(1)[0][1] == b"after restart"
+    s.close()
+    p.close()
