@@ -70,6 +70,8 @@ class _Conn(asyncio.Protocol):
             packets = self.decoder.feed(data)
         except MqttProtocolError as err:
             log.info("mqtt connection %s: %s", self.id, err.message)
+            if err.packets:  # what came before the bad packet counts (a PUBLISH, a DISCONNECT)
+                self.listener._post(("packets", self.id, list(err.packets)), len(err.packets))
             if err.connack_code is not None and self.transport is not None:
                 self.transport.write(encode(Connack(False, err.connack_code)))
             self.close()
