@@ -176,6 +176,49 @@ class _Conn(asyncio.Protocol):
             self.transport.close()
 
 
+class Inbox:
+    """Events from an I/O thread to an actor: a deque, and one byte on a
+    socketpair (which the actor watches with ``ThespianWatch``) whenever
+    the deque was idle."""
+
+    def __init__(self) -> None:
+        self._rsock, self._wsock = socket.socketpair()
+        self._rsock.setblocking(False)
+        self._wsock.setblocking(False)
+        self._events: collections.deque = collections.deque()
+        self._signalled = False
+
+    def post(self, event: tuple) -> None:
+        self._events.append(event)
+        if not self._signalled:
+            self._signalled = True
+            try:
+                self._wsock.send(b"x")
+            except (BlockingIOError, OSError):
+                pass  # the pipe is full of wake-ups already
+
+    def fileno(self) -> int:
+        return self._rsock.fileno()
+
+    def take(self) -> list[tuple]:
+        """Every event posted since the last call (called by the actor)."""
+        # Drain the wake-up bytes *before* clearing the flag: cleared first,
+        # a post in between would write a byte that this drain swallows,
+        # leaving the flag set with no byte pending, and no later post would
+        # ever wake the actor again.
+        try:
+            while self._rsock.recv(4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+        self._signalled = False
+        out = []
+        events = self._events
+        while events:
+            out.append(events.popleft())
+        return out
+
+
 class IOBridge:
     """The I/O side of a Dispatcher: see the module docstring."""
 
@@ -185,11 +228,7 @@ class IOBridge:
         self.cluster_id = cluster_id
         self.limits = Limits(frame_bytes_max=cfg.frame_bytes_max, max_in_flight=cfg.max_in_flight,
                              session_timeout_ms=cfg.session_timeout_ms)
-        self._rsock, self._wsock = socket.socketpair()
-        self._rsock.setblocking(False)
-        self._wsock.setblocking(False)
-        self._inbox: collections.deque = collections.deque()
-        self._signalled = False
+        self._inbox = Inbox()
         self._conns: dict[int, _Conn] = {}
         self._ids = itertools.count(1)
         self._tokens = itertools.count(1)
@@ -284,35 +323,15 @@ class IOBridge:
 
     # ------------------------------------------------------- actor <- I/O
     def _post(self, event: tuple) -> None:
-        self._inbox.append(event)
-        if not self._signalled:
-            self._signalled = True
-            try:
-                self._wsock.send(b"x")
-            except (BlockingIOError, OSError):
-                pass  # the pipe is full of wake-ups already
+        self._inbox.post(event)
 
     def fileno(self) -> int:
         """The descriptor the actor watches (``ThespianWatch``)."""
-        return self._rsock.fileno()
+        return self._inbox.fileno()
 
     def take(self) -> list[tuple]:
         """Every event posted since the last call (called by the actor)."""
-        # Drain the wake-up bytes *before* clearing the flag: cleared first,
-        # a post in between would write a byte that this drain swallows,
-        # leaving the flag set with no byte pending, and no later post would
-        # ever wake the actor again.
-        try:
-            while self._rsock.recv(4096):
-                pass
-        except (BlockingIOError, InterruptedError):
-            pass
-        self._signalled = False
-        out = []
-        inbox = self._inbox
-        while inbox:
-            out.append(inbox.popleft())
-        return out
+        return self._inbox.take()
 
     # ------------------------------------------------------- actor -> I/O
     def send(self, items: list[tuple]) -> None:

@@ -22,7 +22,6 @@ connection (a client that does not read is dropped), and queued packets
 from __future__ import annotations
 
 import asyncio
-import collections
 import itertools
 import logging
 import socket
@@ -39,6 +38,7 @@ from protocol.mqtt import (
     encode_publish,
 )
 from protocol.mqtt_cluster import MqttListenConfig
+from runtime.bridge import Inbox
 
 log = logging.getLogger("chorus.mqtt")
 
@@ -99,12 +99,8 @@ class MqttListener:
 
     def __init__(self, cfg: MqttListenConfig) -> None:
         self.cfg = cfg
-        self._rsock, self._wsock = socket.socketpair()
-        self._rsock.setblocking(False)
-        self._wsock.setblocking(False)
-        self._inbox: collections.deque = collections.deque()
+        self._inbox = Inbox()
         self._queued = 0
-        self._signalled = False
         self.paused = False
         self._conns: dict[int, _Conn] = {}
         self._ids = itertools.count(1)
@@ -168,39 +164,24 @@ class MqttListener:
 
     # ------------------------------------------------------- actor <- I/O
     def _post(self, event: tuple, count: int = 1) -> None:
-        self._inbox.append(event)
         self._queued += count
         if self._queued > INBOX_PACKETS_MAX and not self.paused:
             self.paused = True  # the actor is behind: stop reading until it catches up
             for c in self._conns.values():
                 if c.transport is not None and not c.closed:
                     c.transport.pause_reading()
-        if not self._signalled:
-            self._signalled = True
-            try:
-                self._wsock.send(b"x")
-            except (BlockingIOError, OSError):
-                pass
+        self._inbox.post(event)
 
     def _gone(self, conn: _Conn) -> None:
         if self._conns.pop(conn.id, None) is not None:
             self._post(("closed", conn.id), 0)
 
     def fileno(self) -> int:
-        return self._rsock.fileno()
+        return self._inbox.fileno()
 
     def take(self) -> list[tuple]:
         """Every event posted since the last call (called by the actor)."""
-        try:
-            while self._rsock.recv(4096):
-                pass
-        except (BlockingIOError, InterruptedError):
-            pass
-        self._signalled = False  # drained first: see IOBridge.take
-        out = []
-        inbox = self._inbox
-        while inbox:
-            out.append(inbox.popleft())
+        out = self._inbox.take()
         self._queued = 0
         if self.paused:
             self.loop.call_soon_threadsafe(self._resume)

@@ -33,13 +33,13 @@ def _readable(bridge: IOBridge) -> bool:
 
 def test_a_post_during_take_never_loses_the_next_wake_up() -> None:
     bridge = IOBridge(ListenConfig(), node_id="n1", cluster_id="c")
-    real = bridge._rsock
+    real = bridge._inbox._rsock
     try:
         bridge._post(("request", 1, 1, "first"))
         assert _readable(bridge)
-        bridge._rsock = _RacingSocket(real, lambda: bridge._post(("request", 1, 2, "second")))
+        bridge._inbox._rsock = _RacingSocket(real, lambda: bridge._post(("request", 1, 2, "second")))
         taken = bridge.take()
-        bridge._rsock = real
+        bridge._inbox._rsock = real
         # the racing post is either taken now or announced by a byte
         if len(taken) == 1:
             assert _readable(bridge)
@@ -50,7 +50,7 @@ def test_a_post_during_take_never_loses_the_next_wake_up() -> None:
             assert _readable(bridge), f"post {corr} did not wake the actor"
             assert [e[2] for e in bridge.take()] == [corr]
     finally:
-        bridge._rsock = real
+        bridge._inbox._rsock = real
         real.close()
-        bridge._wsock.close()
+        bridge._inbox._wsock.close()
         bridge.loop.close()
