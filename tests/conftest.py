@@ -7,9 +7,32 @@ same on every CI run of the same code.  Anything a developer run finds is
 reported with the seed that reproduces it.
 """
 import os
+from pathlib import Path
 
+import pytest
 from hypothesis import settings
 
 settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
 settings.register_profile("dev", deadline=None, print_blob=True)
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
+
+
+@pytest.fixture(scope="session")
+def shipped_run():
+    """``shipped_run(name, seed)``: the result of simulating the shipped
+    scenario ``scenarios/<name>.yml`` (correct cores) with ``seed``, once per
+    test session.  A run is deterministic, so tests that judge the same run
+    from different sides (the Raft checks, the data plane's) share it instead
+    of simulating it again.  Callers must not modify the result."""
+    from sim.runner import run
+    from sim.scenario import load
+
+    root = Path(__file__).resolve().parents[1]
+    runs = {}
+
+    def get(name: str, seed: int):
+        if (name, seed) not in runs:
+            runs[name, seed] = run(load(root / "scenarios" / f"{name}.yml"), seed)
+        return runs[name, seed]
+
+    return get

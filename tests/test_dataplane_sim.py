@@ -22,8 +22,8 @@ def scenario(name: str):
 
 
 @pytest.mark.parametrize("name", DATA_SCENARIOS)
-def test_data_scenarios_pass(name):
-    r = run(scenario(name), 1)
+def test_data_scenarios_pass(name, shipped_run):
+    r = shipped_run(name, 1)  # also judged by test_simulate's every-scenario test
     assert r.ok, (r.replay, {k: [str(v) for v in vs] for k, vs in r.violations.items() if vs}, r.error)
     assert r.data_stats["acked_records"] > 100
     assert r.produce_latency_ms

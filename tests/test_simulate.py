@@ -112,11 +112,12 @@ def test_malformed_yaml_file_is_rejected(tmp_path):
 
 @pytest.mark.parametrize("seed", [1] + [pytest.param(s, marks=pytest.mark.slow) for s in (2, 3, 4, 5)])
 @pytest.mark.parametrize("name", SCENARIOS)
-def test_every_shipped_scenario_passes_a_few_seeds(name, seed):
-    """Seed 1 of every scenario in the default run; more seeds with -m slow
-    (each is a few seconds, and the sweeps below cover many more seeds of
-    chaos and figure8)."""
-    r = run(scenario(name), seed)
+def test_every_shipped_scenario_passes_a_few_seeds(name, seed, shipped_run):
+    """Seed 1 of every scenario in the default run (the same runs as
+    test_dataplane_sim's, simulated once); more seeds with -m slow (each is
+    a few seconds, and the sweeps below cover many more seeds of chaos and
+    figure8)."""
+    r = shipped_run(name, seed)
     assert r.ok, (r.replay, {k: [str(v) for v in vs] for k, vs in r.violations.items() if vs}, r.error)
     assert r.ops["ok"] > 0
 
