@@ -12,10 +12,18 @@ the end), runs the Python client against them and reports:
   produce-to-delivery latency p50/p99/p999;
 * ``e2e1``    -- the same on one node, level ``one``;
 * ``failover``-- three nodes under quorum writes; kill -9 of the node that
-  leads the shard; the time until writes are acknowledged again.
+  leads the shard; the time until writes are acknowledged again;
+* ``mqtt-qos0``, ``mqtt-qos1`` -- MQTT on one node: publishers and
+  subscribers (``runtime/mqtt_loadgen.py``, by default in a process of its
+  own) at QoS 0 or 1, closed-loop; messages/s received by the subscribers
+  and publish-to-receipt latency p50/p99/p999;
+* ``mqtt-cross`` -- the same at QoS 1 on three nodes, publishers on n1 and
+  subscribers on n2 and n3 (every message crosses nodes).
 
 Targets (100-byte messages, 2 cores): single >= 100,000 msgs/s, quorum >=
-50,000 msgs/s, e2e p99 <= 20 ms at 10,000 msgs/s, failover <= 3 s.
+50,000 msgs/s, e2e p99 <= 20 ms at 10,000 msgs/s, failover <= 3 s; MQTT
+(128-byte payloads): QoS 0 >= 60,000 msgs/s and QoS 1 >= 12,000 msgs/s on
+one node, QoS 1 across nodes >= 10,000 msgs/s.
 """
 from __future__ import annotations
 
@@ -35,8 +43,15 @@ from rich.text import Text
 
 from sim.runner import percentile
 
-CASES = ("single", "quorum", "e2e", "e2e1", "failover")
+CASES = ("single", "quorum", "e2e", "e2e1", "failover", "mqtt-qos0", "mqtt-qos1", "mqtt-cross")
 FAILOVER = "failover after kill -9"
+# MQTT cases: (nodes, QoS, target msgs/s)
+MQTT_CASES = {"mqtt-qos0": (1, 0, 60_000), "mqtt-qos1": (1, 1, 12_000), "mqtt-cross": (3, 1, 10_000)}
+MQTT_SIZE = 128
+MQTT = "mqtt"  # Result.extra["kind"] of the MQTT cases
+# An MQTT case connects, subscribes (waits for the routes across nodes) and
+# warms up for about 2 s before its measured seconds, and drains after.
+MQTT_OVERHEAD_S = 3.0
 # Throughput cases time every record but take the acknowledgement latency of
 # one in this many (a callback per record would cost the producer more
 # than the sending itself).
@@ -280,19 +295,80 @@ def run_failover(base: Path, size: int, progress: Callable[[int], None]) -> Resu
         c.stop_all()
 
 
+def _cpu_s(pids: list[int]) -> float:
+    """CPU seconds (user + system) used so far by the processes ``pids``."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / tick
+
+
+def run_mqtt(base: Path, case: str, seconds: float, size: int, progress: Callable[[int], None],
+             publishers: int = 4, subscribers: int = 4, window: int = 250, inproc: bool = False) -> Result:
+    """An MQTT case of ``MQTT_CASES``: the load generator against fresh nodes.
+    ``inproc``: run it in this process instead of a child process of its own."""
+    from runtime.mqtt_loadgen import LoadConfig, run_load, run_load_process
+    from runtime.realcluster import RealCluster
+
+    nodes, qos, _target = MQTT_CASES[case]
+    c = RealCluster(base / case, n=nodes)
+    try:
+        c.start()
+        if nodes > 1:
+            c.wait_all_alive()
+        cfg = LoadConfig(pub_addrs=[c.mqtt("n1")],
+                         sub_addrs=[c.mqtt(n) for n in sorted(c.cfgs) if n != "n1"] or [c.mqtt("n1")],
+                         qos=qos, size=size, publishers=publishers, subscribers=subscribers, window=window,
+                         seconds=seconds, routes_url=c.url("n1", "/mqtt") if nodes > 1 else None)
+        pids = [p for n in sorted(c.cfgs) for p in c.node_pids(n)]
+        cpu0, t0 = _cpu_s(pids), time.monotonic()
+        res = (run_load if inproc else run_load_process)(cfg, progress)
+        node_cpu = (_cpu_s(pids) - cpu0) / (time.monotonic() - t0)
+        if res.error:
+            raise RuntimeError(f"{case}: {res.error}")
+        where = "1 node" if nodes == 1 else f"{nodes} nodes, n1->n2/n3"
+        r = Result(f"QoS {qos}, {where}, {publishers}p/{subscribers}s", res.messages, res.seconds,
+                   res.messages * size, [],
+                   {"kind": MQTT, "p50_ms": res.p50_ms, "p99_ms": res.p99_ms, "p999_ms": res.p999_ms,
+                    "payload_bytes": size, "delivered": f"{res.received}/{res.sent}", "client": "in process" if inproc else "own process",
+                    "client_cores": res.client_cpu, "node_cores": round(node_cpu, 2)})
+        return r
+    finally:
+        c.stop_all()
+
+
 def render(results: list[Result], size: int) -> Any:
     """The results as rich tables: throughput and latency cases, then failover."""
     from rich.console import Group
     from rich.table import Table
 
     tables = []
-    rows = [r.row() for r in results if r.case != FAILOVER]
+    rows = [r.row() for r in results if r.case != FAILOVER and r.extra.get("kind") != MQTT]
     if rows:
         t = Table(title=f"Throughput and latency ({size}-byte messages)")
         cols = [("case", "case"), ("messages", "messages"), ("seconds", "s"), ("msgs_per_s", "msgs/s"),
                 ("mb_per_s", "MB/s"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"), ("p999_ms", "p99.9 ms"),
                 ("delivered", "delivered")]
         cols = [(k, h) for k, h in cols if any(k in r for r in rows)]
+        for _k, h in cols:
+            t.add_column(h, justify="left" if h == "case" else "right", no_wrap=True)
+        for r in rows:
+            t.add_row(*(str(r.get(k, "")) for k, _h in cols))
+        tables.append(t)
+    rows = [r.row() for r in results if r.extra.get("kind") == MQTT]
+    if rows:
+        sizes = "/".join(sorted({str(r["payload_bytes"]) for r in rows}))
+        clients = "/".join(sorted({r["client"] for r in rows}))
+        t = Table(title=f"MQTT end to end ({sizes}-byte payloads, load generator in {clients}; "
+                        f"cores: CPU used)")
+        cols = [("case", "case"), ("msgs_per_s", "msgs/s"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"),
+                ("p999_ms", "p99.9 ms"), ("delivered", "received/sent"), ("node_cores", "nodes"),
+                ("client_cores", "client")]
         for _k, h in cols:
             t.add_column(h, justify="left" if h == "case" else "right", no_wrap=True)
         for r in rows:
@@ -342,11 +418,12 @@ class _TimeColumn(ProgressColumn):
 
 
 def run(cases: list[str], messages: int, size: int, rate: int, seconds: float,
-        json_path: str | None = None) -> list[Result]:
+        json_path: str | None = None, mqtt: dict[str, Any] | None = None) -> list[Result]:
     """Run ``cases`` one after the other, each on fresh nodes, with a progress
     bar per case (records done of the total and the time left, or for the
     timed cases the elapsed of the expected duration); print the tables and
-    write ``json_path``."""
+    write ``json_path``.  ``mqtt``: keyword arguments for :func:`run_mqtt`
+    (publishers, subscribers, window, inproc, size)."""
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn
 
@@ -389,6 +466,13 @@ def run(cases: list[str], messages: int, size: int, rate: int, seconds: float,
             elif case == "failover":
                 progress = case_task("failover after kill -9", 2, "steps", 3, FAILOVER_EXPECTED_S)
                 results.append(run_failover(base, size, progress))
+            elif case in MQTT_CASES:
+                nodes, qos, target = MQTT_CASES[case]
+                opts = dict(mqtt or {})
+                msize = opts.pop("size", MQTT_SIZE)
+                progress = case_task(f"MQTT QoS {qos}, {nodes} node{'s' if nodes > 1 else ''} (bar: target)",
+                                     int(target * seconds), "received", nodes, seconds + MQTT_OVERHEAD_S)
+                results.append(run_mqtt(base, case, seconds, msize, progress, **opts))
             _quiet_disk(base)
     console.print(render(results, size))
     if json_path:

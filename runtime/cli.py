@@ -262,18 +262,30 @@ def run(
 @app.command()
 def bench(
     case: list[str] = typer.Option(["single", "quorum", "e2e", "e2e1", "failover"], "--case",
-                                   help="single | quorum | e2e (3 nodes) | e2e1 (1 node) | failover (repeatable)"),
+                                   help="single | quorum | e2e (3 nodes) | e2e1 (1 node) | failover | mqtt-qos0 | "
+                                        "mqtt-qos1 (1 node) | mqtt-cross (QoS 1, 3 nodes) (repeatable; the mqtt "
+                                        "cases run only when named)"),
     messages: int = typer.Option(200_000, "--messages", min=1000, help="messages per throughput case"),
     size: int = typer.Option(100, "--size", min=8, max=1 << 20, help="message size in bytes"),
     rate: int = typer.Option(10_000, "--rate", min=1, help="messages/s of the end-to-end case"),
-    seconds: float = typer.Option(10.0, "--seconds", min=1.0, help="duration of the end-to-end case"),
+    seconds: float = typer.Option(10.0, "--seconds", min=1.0, help="duration of the end-to-end and MQTT cases"),
     json_out: str = typer.Option(None, "--json", help="also write the results to this JSON file"),
+    mqtt_size: int = typer.Option(128, "--mqtt-size", min=8, max=1 << 20, help="MQTT payload size in bytes"),
+    mqtt_publishers: int = typer.Option(4, "--mqtt-publishers", min=1, max=1000, help="MQTT publisher connections"),
+    mqtt_subscribers: int = typer.Option(4, "--mqtt-subscribers", min=1, max=1000,
+                                         help="MQTT subscriber connections"),
+    mqtt_window: int = typer.Option(250, "--mqtt-window", min=1, max=30_000,
+                                    help="per MQTT publisher: messages sent and not yet received (and, at QoS 1, "
+                                         "unacknowledged)"),
+    mqtt_inproc: bool = typer.Option(False, "--mqtt-inproc",
+                                     help="run the MQTT load generator in this process, not in one of its own"),
 ) -> None:
     """Start real nodes on 127.0.0.1 and measure throughput, latency and failover.
 
     With no options it runs every case, each on fresh nodes, with a progress
     bar per case: about a minute on 2 cores.  A quick look:
-    brokerctl bench --case single --messages 20000 (a few seconds)."""
+    brokerctl bench --case single --messages 20000 (a few seconds).  MQTT:
+    brokerctl bench --case mqtt-qos0 --case mqtt-qos1 --case mqtt-cross."""
     from runtime.bench import CASES
     from runtime.bench import run as run_bench
 
@@ -281,7 +293,9 @@ def bench(
     if bad:
         console.print(f"[red]unknown case(s):[/] {', '.join(bad)}; choose from {', '.join(CASES)}")
         raise typer.Exit(2)
-    run_bench(list(dict.fromkeys(case)), messages, size, rate, seconds, json_out)
+    run_bench(list(dict.fromkeys(case)), messages, size, rate, seconds, json_out,
+              mqtt={"size": mqtt_size, "publishers": mqtt_publishers, "subscribers": mqtt_subscribers,
+                    "window": mqtt_window, "inproc": mqtt_inproc})
 
 
 def _register_admin() -> None:
