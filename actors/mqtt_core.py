@@ -77,6 +77,10 @@ class MqttCore:
         self.t = tuning
         self.store = store
         self.record = record
+        # per-message records (mqtt.published, mqtt.delivered): the simulator's
+        # history wants them; a production node only logs them at debug level,
+        # and its shell turns them off when that is off (two calls per message)
+        self.trace_messages = True
         self.routes = RouteTable(node_id, tuning, epoch)
         self.local = TopicTrie()  # real filter -> (client id, group or "")
         self.sessions: dict[str, Session] = {}
@@ -487,9 +491,10 @@ class MqttCore:
             self.routes.settles.append(settle)
         if retain:
             self._retain(topic, payload, qos, settle)
-        self.record("mqtt.published", node=self.node_id, topic=topic, qos=qos, mid=mid)
+        if self.trace_messages:
+            self.record("mqtt.published", node=self.node_id, topic=topic, qos=qos, mid=mid)
         nodes, groups = self.routes.destinations(topic, self._has_group_member)
-        mine = tuple(k for k, n in groups.items() if n == self.node_id)
+        mine = tuple(k for k, n in groups.items() if n == self.node_id) if groups else ()
         self._deliver_local(topic, payload, qos, mid, mine)
         per_node: dict[str, list[tuple[str, str]]] = {n: [] for n in nodes}
         for key, n in groups.items():
@@ -556,7 +561,8 @@ class MqttCore:
             self.stats["delivered"] += 1
             if out:
                 self._send(s.conn, out)
-            self.record("mqtt.delivered", node=self.node_id, client=cid, topic=topic, mid=mid, qos=min(qos, g))
+            if self.trace_messages:
+                self.record("mqtt.delivered", node=self.node_id, client=cid, topic=topic, mid=mid, qos=min(qos, g))
 
     def forwarded(self, m: MqttForward, now: float) -> int:
         """A batch from another node; returns the sequence to acknowledge (-1: none)."""

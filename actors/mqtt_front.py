@@ -108,6 +108,7 @@ class MqttFront(ChorusActor):
         self.store.sync()
         self.core = MqttCore(msg.node_id, msg.tuning, self.store, epoch, self.record)
         self.core.routes.bugs = msg.bugs
+        self.core.trace_messages = getattr(self.host, "records_wanted", True)  # the simulator's host: always
         self.watch_id = f"mqtt-{msg.node_id}-{epoch}"
         self._peers(msg.peers)
         if msg.listen is not None:

@@ -56,6 +56,22 @@ def decode_msg(data: bytes, n: int) -> Msg:
     return Msg(topic, base64.b64decode(payload), qos, mid, retain, n)
 
 
+_last_qos0: list = [None]
+
+
+def _qos0_publish(m: Msg) -> Publish:
+    """The QoS 0 PUBLISH of ``m``: the same (immutable) object for every
+    session offered the same message in a row, so that the listener encodes
+    it once for all of them."""
+    p = _last_qos0[0]
+    if p is None or p.payload is not m.payload or p.topic != m.topic or p.retain != m.retain:
+        # as the decoder builds them: the frozen __init__'s object.__setattr__ calls cost as much again
+        p = object.__new__(Publish)
+        p.__dict__.update(topic=m.topic, payload=m.payload, qos=0, retain=m.retain, dup=False, packet_id=None)
+        _last_qos0[0] = p
+    return p
+
+
 class Session:
     """See the module docstring.  ``store`` is None for clean sessions."""
 
@@ -120,7 +136,7 @@ class Session:
             del self.recent[next(iter(self.recent))]
         if m.qos == 0:
             if self.conn is not None:
-                out.append(Publish(m.topic, m.payload, 0, m.retain))
+                out.append(_qos0_publish(m))
             return
         if self.store is not None:
             self.n += 1

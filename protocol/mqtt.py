@@ -303,6 +303,8 @@ def parse_shared(flt: str) -> tuple[str | None, str]:
 def _varint(n: int) -> bytes:
     if n < 0x80:
         return _BYTE[n]
+    if n < 0x4000:  # two bytes: every PUBLISH of 128 bytes to 16 KB
+        return bytes((n & 0x7F | 0x80, n >> 7))
     if n > REMAINING_LENGTH_MAX:
         raise ValueError(f"packet body of {n} bytes exceeds the remaining-length maximum {REMAINING_LENGTH_MAX}")
     out = bytearray()

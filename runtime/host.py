@@ -62,6 +62,13 @@ class ProductionHost:
     def record(self, kind: str, /, **fields: Any) -> None:
         log.debug("%s %s %s", self.node_id, kind, fields)
 
+    @property
+    def records_wanted(self) -> bool:
+        """Whether ``record`` writes anything (debug logging is on): an actor
+        may skip its per-message records when not -- building their fields
+        costs more than the rest of a small message's path."""
+        return log.isEnabledFor(logging.DEBUG)
+
 
 def make_host(config: HostConfig) -> ProductionHost:
     return ProductionHost(config)

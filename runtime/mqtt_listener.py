@@ -200,16 +200,27 @@ class MqttListener:
         self.loop.call_soon_threadsafe(self._deliver, out, closing)
 
     def _deliver(self, out: dict[Any, list], closing: set) -> None:
+        # A QoS 0 message for several subscribers is one Publish object in
+        # their lists (``Session.offer``): encoded once, its bytes shared.
+        # (Keyed by id: every packet is alive in ``out`` for the whole call.)
+        shared: dict[int, bytes] = {}
         for conn_id, packets in out.items():
             conn = self._conns.get(conn_id)
             if conn is None or conn.closed or conn.transport is None:
                 continue
             chunks = []
+            append = chunks.append
             for p in packets:
                 if type(p) is Publish:
-                    chunks.append(encode_publish(p.topic, p.payload, p.qos, p.retain, p.dup, p.packet_id))
+                    if p.qos:
+                        append(encode_publish(p.topic, p.payload, p.qos, p.retain, p.dup, p.packet_id))
+                    else:
+                        data = shared.get(id(p))
+                        if data is None:
+                            data = shared[id(p)] = encode_publish(p.topic, p.payload, 0, p.retain)
+                        append(data)
                 else:
-                    chunks.append(encode(p))
+                    append(encode(p))
             conn.transport.write(b"".join(chunks))
         for conn_id in closing:
             conn = self._conns.get(conn_id)

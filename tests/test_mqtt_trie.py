@@ -169,3 +169,19 @@ def test_match_does_not_scan_all_filters() -> None:
         assert len(trie.match(f"dev/{i}/temp")) == 3
     # A scan of 20,000 filters per match would take tens of seconds; the walk takes milliseconds.
     assert time.perf_counter() - start < 2.0
+
+
+def test_match_cache_forgets_on_add_and_remove_and_hands_out_copies():
+    trie = TopicTrie()
+    trie.add("a/+", 1)
+    first = trie.match("a/b")
+    assert first == [("a/+", 1)]
+    first.append("junk")  # a caller's list is its own
+    assert trie.match("a/b") == [("a/+", 1)]
+    trie.add("a/#", 2)
+    assert sorted(trie.match("a/b")) == [("a/#", 2), ("a/+", 1)]
+    trie.remove("a/+", 1)
+    assert trie.match("a/b") == [("a/#", 2)]
+    for i in range(5000):  # more topics than the cache holds
+        assert trie.match(f"a/{i}") == [("a/#", 2)]
+    assert trie.match("b") == []
