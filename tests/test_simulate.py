@@ -18,7 +18,6 @@ from hypothesis import strategies as st
 from protocol.raft import RaftBugs
 from sim.runner import run
 from sim.scenario import ScenarioError, load, parse
-from sim.sweep import sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = ["partition", "leader-crash", "clock-skew", "flaky-network", "chaos", "figure8",
@@ -273,26 +272,15 @@ def test_a_failing_fault_schedule_shrinks_to_at_most_three_faults():
 
 
 # -------------------------------------------- the simulator catches bugs
-def _first_failure(scn, seeds: int) -> int | None:
-    for r in sweep(scn, list(range(1, seeds + 1)), jobs=2):
-        if not r.ok:
-            return r.seed
-    return None
-
-
 @pytest.mark.parametrize("bug,name,expect", [
     ("double_vote", "chaos", {"election_safety"}),
     ("ack_before_sync", "chaos", {"leader_completeness", "state_machine_safety", "committed_never_change"}),
     ("commit_old_terms", "figure8", {"leader_completeness", "state_machine_safety", "committed_never_change"}),
 ])
-def test_sweep_of_at_most_500_seeds_catches_broken_core(bug, name, expect):
+def test_sweep_of_at_most_500_seeds_catches_broken_core(bug, name, expect, lowest_failing_seed):
     scn = scenario(name).with_bugs(RaftBugs(**{bug: True}))
-    found = None
-    for r in sweep(scn, list(range(1, 501)), jobs=2):
-        if not r.ok:
-            found = r
-            break
+    found = lowest_failing_seed(scn, lambda r: not r.ok)
     assert found is not None, f"{bug} not caught in 500 seeds of {name}"
-    assert expect & set(found.failed_checks()), found.failed_checks()
+    assert expect & set(found.failed_checks()), (found.seed, found.failed_checks())
     # and the same seed with the correct core passes
     assert run(scenario(name), found.seed).ok
