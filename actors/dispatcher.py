@@ -37,6 +37,7 @@ from typing import Any, Callable
 from thespian.actors import ThespianWatch
 
 from actors.base import ChorusActor
+from actors.dispatcher_mqtt import DispatcherMqtt
 from actors.supervisor import PLAN_ROOT, walk_plans
 from protocol.agency import (
     AgencyReply,
@@ -70,7 +71,6 @@ from protocol.frames import (
 )
 from protocol.frames import Delivery as DeliveryFrame
 from protocol.hashing import RoundRobin
-from protocol.mqtt_cluster import MqttStatusQuery, MqttStatusReply
 from protocol.node import (
     CAP_CLUSTER,
     CAP_HTTP,
@@ -167,7 +167,7 @@ class _Sub:
         self.last_sent = -1e9
 
 
-class Dispatcher(ChorusActor):
+class Dispatcher(ChorusActor, DispatcherMqtt):
     def __init__(self) -> None:
         super().__init__()
         self.boot: DispatcherBoot | None = None
@@ -875,19 +875,6 @@ class Dispatcher(ChorusActor):
             self._agency_call(lambda req_id: MembershipChange(self.client, req_id, "add_voter", nid), done)
 
         self._cluster_view(decide)
-
-    def _admin_mqtt(self, args: dict, ok: Callable, fail: Callable) -> None:
-        ep = self.boot.endpoints
-        if ep is None or ep.mqtt is None:
-            fail(503, "unavailable", "this node has no MQTT front end")
-            return
-        self.mqtt_waiters.append(ok)
-        self.send(ep.mqtt, MqttStatusQuery())
-
-    def on_MqttStatusReply(self, msg: MqttStatusReply, sender: Any) -> None:
-        waiters, self.mqtt_waiters = self.mqtt_waiters, []
-        for cb in waiters:
-            cb(msg.status)
 
     def on_StatusReply(self, msg: StatusReply, sender: Any) -> None:
         waiters, self.status_waiters = self.status_waiters, []

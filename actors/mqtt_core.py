@@ -28,6 +28,7 @@ import base64
 import json
 from typing import Any, Callable
 
+from actors.mqtt_bridge import LogBridges
 from actors.mqtt_routes import RouteTable, Settle, escape, unescape
 from actors.mqtt_session import Msg, Session
 from actors.mqtt_trie import TopicTrie
@@ -82,6 +83,7 @@ class MqttCore:
         # and its shell turns them off when that is off (two calls per message)
         self.trace_messages = True
         self.routes = RouteTable(node_id, tuning, epoch)
+        self.bridges = LogBridges(node_id)
         self.local = TopicTrie()  # real filter -> (client id, group or "")
         self.sessions: dict[str, Session] = {}
         self.conns: dict[Any, _Conn] = {}
@@ -427,6 +429,7 @@ class MqttCore:
         self.retained = {}
         for seg, doc in (tree.get("retained") or {}).items():
             self._retain_doc(unescape(seg), doc)
+        self.bridges.load(tree.get("bridges"))
         self.routes_loaded = True
         self._sync_routes(None)
 
@@ -444,10 +447,19 @@ class MqttCore:
                 self.routes.remove_route(node, flt)
             else:
                 self.routes.add_route(node, flt)
-        elif rel[0] == "retained" and len(rel) == 2:
+        elif rel[0] == "bridges" and len(rel) == 2:
+            self.bridges.set(rel[1], value)
+        elif rel[0] == "retained" and len(rel) in (2, 3):
+            # the agency keeps {"p": ..., "q": ...} as two leaves, .../p and .../q: one event each
             topic = unescape(rel[1])
+            leaf = rel[2] if len(rel) == 3 else ""
             if value is None:
                 self.retained.pop(topic, None)
+            elif leaf == "p":
+                self.retained[topic] = (base64.b64decode(value), self.retained.get(topic, (b"", 0))[1])
+            elif leaf == "q":
+                if topic in self.retained:
+                    self.retained[topic] = (self.retained[topic][0], int(value))
             else:
                 self._retain_doc(topic, value)
 
@@ -505,6 +517,7 @@ class MqttCore:
             self.routes.enqueue(n, Fwd(topic, payload, qos, mid, tuple(gs)), settle)
         if len(self.moved):
             self._pass_on(Fwd(topic, payload, qos, mid), settle)
+        self.bridges.capture(topic, payload, settle)
         if settle is not None:
             settle.release()
 
@@ -621,4 +634,5 @@ class MqttCore:
                 "subscriptions": sum(len(s.subs) for s in self.sessions.values()),
                 "routes": {n: len(f) for n, f in sorted(self.routes.routes.items())},
                 "route_sample": {n: sorted(f)[:STATUS_FILTERS_MAX] for n, f in sorted(self.routes.routes.items())},
-                "retained": len(self.retained), "forward_queued": self.routes.queued(), **self.stats}
+                "retained": len(self.retained), "forward_queued": self.routes.queued(), **self.stats,
+                **self.bridges.status()}

@@ -27,8 +27,10 @@ from typing import Any
 from thespian.actors import ThespianWatch
 
 from actors.base import ChorusActor
+from actors.mqtt_bridge import BridgeShell
 from actors.mqtt_core import MqttCore
 from protocol.agency import AgencyReply, AgencyRequest, Read, Watch, WatchEvents
+from protocol.mqtt import Connect
 from protocol.mqtt_cluster import (
     MQTT_ROOT,
     MqttBoot,
@@ -74,9 +76,12 @@ class _Tracked:
             self.dirty = False
 
 
-class MqttFront(ChorusActor):
+class MqttFront(ChorusActor, BridgeShell):
     def __init__(self) -> None:
         super().__init__()
+        self.bridge_req = 0
+        self.bridge_waiting: dict[int, tuple] = {}  # LogAppend req -> (spec, items, attempt)
+        self.bridge_retry: list[tuple] = []
         self.boot: MqttBoot | None = None
         self.core: MqttCore | None = None
         self.store: _Tracked | None = None
@@ -178,6 +183,7 @@ class MqttFront(ChorusActor):
         now = self.now()
         self.core.tick(now)
         self.core.routes.retry(now, self._to_node)
+        self._bridges_tick(now)
         if not self.core.routes_loaded:
             self._load()
         elif now - self.last_watch >= REWATCH_S:
@@ -215,6 +221,10 @@ class MqttFront(ChorusActor):
         if msg.closed:
             self.sim_conns.pop(msg.conn, None)
             self.core.closed(msg.conn, now)
+            return
+        if msg.conn not in self.core.conns and (not msg.packets or type(msg.packets[0]) is not Connect):
+            # a connection this incarnation does not have (it restarted, or closed it): reset, as TCP would
+            self.send(sender, MqttOut(msg.conn, (), True))
             return
         self.sim_conns[msg.conn] = sender
         self.core.packets(msg.conn, list(msg.packets), now)
@@ -264,6 +274,7 @@ class MqttFront(ChorusActor):
 
     def _flush(self, core: MqttCore) -> None:
         self.store.sync()  # persist before acknowledging
+        self._bridges_flush()
         while core.txns:
             txns, core.txns = core.txns, []
             for txn, cb in txns:

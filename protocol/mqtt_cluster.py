@@ -16,6 +16,7 @@ from protocol.brief import Brief
 MQTT_ROOT = "/chorus/mqtt"
 ROUTES_ROOT = MQTT_ROOT + "/routes"  # /routes/<node>/<escaped filter> = 1
 RETAINED_ROOT = MQTT_ROOT + "/retained"  # /retained/<escaped topic> = {"p": base64, "q": qos}
+BRIDGES_ROOT = MQTT_ROOT + "/bridges"  # /bridges/<name> = spec (actors/mqtt_bridge.py)
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,8 @@ class MqttBoot:
     tuning: MqttTuning = MqttTuning()
     host: Any = None  # HostConfig in production
     bugs: MqttBugs = MqttBugs()  # the simulator's deliberately broken variants
+    node: Any = None  # the local NodeActor (log -> MQTT bridges subscribe through it)
+    dispatcher: Any = None  # the local Dispatcher (MQTT -> log bridges append through it)
 
 
 @dataclass(frozen=True)
@@ -159,6 +162,24 @@ class MqttOut(Brief):
     conn: str
     packets: tuple = ()
     close: bool = False
+
+
+@dataclass(frozen=True)
+class LogAppend(Brief):
+    """Append records to a Chorus topic (an MQTT -> log bridge); the
+    Dispatcher places each record by its key and answers ``LogAppendReply``."""
+
+    req: int
+    topic: str
+    level: str
+    records: tuple[tuple[bytes, bytes], ...]  # (key, value)
+
+
+@dataclass(frozen=True)
+class LogAppendReply:
+    req: int
+    ok: bool
+    error: str = ""
 
 
 @dataclass(frozen=True)

@@ -404,6 +404,15 @@ class BridgeGateway:
     async def mqtt(self) -> dict:
         return await self.bridge.call("mqtt", {})
 
+    async def mqtt_bridges(self) -> list[dict]:
+        return await self.bridge.call("mqtt_bridges", {})
+
+    async def put_mqtt_bridge(self, name: str, spec: dict) -> dict:
+        return await self.bridge.call("put_mqtt_bridge", {"name": name, "spec": spec})
+
+    async def delete_mqtt_bridge(self, name: str) -> dict:
+        return await self.bridge.call("delete_mqtt_bridge", {"name": name})
+
     async def shards(self, topic: str | None = None) -> list[dict]:
         return await self.bridge.call("shards", {"topic": topic})
 

@@ -271,6 +271,23 @@ async def mqtt_status(request: web.Request) -> web.Response:
     return web.json_response(await _gateway(request).mqtt())
 
 
+BRIDGE_FIELDS = ("direction", "filter", "topic", "level", "prefix")
+
+
+async def list_mqtt_bridges(request: web.Request) -> web.Response:
+    return web.json_response(await _gateway(request).mqtt_bridges())
+
+
+async def put_mqtt_bridge(request: web.Request) -> web.Response:
+    spec = await _json_object(request)
+    _check_fields(spec, BRIDGE_FIELDS, "the bridge")
+    return web.json_response(await _gateway(request).put_mqtt_bridge(request.match_info["name"], spec))
+
+
+async def delete_mqtt_bridge(request: web.Request) -> web.Response:
+    return web.json_response(await _gateway(request).delete_mqtt_bridge(request.match_info["name"]))
+
+
 async def openapi(request: web.Request) -> web.Response:
     return web.json_response(openapi_document())
 
@@ -364,6 +381,15 @@ ROUTES: tuple[Route, ...] = (
           {"type": "object"}, errors=(404, 409, 503), path_doc=_NS_PARAM),
     Route("GET", "/mqtt", mqtt_status, "This node's MQTT front end: sessions, routes, retained, forwarding",
           "mqtt", {"type": "object"}, errors=(503,)),
+    Route("GET", "/mqtt/bridges", list_mqtt_bridges, "Bridges between MQTT topic trees and Chorus topics", "mqtt",
+          {"type": "array", "items": {"type": "object"}}, errors=(503,)),
+    Route("PUT", "/mqtt/bridges/{name}", put_mqtt_bridge,
+          "Create or replace a bridge: direction 'in' stores MQTT publishes matching 'filter' in 'topic' "
+          "(at 'level'); 'out' publishes 'topic' over MQTT under 'prefix'/<shard>", "mqtt", {"type": "object"},
+          body={"type": "object", "properties": {k: {"type": "string"} for k in BRIDGE_FIELDS}},
+          errors=(400, 404, 409, 503), path_doc={"name": "The bridge's name: 1-64 of A-Z a-z 0-9 . _ -"}),
+    Route("DELETE", "/mqtt/bridges/{name}", delete_mqtt_bridge, "Delete a bridge", "mqtt", {"type": "object"},
+          errors=(404, 503), path_doc={"name": "The bridge's name"}),
     Route("GET", "/openapi.json", openapi, "This document", "meta", {"type": "object"}),
 )
 

@@ -348,7 +348,8 @@ class Node:
         cfg = self.cfg
         listen = MqttListenConfig(host=cfg.host, port=cfg.mqtt_port) if cfg.mqtt_port >= 0 else None
         boot = MqttBoot(cfg.node_id, self.addrs["raft"], self.addrs["supervisor"],
-                        ((cfg.node_id, self.addrs["mqtt"]),), listen, host=self.host_cfg)
+                        ((cfg.node_id, self.addrs["mqtt"]),), listen, host=self.host_cfg,
+                        node=self.addrs["node"], dispatcher=self.addrs["dispatcher"])
         reply = self.asys.ask(self.addrs["mqtt"], boot, 20)
         if not (isinstance(reply, tuple) and reply and reply[0] == "mqtt-listening"):
             raise RuntimeError(f"the MQTT front end did not start (answer: {reply!r}); see {data / 'logs'}")

@@ -27,6 +27,7 @@ class FakeGateway:
         self.logs: dict[tuple[str, int], list[dict]] = {}
         self.namespaces_: set[str] = set()
         self.calls: list[tuple] = []
+        self.bridges: dict[str, dict] = {}
         self.explode = False  # every call raises an unexpected exception
         self.rr = 0
         self.add_topic({"name": TOPIC, "shards": 2})
@@ -63,6 +64,21 @@ class FakeGateway:
     async def mqtt(self) -> dict:
         self._call("mqtt")
         return {"sessions": 2, "connections": 1, "routes": {"n2": 3}, "retained": 1}
+
+    async def mqtt_bridges(self) -> list[dict]:
+        self._call("mqtt_bridges")
+        return [{"name": "b", **spec} for spec in self.bridges.values()]
+
+    async def put_mqtt_bridge(self, name: str, spec: dict) -> dict:
+        self._call("put_mqtt_bridge", name, spec)
+        self.bridges[name] = spec
+        return {"name": name, **spec}
+
+    async def delete_mqtt_bridge(self, name: str) -> dict:
+        self._call("delete_mqtt_bridge", name)
+        if self.bridges.pop(name, None) is None:
+            raise GatewayError(404, "not_found", f"no bridge {name!r}")
+        return {"name": name, "deleted": True}
 
     async def directory(self) -> dict:
         return {"cluster_id": "c-test", "nodes": [{"node_id": "n1", "client": "127.0.0.1:7171",
@@ -237,6 +253,19 @@ def test_mqtt_status():
     async def s(c, gw):
         assert await call(c, "GET", "/api/v1/mqtt", status=200) == await gw.mqtt()
         assert gw.calls[-1] == ("mqtt",)
+    serve(s)
+
+
+def test_mqtt_bridges_crud():
+    async def s(c, gw):
+        spec = {"direction": "in", "filter": "sensors/#", "topic": "acme/iot/s/readings", "level": "quorum"}
+        assert await call(c, "PUT", "/api/v1/mqtt/bridges/b", json=spec, status=200) == {"name": "b", **spec}
+        assert gw.calls[-1] == ("put_mqtt_bridge", "b", spec)
+        assert await call(c, "GET", "/api/v1/mqtt/bridges", status=200) == [{"name": "b", **spec}]
+        assert "unknown" in await error(c, "PUT", "/api/v1/mqtt/bridges/b", json={"colour": "red"}, status=400,
+                                        code="bad_request")
+        await call(c, "DELETE", "/api/v1/mqtt/bridges/b", status=200)
+        await error(c, "DELETE", "/api/v1/mqtt/bridges/b", status=404, code="not_found")
     serve(s)
 
 
@@ -529,7 +558,9 @@ def test_openapi_describes_exactly_the_served_routes():
             assert {p["name"] for p in op.get("parameters", ()) if p["in"] == "path"} == names
             assert all(p["required"] for p in op.get("parameters", ()) if p["in"] == "path")
             action = path.endswith("/promote")  # an action on a resource takes no body
-            assert ("requestBody" in op) == (method in ("post", "patch") and not action)
+            # PUT creates a namespace (no body: its path says it all) or a bridge (its spec)
+            put_body = method == "put" and "/bridges/" in path
+            assert ("requestBody" in op) == (method in ("post", "patch") and not action or put_body)
     assert schemas["Error"]["properties"]["error"]["required"] == ["code", "message"]
     assert schemas["ProduceRequest"]["properties"]["level"]["enum"] == ["any", "one", "quorum", "all"]
     # every $ref resolves

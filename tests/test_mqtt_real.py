@@ -235,6 +235,53 @@ def test_bad_packets_close_the_connection_and_the_node_keeps_serving(one: RealCl
     c.close()
 
 
+def test_bridge_in_stores_mqtt_publishes_in_a_topic_before_the_puback(one: RealCluster) -> None:
+    topic = "acme/iot/sensors/readings"
+    one.create_topic("n1", topic, shards=2)
+    spec = {"direction": "in", "filter": "sensors/#", "topic": topic, "level": "quorum"}
+    assert one.call("n1", "PUT", "/mqtt/bridges/sensors", spec) == (200, {"name": "sensors", **spec})
+    bad = [({**spec, "topic": "acme/iot/sensors/nope"}, 404), ({**spec, "filter": "a/#/b"}, 400),
+           ({**spec, "direction": "sideways"}, 400), ({**spec, "level": "some"}, 400),
+           ({**spec, "filter": "$share/g/x"}, 400), ({**spec, "colour": "red"}, 400)]
+    for body, status in bad:
+        code, doc = one.call("n1", "PUT", "/mqtt/bridges/other", body)
+        assert code == status and doc["error"]["message"], (body, code, doc)
+    _eventually("the node to load the bridge", lambda: one.get("n1", "/mqtt")["bridges"].get("sensors"))
+    p = Client(one.mqtt("n1"), "bridge-pub")
+    for i in range(20):
+        p.pub("sensors/a/temp", b"a%d" % i, 1)  # the PUBACK means: stored at quorum
+    for i in range(5):
+        p.pub("sensors/b/temp", b"b%d" % i, 2)
+    p.pub("other/x", b"not bridged", 1)
+    p.close()
+    stored: dict[str, list[str]] = {}
+    for shard in (0, 1):
+        for r in one.get("n1", f"/fetch/{topic}?shard={shard}")["records"]:
+            stored.setdefault(r["key"], []).append(r["value"])
+    assert stored == {"sensors/a/temp": [f"a{i}" for i in range(20)], "sensors/b/temp": [f"b{i}" for i in range(5)]}
+    assert one.get("n1", "/mqtt")["appended"] == 25
+    assert one.call("n1", "DELETE", "/mqtt/bridges/sensors")[0] == 200
+    assert one.call("n1", "DELETE", "/mqtt/bridges/sensors")[0] == 404
+
+
+def test_bridge_out_publishes_a_topic_over_mqtt(one: RealCluster) -> None:
+    topic = "acme/shop/web/orders"
+    one.create_topic("n1", topic, shards=1)
+    s = Client(one.mqtt("n1"), "orders-sub")
+    s.sub(("chorus/orders/#", 1))
+    spec = {"direction": "out", "topic": topic, "prefix": "chorus/orders"}
+    assert one.call("n1", "PUT", "/mqtt/bridges/orders", spec)[0] == 200
+    _eventually("the bridge's subscription to attach",
+                lambda: any(x.get("subscription") == "mqtt-bridge-orders"
+                            for x in one.get("n1", f"/subscriptions/{topic}")))
+    code, _ = one.call("n1", "POST", f"/produce/{topic}", {"records": [{"value": f"order {i}"} for i in range(10)]})
+    assert code == 200
+    got = s.get(10)
+    assert [(t, m) for t, m, _, _ in got] == [("chorus/orders/0", b"order %d" % i) for i in range(10)]
+    s.close()
+    assert one.call("n1", "DELETE", "/mqtt/bridges/orders")[0] == 200
+
+
 def _mosquitto() -> None:
     if shutil.which("mosquitto_sub") is None and shutil.which("apt-get") and hasattr(__import__("os"), "geteuid") \
             and __import__("os").geteuid() == 0:
