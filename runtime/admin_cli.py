@@ -343,8 +343,11 @@ def topics_delete(name: NameArg,
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``status``, ``shards`` and the ``nodes`` and ``topics`` groups to ``app``."""
+    """Add ``status``, ``shards`` and the ``nodes``, ``topics`` and ``mqtt`` groups to ``app``."""
     app.command("status")(status)
     app.add_typer(nodes_app, name="nodes")
     app.command("shards")(shards)
     app.add_typer(topics_app, name="topics")
+    from runtime.mqtt_cli import mqtt_app
+
+    app.add_typer(mqtt_app, name="mqtt")

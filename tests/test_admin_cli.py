@@ -262,3 +262,21 @@ def test_malformed_url_exits_2():
     assert r.stderr.strip() == "cannot reach a Chorus node at not-a-url: not an http:// or https:// URL"
     r = run("status", "--url", "http://")
     assert r.exit_code == 2 and r.stderr.startswith("cannot reach a Chorus node at http://: ")
+
+
+# ----- mqtt ------------------------------------------------------------------
+
+
+def test_mqtt_status_and_bridges(gw, url):
+    assert "sessions" in ok("mqtt", "status", "--url", url).plain
+    r = ok("mqtt", "bridges", "in", "sensors", "--filter", "sensors/#", "--topic", TOPIC, "--url", url).plain
+    assert "sensors/#" in r and "quorum" in r
+    assert gw.calls[-1] == ("put_mqtt_bridge", "sensors",
+                            {"direction": "in", "filter": "sensors/#", "topic": TOPIC, "level": "quorum"})
+    ok("mqtt", "bridges", "out", "orders", "--topic", TOPIC, "--prefix", "chorus/orders", "--url", url)
+    assert gw.calls[-1][2] == {"direction": "out", "topic": TOPIC, "prefix": "chorus/orders"}
+    listed = json.loads(ok("mqtt", "bridges", "list", "--url", url, "--json").stdout)
+    assert len(listed) == 2
+    assert "deleted bridge sensors" in ok("mqtt", "bridges", "delete", "sensors", "--url", url).plain
+    r = run("mqtt", "bridges", "delete", "sensors", "--url", url)
+    assert r.exit_code != 0 and "not_found" in r.plain
