@@ -634,5 +634,6 @@ class MqttCore:
                 "subscriptions": sum(len(s.subs) for s in self.sessions.values()),
                 "routes": {n: len(f) for n, f in sorted(self.routes.routes.items())},
                 "route_sample": {n: sorted(f)[:STATUS_FILTERS_MAX] for n, f in sorted(self.routes.routes.items())},
-                "retained": len(self.retained), "forward_queued": self.routes.queued(), **self.stats,
+                "retained": len(self.retained), "forward_queued": self.routes.queued(),
+                "forward_retries": self.routes.retries, **self.stats,
                 **self.bridges.status()}

@@ -34,6 +34,8 @@ from actors.mqtt_trie import TopicTrie
 from protocol.mqtt import parse_shared
 from protocol.mqtt_cluster import Fwd, MqttBugs, MqttForward, MqttTuning
 
+RETRY_MAX_S = 8.0  # the longest wait between two resends of unacknowledged forward batches
+
 
 def escape(name: str) -> str:
     """A topic or filter as one agency path segment ('/' and '%' escaped;
@@ -71,7 +73,7 @@ class Settle:
 
 
 class _Dest:
-    __slots__ = ("queue", "inflight", "next_seq", "sent_at", "dropped", "dest_epoch")
+    __slots__ = ("queue", "inflight", "next_seq", "sent_at", "dropped", "dest_epoch", "retry_s")
 
     def __init__(self) -> None:
         self.queue: collections.deque[tuple[Fwd, Settle | None]] = collections.deque()
@@ -79,6 +81,7 @@ class _Dest:
         self.inflight: collections.OrderedDict[int, list[tuple[Fwd, Settle | None]]] = collections.OrderedDict()
         self.next_seq = 1
         self.sent_at = 0.0
+        self.retry_s = 0.0  # 0: forward_retry_s; doubles after each retry without progress
         self.dropped = 0
         self.dest_epoch = 0  # the receiver's incarnation; 0 until it answers
 
@@ -105,6 +108,7 @@ class RouteTable:
         self.dests: dict[str, _Dest] = {}
         self.received: dict[str, tuple[int, int]] = {}  # origin -> (epoch, last delivered seq)
         self.settles: list[Settle] = []
+        self.retries = 0  # resends of unacknowledged forward batches
         self.bugs = MqttBugs()  # set by the shell from MqttBoot.bugs (the simulator's broken variants)
 
     # ------------------------------------------------------------- routes
@@ -195,6 +199,7 @@ class RouteTable:
             return
         if d.inflight and next(iter(d.inflight)) <= seq:
             d.sent_at = now  # progress: the retry clock restarts for what is left
+            d.retry_s = 0.0
         while d.inflight:
             first = next(iter(d.inflight))
             if first > seq:
@@ -208,8 +213,14 @@ class RouteTable:
         if self.bugs.no_forward_retry:
             return
         for node, d in self.dests.items():
-            if d.inflight and now - d.sent_at >= self.tuning.forward_retry_s:
+            wait_s = d.retry_s or self.tuning.forward_retry_s
+            if d.inflight and now - d.sent_at >= wait_s:
+                # A busy receiver is not a lost one: each retry without progress
+                # waits twice as long (up to RETRY_MAX_S), so a slow node is not
+                # buried under copies of what it is still working through.
                 d.sent_at = now
+                d.retry_s = min(wait_s * 2, RETRY_MAX_S)
+                self.retries += 1
                 for seq, batch in d.inflight.items():
                     send(node, MqttForward(self.node_id, self.epoch, seq, tuple(f for f, _ in batch), d.dest_epoch))
 
