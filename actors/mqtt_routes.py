@@ -73,7 +73,8 @@ class Settle:
 
 
 class _Dest:
-    __slots__ = ("queue", "inflight", "next_seq", "sent_at", "dropped", "dest_epoch", "retry_s")
+    __slots__ = ("queue", "inflight", "next_seq", "sent_at", "dropped", "dest_epoch", "retry_s", "sent_times",
+                 "srtt", "rttvar")
 
     def __init__(self) -> None:
         self.queue: collections.deque[tuple[Fwd, Settle | None]] = collections.deque()
@@ -81,9 +82,24 @@ class _Dest:
         self.inflight: collections.OrderedDict[int, list[tuple[Fwd, Settle | None]]] = collections.OrderedDict()
         self.next_seq = 1
         self.sent_at = 0.0
-        self.retry_s = 0.0  # 0: forward_retry_s; doubles after each retry without progress
+        self.retry_s = 0.0  # 0: the timeout below; doubles after each retry without progress
+        self.sent_times: dict[int, float] = {}  # seq -> when first sent (for round-trip samples)
+        self.srtt = 0.0  # smoothed acknowledgement round trip and its variation (RFC 6298)
+        self.rttvar = 0.0
         self.dropped = 0
         self.dest_epoch = 0  # the receiver's incarnation; 0 until it answers
+
+    def timeout(self, floor_s: float) -> float:
+        """How long an unacknowledged batch waits before it is sent again:
+        at least ``floor_s``, more when the receiver is slow to answer."""
+        return min(max(floor_s, self.srtt + 4 * self.rttvar), RETRY_MAX_S)
+
+    def sample(self, rtt_s: float) -> None:
+        if self.srtt == 0.0:
+            self.srtt, self.rttvar = rtt_s, rtt_s / 2
+        else:
+            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt_s)
+            self.srtt = 0.875 * self.srtt + 0.125 * rtt_s
 
     def renumber(self, dest_epoch: int) -> None:
         """The receiver is a new incarnation: what it did not acknowledge goes
@@ -91,6 +107,7 @@ class _Dest:
         back = [pair for batch in self.inflight.values() for pair in batch]
         self.queue.extendleft(reversed(back))
         self.inflight.clear()
+        self.sent_times.clear()
         self.next_seq = 1
         self.dest_epoch = dest_epoch
 
@@ -187,6 +204,7 @@ class RouteTable:
                 if not d.inflight:
                     d.sent_at = now
                 d.inflight[seq] = batch
+                d.sent_times[seq] = now
                 send(node, MqttForward(self.node_id, self.epoch, seq, tuple(f for f, _ in batch), d.dest_epoch))
 
     def acked(self, node: str, epoch: int, seq: int, now: float, dest_epoch: int = 0) -> None:
@@ -199,11 +217,14 @@ class RouteTable:
             return
         if d.inflight and next(iter(d.inflight)) <= seq:
             d.sent_at = now  # progress: the retry clock restarts for what is left
+            if d.retry_s == 0.0:  # no resend since: the sample is not ambiguous (Karn)
+                d.sample(now - d.sent_times.get(seq, now))
             d.retry_s = 0.0
         while d.inflight:
             first = next(iter(d.inflight))
             if first > seq:
                 break
+            d.sent_times.pop(first, None)
             for _, s in d.inflight.pop(first):
                 if s is not None:
                     s.release()
@@ -213,7 +234,7 @@ class RouteTable:
         if self.bugs.no_forward_retry:
             return
         for node, d in self.dests.items():
-            wait_s = d.retry_s or self.tuning.forward_retry_s
+            wait_s = d.retry_s or d.timeout(self.tuning.forward_retry_s)
             if d.inflight and now - d.sent_at >= wait_s:
                 # A busy receiver is not a lost one: each retry without progress
                 # waits twice as long (up to RETRY_MAX_S), so a slow node is not

@@ -369,3 +369,25 @@ def test_inflight_window_and_queue_bound():
     assert len(s.queue) == 3 and s.dropped == 2  # the oldest queued were dropped
     more = net.send("n1", "s", Puback(got[0].packet_id))
     assert [p.payload for p in more] == [b"4"]
+
+
+def test_forward_retry_waits_longer_for_a_receiver_that_answers_slowly():
+    from actors.mqtt_routes import RouteTable
+    from protocol.mqtt_cluster import Fwd
+
+    rt = RouteTable("n1", MqttTuning(forward_retry_s=1.0), epoch=1)
+    sent: list = []
+    rt.routes["n2"] = {"t"}
+    rt.dests.clear()
+    rt.enqueue("n2", Fwd("t", b"1", 1, "m1"), None)
+    rt.flush(0.0, lambda n, m: sent.append(m) or True)
+    rt.acked("n2", 1, 0, 0.1, dest_epoch=7)  # the receiver names its incarnation; the batch goes again
+    rt.flush(0.1, lambda n, m: sent.append(m) or True)
+    rt.acked("n2", 1, sent[-1].seq, 1.6, dest_epoch=7)  # answered after 1.5 s
+    rt.enqueue("n2", Fwd("t", b"2", 1, "m2"), None)
+    rt.flush(2.0, lambda n, m: sent.append(m) or True)
+    before = len(sent)
+    rt.retry(3.5, lambda n, m: sent.append(m) or True)
+    assert len(sent) == before and rt.retries == 0  # 1.5 s is this receiver's normal answer time
+    rt.retry(7.0, lambda n, m: sent.append(m) or True)
+    assert len(sent) == before + 1 and rt.retries == 1
