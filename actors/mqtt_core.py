@@ -583,14 +583,14 @@ class MqttCore:
         if ok:
             for f in m.items:
                 self._deliver_local(f.topic, f.payload, f.qos, f.mid, f.groups)
-                if len(self.moved):
+                if len(self.moved) and not f.passed:
                     self._pass_on(f, None)
         return seq
 
     def _pass_on(self, f: Fwd, settle: Settle | None) -> None:
         """Publishes for sessions that moved to another node follow them there."""
         for node in sorted({node for _, (_, node) in self.moved.match(f.topic)}):
-            self.routes.enqueue(node, Fwd(f.topic, f.payload, f.qos, f.mid), settle)
+            self.routes.enqueue(node, Fwd(f.topic, f.payload, f.qos, f.mid, (), True), settle)
 
     # -------------------------------------------------------------- time
     def tick(self, now: float) -> None:

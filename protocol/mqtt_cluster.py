@@ -97,6 +97,7 @@ class Fwd:
     qos: int
     mid: str  # origin-unique message id (for tracing and the checker)
     groups: tuple[tuple[str, str], ...] = ()
+    passed: bool = False  # passed on after a session moved: not passed on again (no rounds between nodes)
 
 
 @dataclass(frozen=True)
