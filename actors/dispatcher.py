@@ -813,6 +813,10 @@ class Dispatcher(ChorusActor, DispatcherMqtt):
         self.send(self.boot.agency, StatusQuery())
         self.send(self.boot.supervisor, NodesQuery())
 
+    def _own_directory_entry(self) -> dict:
+        """This node's entry in the directory its launcher publishes."""
+        return next((n for n in self.directory.get("nodes", ()) if n.get("node_id") == self.boot.node_id), {})
+
     def _admin_status(self, args: dict, ok: Callable, fail: Callable) -> None:
         def finish(st: dict, seen: dict[str, float], members: tuple[str, ...]) -> None:
             ep = self.boot.endpoints
@@ -830,6 +834,7 @@ class Dispatcher(ChorusActor, DispatcherMqtt):
                 "node_id": self.boot.node_id, "cluster_id": self.bridge.cluster_id, "version": self.boot.version,
                 "uptime_s": round(self.now() - self.started, 3),
                 "endpoints": {"client": me.get("client", ""), "http": me.get("http", ""),
+                              "mqtt": self._own_directory_entry().get("mqtt_listen", ""),
                               "admin": ep.admin if ep else ""},
                 "agency": {"role": st.get("role"), "leader": st.get("leader"), "term": st.get("term"),
                            "commit_index": st.get("commit"), "voters": list(st.get("voters", ())),

@@ -116,6 +116,8 @@ def _eventually(what: str, check, timeout_s: float = 20.0):
 
 # ------------------------------------------------------------- one node
 def test_wildcards_and_qos_0_1_2(one: RealCluster) -> None:
+    host, port = one.mqtt("n1")
+    assert one.get("n1", "/status")["endpoints"]["mqtt"] == f"{host}:{port}"
     s = Client(one.mqtt("n1"), "wild-sub")
     s.sub(("home/+/temp", 2), ("home/#", 0))
     p = Client(one.mqtt("n1"), "wild-pub")
