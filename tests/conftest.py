@@ -17,6 +17,19 @@ settings.register_profile("dev", deadline=None, print_blob=True)
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked slow (more seeds of what the default run covers) run
+    only when the -m expression names them (``-m slow``) or when asked for
+    by node id.  Done here rather than with -m in addopts: a command's own
+    -m, like the README's ``-m "not realnet"``, would replace that one."""
+    if "slow" in (config.getoption("markexpr") or "") or any("::" in a for a in config.args):
+        return
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if not item.get_closest_marker("slow")]
+
+
 @pytest.fixture(scope="session")
 def shipped_run():
     """``shipped_run(name, seed)``: the result of simulating the shipped
