@@ -242,7 +242,8 @@ class MqttCore:
                 self.record("mqtt.taken_over", node=self.node_id, client=m.client_id, by=m.node, had_conn=c is not None)
             if not s.clean and not m.clean:
                 state = {"subs": dict(s.subs),
-                         "queue": [[x.topic, x.payload, x.qos, x.mid, x.retain] for x in s.pending()]}
+                         "queue": [[x.topic, x.payload, x.qos, x.mid, x.retain] for x in s.pending()],
+                         "in_qos2": sorted(s.in_qos2)}
                 for flt in s.subs:
                     group, real = parse_shared(flt)
                     if group is None and self.moved.add(real, (m.client_id, m.node)):
@@ -286,6 +287,8 @@ class MqttCore:
                     self._add_sub(s, flt, qos)
                 for topic, payload, qos, mid, retain in handed["queue"]:
                     s.offer(Msg(topic, payload, qos, mid, retain), [])
+                # QoS 2 publishes it received and has not seen released: a resend is not a new message
+                s.in_qos2.update(handed.get("in_qos2", ()))
                 self._sync_routes(None)
             s.save_subs()
         s.conn = c.id

@@ -391,3 +391,53 @@ def test_forward_retry_waits_longer_for_a_receiver_that_answers_slowly():
     assert len(sent) == before and rt.retries == 0  # 1.5 s is this receiver's normal answer time
     rt.retry(7.0, lambda n, m: sent.append(m) or True)
     assert len(sent) == before + 1 and rt.retries == 1
+
+
+def test_retained_follows_the_agencys_events_for_each_leaf():
+    """The agency stores {"p": ..., "q": ...} as two leaves: a watch reports
+    .../<topic>/p and .../<topic>/q, and a delete of both (found by the
+    simulator: other nodes' retained messages never reached a node)."""
+    import base64
+
+    core = Net(("n1",)).cores["n1"]
+    seg = "/chorus/mqtt/retained/tdev%2F1"
+    core.agency_event(seg + "/p", base64.b64encode(b"on").decode())
+    core.agency_event(seg + "/q", 1)
+    assert core.retained == {"dev/1": (b"on", 1)}
+    core.agency_event(seg + "/p", None)
+    core.agency_event(seg + "/q", None)
+    assert core.retained == {}
+
+
+def test_a_qos2_publish_sent_again_after_a_takeover_is_not_published_twice():
+    """The packet ids of QoS 2 publishes received and not yet released go
+    with the session to the node that takes it over (found by the
+    simulator: a PUBREC lost with the connection, the DUP resend on the new
+    node was delivered a second time)."""
+    net = Net()
+    net.connect("n2", "s", "sub")
+    net.send("n2", "s", Subscribe(1, (("t", 2),)))
+    net.connect("n1", "p1", "pub", clean=False)
+    assert net.send("n1", "p1", Publish("t", b"once", 2, packet_id=7)) == [Pubrec(7)]
+    assert pubs(net.take("n2", "s")) == [("t", b"once", 2)]
+    assert net.connect("n3", "p2", "pub", clean=False).session_present is True
+    assert net.send("n3", "p2", Publish("t", b"once", 2, dup=True, packet_id=7)) == [Pubrec(7)]
+    assert net.take("n2", "s") == []
+    assert net.send("n3", "p2", Pubrel(7)) == [Pubcomp(7)]
+
+
+def test_a_publish_passed_on_after_a_move_is_not_passed_on_again():
+    """Two sessions that moved in opposite directions made each publish
+    matching both go round between their old nodes (found by the
+    simulator)."""
+    from protocol.mqtt_cluster import Fwd
+
+    net = Net(("n1", "n2"))
+    core = net.cores["n1"]
+    core.moved.add("t", ("c", "n2"))
+    core.forwarded(MqttForward("n2", net.epochs["n2"], 1, (Fwd("t", b"x", 1, "n2.1.1", (), True),),
+                               core.routes.epoch), net.now)
+    assert core.routes.queued() == {}
+    core.forwarded(MqttForward("n2", net.epochs["n2"], 2, (Fwd("t", b"y", 1, "n2.1.2"),), core.routes.epoch),
+                   net.now)
+    assert core.routes.queued() == {"n2": 1}
