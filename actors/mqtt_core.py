@@ -243,7 +243,7 @@ class MqttCore:
             if not s.clean and not m.clean:
                 state = {"subs": dict(s.subs),
                          "queue": [[x.topic, x.payload, x.qos, x.mid, x.retain] for x in s.pending()],
-                         "in_qos2": sorted(s.in_qos2)}
+                         "in_qos2": sorted(s.in_qos2), "recent": list(s.recent)}
                 for flt in s.subs:
                     group, real = parse_shared(flt)
                     if group is None and self.moved.add(real, (m.client_id, m.node)):
@@ -289,6 +289,8 @@ class MqttCore:
                     s.offer(Msg(topic, payload, qos, mid, retain), [])
                 # QoS 2 publishes it received and has not seen released: a resend is not a new message
                 s.in_qos2.update(handed.get("in_qos2", ()))
+                for mid in handed.get("recent", ()):  # what it had: passed-on copies are dropped here too
+                    s.remember(mid)
                 self._sync_routes(None)
             s.save_subs()
         s.conn = c.id

@@ -126,14 +126,19 @@ class Session:
             self.store.delete(queue_prefix(self.client_id) + m.n.to_bytes(8, "big"))
 
     # -------------------------------------------------------------- delivery
+    def remember(self, mid: str) -> None:
+        """A message this session has had (``recent_max`` of them are kept)."""
+        if mid not in self.recent:
+            self.recent[mid] = None
+            if len(self.recent) > self._recent_max:
+                del self.recent[next(iter(self.recent))]
+
     def offer(self, m: Msg, out: list) -> None:
         """A message for this session at its effective QoS; ``out`` collects
         packets for the connection."""
         if m.mid in self.recent:
             return
-        self.recent[m.mid] = None
-        if len(self.recent) > self._recent_max:
-            del self.recent[next(iter(self.recent))]
+        self.remember(m.mid)
         if m.qos == 0:
             if self.conn is not None:
                 out.append(_qos0_publish(m))
