@@ -513,13 +513,14 @@ class MqttCore:
         nodes, groups = self.routes.destinations(topic, self._has_group_member)
         mine = tuple(k for k, n in groups.items() if n == self.node_id) if groups else ()
         self._deliver_local(topic, payload, qos, mid, mine)
-        per_node: dict[str, list[tuple[str, str]]] = {n: [] for n in nodes}
+        # sorted: sets of strings iterate in a per-process order (the simulator replays a seed anywhere)
+        per_node: dict[str, list[tuple[str, str]]] = {n: [] for n in sorted(nodes)}
         for key, n in groups.items():
             if n != self.node_id:
                 per_node.setdefault(n, []).append(key)
-        for n, gs in per_node.items():
+        for n, gs in sorted(per_node.items()):
             self.stats["forwarded"] += 1
-            self.routes.enqueue(n, Fwd(topic, payload, qos, mid, tuple(gs)), settle)
+            self.routes.enqueue(n, Fwd(topic, payload, qos, mid, tuple(sorted(gs))), settle)
         if len(self.moved):
             self._pass_on(Fwd(topic, payload, qos, mid), settle)
         self.bridges.capture(topic, payload, settle)
@@ -564,7 +565,7 @@ class MqttCore:
                 continue
             if g >= best.get(cid, -1):
                 best[cid] = g
-        for key, cids in members.items():  # one member per shared group, round robin
+        for key, cids in sorted(members.items()):  # one member per shared group, round robin
             cids.sort()
             online = [x for x in cids if self.sessions[x].conn is not None] or cids
             k = self.local_rr.get(key, 0)
@@ -572,7 +573,7 @@ class MqttCore:
             cid = online[k % len(online)]
             g = self.sessions[cid].subs.get(f"$share/{key[0]}/{key[1]}", 0)
             best[cid] = max(best.get(cid, -1), g)
-        for cid, g in best.items():
+        for cid, g in sorted(best.items()):  # the trie's sets iterate in a per-process order
             s = self.sessions[cid]
             out: list = []
             s.offer(Msg(topic, payload, min(qos, g), mid), out)

@@ -292,7 +292,7 @@ class MqttFront(ChorusActor, BridgeShell):
             if out or closing:
                 self.listener.send(out, closing)
             return
-        for conn in set(out) | closing:
+        for conn in sorted(set(out) | closing, key=str):  # not a set's per-process order
             addr = self.sim_conns.get(conn)
             if addr is not None:
                 self.send(addr, MqttOut(conn, tuple(out.get(conn, ())), conn in closing))
