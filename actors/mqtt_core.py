@@ -447,6 +447,10 @@ class MqttCore:
                     # deleted by a node that took us for dead: say it again
                     self.routes_written.discard(flt)
                     self._sync_routes(None)
+                elif value is not None and flt not in self.routes_written:
+                    # ours from before a restart, which the boot read (a local one) did not show yet:
+                    # the next tick deletes it if no session here has that filter any more
+                    self.routes_written.add(flt)
                 return
             if value is None:
                 self.routes.remove_route(node, flt)

@@ -463,3 +463,15 @@ def test_the_duplicate_filter_goes_with_the_session():
     net.cores["n1"]._pass_on(Fwd("t", b"m", 1, mid), None)
     net.pump()
     assert net.take("n2", "new") == []
+
+
+def test_a_route_of_ours_that_the_boot_read_missed_is_deleted_when_no_session_needs_it():
+    """After a restart the front reads the agency from its local peer, which
+    may not have caught up yet; its own routes from before come later, in
+    the watch (found by the simulator: a route of a session long taken over
+    stayed in the agency forever)."""
+    core = Net(("n1",)).cores["n1"]
+    core.agency_event("/chorus/mqtt/routes/n1/tgone%2F%23", 1)
+    core.tick(1.0)
+    assert [(t.mutations[0].path, t.mutations[0].kind) for t, _ in core.txns] == [
+        ("/chorus/mqtt/routes/n1/tgone%2F%23", "delete")]
