@@ -592,7 +592,9 @@ class MqttCore:
         ok, seq = self.routes.accept(m)
         if ok:
             for f in m.items:
-                self._deliver_local(f.topic, f.payload, f.qos, f.mid, f.groups)
+                # the broken variant also hides the copy from the sessions' duplicate filter
+                mid = f"{f.mid}+{self._mid()}" if self.routes.bugs.no_forward_dedup else f.mid
+                self._deliver_local(f.topic, f.payload, f.qos, mid, f.groups)
                 if len(self.moved) and not f.passed:
                     self._pass_on(f, None)
         return seq

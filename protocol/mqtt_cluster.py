@@ -47,7 +47,7 @@ class MqttBugs:
     """Deliberately broken forwarding, for proving the simulator catches it."""
 
     no_forward_retry: bool = False  # an unacknowledged forward batch is never sent again
-    no_forward_dedup: bool = False  # the receiver delivers a batch again when it is sent again
+    no_forward_dedup: bool = False  # the receiver delivers a batch again when it is sent again, as new
 
     def any(self) -> bool:
         return any(getattr(self, f) for f in self.__dataclass_fields__)
