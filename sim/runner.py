@@ -57,6 +57,7 @@ class RunResult:
     failover_s: list[float] = field(default_factory=list)
     produce_latency_ms: list[float] = field(default_factory=list)
     data_stats: dict = field(default_factory=dict)
+    mqtt_stats: dict = field(default_factory=dict)
     commits: int = 0
     replay: str = ""
     error: str = ""
@@ -108,6 +109,9 @@ class Harness:
         self.leader_crashes: list[tuple[float, str, list[str]]] = []
         if scn.data is not None:
             self._build_data_plane(scn, addrs)
+        self.mqtt_clients: list[str] = []
+        if scn.mqtt is not None:
+            self._build_mqtt(scn, addrs)
         wl = scn.workload
         for c in self.clients:
             boot = ClientBoot(
@@ -164,6 +168,42 @@ class Harness:
                 self.world.spawn(node, ShardConsumer, "consumer",
                                  ConsumerBoot(node, name, mode, routes, nack_ratio=nack,
                                               stop_after_s=scn.duration_s + 0.8 * scn.settle_s))
+
+    # ------------------------------------------------------------------ MQTT
+    def _build_mqtt(self, scn: Scenario, agency_addrs: tuple) -> None:
+        """An MqttFront on every node (next to its agency peer, and its
+        supervisor when the data plane runs), MQTT clients on nodes of their
+        own: publishers mp1.., subscribers ms1.."""
+        from protocol.mqtt_cluster import MqttBoot, MqttBugs
+        from sim.mqtt_client import MqttClient, MqttClientBoot, ObservedMqttFront
+
+        m = scn.mqtt
+        agency = dict(agency_addrs)
+        fronts = tuple((n, ActorAddress(f"{n}/mqtt")) for n in self.peers)
+        bugs = scn.mqtt_bugs or MqttBugs()
+        for n in self.peers:
+            sup = ActorAddress(f"{n}/supervisor") if scn.data is not None else None
+            self.world.spawn(n, ObservedMqttFront, "mqtt", MqttBoot(
+                n, agency[n], supervisor=sup, peers=fronts, tuning=m.tuning, bugs=bugs))
+        names = [f"mp{i}" for i in range(1, m.publishers + 1)] + [f"ms{i}" for i in range(1, m.subscribers + 1)]
+        stop = scn.duration_s + scn.settle_s / 2
+        for i, c in enumerate(names):
+            k = i % len(fronts)
+            order = fronts[k:] + fronts[:k]
+            if c.startswith("mp"):
+                boot = MqttClientBoot(c, order, topics=m.topics, qos=m.qos, rate_per_s=m.rate_per_s,
+                                      retain_ratio=m.retain_ratio, inflight_max=m.inflight_max,
+                                      keepalive_s=m.keepalive_s, timeout_s=m.timeout_s,
+                                      ack_timeout_s=m.ack_timeout_s, stop_after_s=stop)
+            else:
+                j = int(c[2:]) - 1
+                qos = m.sub_qos[j % len(m.sub_qos)]
+                boot = MqttClientBoot(c, order, filters=tuple((f, qos) for f in m.filters[j % len(m.filters)]),
+                                      keepalive_s=m.keepalive_s, timeout_s=m.timeout_s,
+                                      ack_timeout_s=m.ack_timeout_s)
+            self.world.add_node(c)
+            self.world.spawn(c, MqttClient, "mqtt", boot)
+            self.mqtt_clients.append(c)
 
     def producers_for(self, d) -> list[str]:
         self.producers = [f"p{i}" for i in range(1, d.producers + 1)]
@@ -433,6 +473,8 @@ def replay_command(scn: Scenario, seed: int) -> str:
     bugs = [b for b in sorted(BUG_FLAGS) if getattr(scn.tuning.bugs, b)]
     if scn.shard_bugs is not None:
         bugs += [b for b in sorted(scn.shard_bugs.__dataclass_fields__) if getattr(scn.shard_bugs, b)]
+    if scn.mqtt_bugs is not None:
+        bugs += [b for b in sorted(scn.mqtt_bugs.__dataclass_fields__) if getattr(scn.mqtt_bugs, b)]
     extra = "".join(f" --bug {b}" for b in bugs)
     return f"brokerctl simulate {scn.path or scn.name} --seed {seed}{extra}"
 
@@ -466,7 +508,7 @@ def run(scn: Scenario, seed: int, trace_path: str | None = None) -> RunResult:
         commits=sum(1 for o in ops if o.status == "ok" and o.kind != "read"),
         replay=replay_command(scn, seed), error=error,
         failover_s=failover_times(h), produce_latency_ms=produce_latencies(h),
-        data_stats=getattr(h, "data_stats", {}),
+        data_stats=getattr(h, "data_stats", {}), mqtt_stats=getattr(h, "mqtt_stats", {}),
     )
     w.close()
     return result
@@ -505,7 +547,40 @@ def judge(h: Harness, scn: Scenario) -> dict[str, list[Violation]]:
         out["liveness"] = liveness(h, scn)
     if scn.data is not None:
         out.update(judge_data(h, scn, checks))
+    if scn.mqtt is not None:
+        out.update(judge_mqtt(h, scn, checks))
     return out
+
+
+def judge_mqtt(h: Harness, scn: Scenario, checks: set[str]) -> dict[str, list[Violation]]:
+    """The MQTT checks (sim/mqttchecks.py) over the history and every
+    node's final route table, sessions and retained map, against the
+    agency's (read from the leader's state machine)."""
+    from protocol.agency import Read
+    from protocol.mqtt_cluster import MQTT_ROOT
+    from sim.mqttchecks import MqttFinal, check_mqtt
+
+    w = h.world
+    final = MqttFinal(end_t=w.now, leader=h.leader())
+    if final.leader is not None:
+        sm = w.actor(f"{final.leader}/raft").sm
+        final.agency = (sm.read(Read((MQTT_ROOT,))).get("values") or [None])[0] or {}
+    for n in h.peers:
+        a = w.actor(f"{n}/mqtt")
+        core = a.core if a is not None else None
+        if core is None:
+            final.nodes[n] = None
+            continue
+        final.nodes[n] = {
+            "routes": {d: set(fs) for d, fs in core.routes.routes.items()},
+            "loaded": core.routes_loaded,
+            "filters": {f for s in core.sessions.values() for f in s.subs},
+            "retained": dict(core.retained),
+        }
+    found, stats = check_mqtt(w.history, final, scn.mqtt.tuning, scn.duration_s,
+                              [c for c in h.mqtt_clients if c.startswith("ms")])
+    h.mqtt_stats = stats
+    return {k: v for k, v in found.items() if k in checks}
 
 
 def judge_data(h: Harness, scn: Scenario, checks: set[str]) -> dict[str, list[Violation]]:

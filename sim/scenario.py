@@ -16,6 +16,20 @@ A scenario is YAML::
       - {from_s: 5, to_s: 50, every_s: [3, 8], do: crash, target: random, restore_after_s: [1, 4]}
     checks: [election_safety, log_matching, leader_completeness,
              state_machine_safety, committed_never_change, linearizability, liveness]
+    mqtt:                   # optional: an MqttFront on every node, MQTT clients on nodes of their own
+      publishers: 2         # client nodes mp1.., publishing while connected
+      subscribers: 3        # client nodes ms1.., persistent sessions (clean_session false)
+      topics: [sensors/a/temp, sensors/b/temp, alerts/x]   # a publisher picks one per message
+      filters: [[sensors/+/temp], ["sensors/#", "alerts/#"]]  # subscriber i gets filters[i % len]
+      sub_qos: [2, 1]       # subscriber i asks for sub_qos[i % len] on each of its filters
+      qos: [1, 2]           # each publish draws its qos from these
+      rate_per_s: 10        # publishes per second per publisher
+      retain_ratio: 0.1     # share of publishes with the retain flag
+      inflight_max: 4       # a publisher's unacknowledged publishes
+      keepalive_s: 1
+      timeout_s: 1.0        # CONNACK / SUBACK / PINGRESP wait before the client moves to the next node
+      ack_timeout_s: 4.0    # PUBACK / PUBREC / PUBCOMP wait before it does the same
+      tuning: {forward_retry_s: 0.3, ack_wait_max_s: 2}   # MqttTuning knobs
 
 Fault verbs (``do``): crash, restart, pause, resume, partition (groups),
 partition_oneway (from, to), bridge (a, b, via), heal, clock (target,
@@ -26,6 +40,11 @@ stands for every node not named elsewhere (clients included).  A fault with
 ``every_s`` repeats between ``from_s`` and ``to_s``; with
 ``restore_after_s`` each occurrence is undone after that delay (crash ->
 restart, pause -> resume, partition -> heal).
+
+MQTT: client ``i`` (publishers first, then subscribers) connects to node
+``n{i % peers + 1}`` first and moves through the nodes in order when a node
+does not answer.  The ``mqtt_*`` checks need the ``mqtt`` section; they
+are listed in :data:`MQTT_CHECKS` and described in :mod:`sim.mqttchecks`.
 
 A malformed file raises :class:`ScenarioError` naming the file, the key
 path and what was expected.
@@ -38,6 +57,7 @@ from typing import Any
 
 import yaml
 
+from protocol.mqtt_cluster import MqttTuning
 from protocol.raft import RaftBugs, RaftTuning
 from sim.options import SimOptions
 
@@ -54,13 +74,18 @@ DATA_CHECKS = (
     "acked_writes_durable", "no_duplicates", "shard_order", "replicas_identical", "offsets_unique",
     "data_liveness", "delivered_to_subscriptions", "delivery_order",
 )
-ALL_CHECKS = CHECKS + DATA_CHECKS
+MQTT_CHECKS = (
+    "mqtt_at_least_once", "mqtt_exactly_once", "mqtt_single_session", "mqtt_order", "mqtt_routes_converge", "mqtt_retained_converge",
+    "mqtt_liveness",
+)
+ALL_CHECKS = CHECKS + DATA_CHECKS + MQTT_CHECKS
 SHARD_TUNING_KEYS = ("tick_ms", "push_batches_max", "push_bytes_max", "inflight_max", "isr_timeout_s",
                      "request_timeout_s", "group_commit_ms", "state_interval_ms")
 LEVEL_NAMES = ("any", "one", "quorum", "all")
 TUNING_KEYS = tuple(f for f in RaftTuning.__dataclass_fields__ if f != "bugs")
 OPTION_KEYS = tuple(SimOptions.__dataclass_fields__)
 BUG_NAMES = tuple(RaftBugs.__dataclass_fields__)
+MQTT_TUNING_KEYS = tuple(MqttTuning.__dataclass_fields__)
 
 
 class ScenarioError(ValueError):
@@ -109,6 +134,23 @@ class DataPlane:
 
 
 @dataclass(frozen=True)
+class MqttPlane:
+    publishers: int = 2
+    subscribers: int = 3
+    topics: tuple[str, ...] = ("sensors/a/temp", "sensors/b/temp", "alerts/x")
+    filters: tuple[tuple[str, ...], ...] = (("sensors/+/temp",), ("sensors/#", "alerts/#"))
+    sub_qos: tuple[int, ...] = (2, 1)
+    qos: tuple[int, ...] = (1, 2)
+    rate_per_s: float = 10.0
+    retain_ratio: float = 0.1
+    inflight_max: int = 4
+    keepalive_s: int = 1
+    timeout_s: float = 1.0
+    ack_timeout_s: float = 4.0
+    tuning: MqttTuning = MqttTuning()
+
+
+@dataclass(frozen=True)
 class Scenario:
     name: str
     description: str = ""
@@ -124,6 +166,8 @@ class Scenario:
     path: str = ""
     data: DataPlane | None = None
     shard_bugs: Any = None
+    mqtt: MqttPlane | None = None
+    mqtt_bugs: Any = None
 
     def with_bugs(self, bugs: RaftBugs) -> "Scenario":
         from dataclasses import replace
@@ -134,6 +178,11 @@ class Scenario:
         from dataclasses import replace
 
         return replace(self, shard_bugs=bugs)
+
+    def with_mqtt_bugs(self, bugs: Any) -> "Scenario":
+        from dataclasses import replace
+
+        return replace(self, mqtt_bugs=bugs)
 
 
 class _V:
@@ -198,7 +247,7 @@ def parse(doc: Any, source: str = "<scenario>") -> Scenario:
     v = _V(source)
     top = v.mapping("", doc, (
         "name", "description", "duration_s", "settle_s", "cluster", "network", "swarm",
-        "workload", "faults", "checks", "data",
+        "workload", "faults", "checks", "data", "mqtt",
     ))
     name = v.string("name", top.get("name"))
     duration = v.number("duration_s", top.get("duration_s", 60), 1, 86_400)
@@ -243,10 +292,15 @@ def parse(doc: Any, source: str = "<scenario>") -> Scenario:
         if c not in ALL_CHECKS:
             v.fail(f"checks[{i}]", f"one of {list(ALL_CHECKS)}", c)
     data = _data(v, top["data"], peers) if "data" in top else None
+    mqtt = _mqtt(v, top["mqtt"]) if "mqtt" in top else None
+    if mqtt is None:
+        for i, c in enumerate(checks_doc):
+            if c in MQTT_CHECKS:
+                v.fail(f"checks[{i}]", "an mqtt section for the mqtt_* checks", c)
     return Scenario(
         name=name, description=str(top.get("description", "")), duration_s=duration,
         settle_s=settle, peers=peers, tuning=tuning, network=dict(net), swarm=swarm,
-        workload=workload, faults=faults, checks=tuple(checks_doc), path=source, data=data,
+        workload=workload, faults=faults, checks=tuple(checks_doc), path=source, data=data, mqtt=mqtt,
     )
 
 
@@ -293,6 +347,65 @@ def _data(v: _V, d: Any, nodes: int) -> DataPlane:
         grace_s=v.number("data.grace_s", d.get("grace_s", 0.6), 0.05, 600),
         tuning=dict(tun),
         subscriptions=tuple(subs),
+    )
+
+
+def _mqtt(v: _V, d: Any) -> MqttPlane:
+    from protocol.mqtt import MqttProtocolError, parse_shared, validate_topic_filter, validate_topic_name
+
+    d = v.mapping("mqtt", d, ("publishers", "subscribers", "topics", "filters", "sub_qos", "qos", "rate_per_s",
+                              "retain_ratio", "inflight_max", "keepalive_s", "timeout_s", "ack_timeout_s", "tuning"))
+    base = MqttPlane()
+
+    def names(path: str, x: Any, check: Any) -> tuple[str, ...]:
+        if not isinstance(x, list) or not x:
+            v.fail(path, "a non-empty list", x)
+        for i, t in enumerate(x):
+            v.string(f"{path}[{i}]", t)
+            try:
+                check(t)
+                parse_shared(t)
+            except (MqttProtocolError, ValueError) as exc:
+                v.fail(f"{path}[{i}]", f"a valid MQTT name ({exc})", t)
+        return tuple(x)
+
+    def qos_list(path: str, x: Any, lo: int) -> tuple[int, ...]:
+        if not isinstance(x, list) or not x:
+            v.fail(path, f"a non-empty list of QoS levels {lo}..2", x)
+        return tuple(v.integer(f"{path}[{i}]", q, lo, 2) for i, q in enumerate(x))
+
+    topics = names("mqtt.topics", d.get("topics", list(base.topics)), validate_topic_name)
+    for i, t in enumerate(topics):
+        if t.startswith("$"):
+            v.fail(f"mqtt.topics[{i}]", "a topic a client may publish to (not starting with '$')", t)
+    filters_doc = d.get("filters", [list(f) for f in base.filters])
+    if not isinstance(filters_doc, list) or not filters_doc:
+        v.fail("mqtt.filters", "a non-empty list of filter lists (one per subscriber, cycled)", filters_doc)
+    filters = tuple(names(f"mqtt.filters[{i}]", fl, validate_topic_filter) for i, fl in enumerate(filters_doc))
+    for i, fl in enumerate(filters):
+        for j, f in enumerate(fl):
+            if f.startswith("$share/"):
+                v.fail(f"mqtt.filters[{i}][{j}]", "a plain filter (the checker does not model shared "
+                       "subscriptions)", f)
+    tun = v.mapping("mqtt.tuning", d.get("tuning", {}), MQTT_TUNING_KEYS)
+    for k, val in tun.items():
+        v.number(f"mqtt.tuning.{k}", val, 0.001, 10_000_000)
+    tuning = MqttTuning(**{k: (int(val) if isinstance(getattr(base.tuning, k), int) else float(val))
+                           for k, val in tun.items()})
+    return MqttPlane(
+        publishers=v.integer("mqtt.publishers", d.get("publishers", base.publishers), 0, 32),
+        subscribers=v.integer("mqtt.subscribers", d.get("subscribers", base.subscribers), 0, 32),
+        topics=topics,
+        filters=filters,
+        sub_qos=qos_list("mqtt.sub_qos", d.get("sub_qos", list(base.sub_qos)), 1),
+        qos=qos_list("mqtt.qos", d.get("qos", list(base.qos)), 1),
+        rate_per_s=v.number("mqtt.rate_per_s", d.get("rate_per_s", base.rate_per_s), 0.01, 10_000),
+        retain_ratio=v.number("mqtt.retain_ratio", d.get("retain_ratio", base.retain_ratio), 0, 1),
+        inflight_max=v.integer("mqtt.inflight_max", d.get("inflight_max", base.inflight_max), 1, 1000),
+        keepalive_s=v.integer("mqtt.keepalive_s", d.get("keepalive_s", base.keepalive_s), 1, 600),
+        timeout_s=v.number("mqtt.timeout_s", d.get("timeout_s", base.timeout_s), 0.01, 600),
+        ack_timeout_s=v.number("mqtt.ack_timeout_s", d.get("ack_timeout_s", base.ack_timeout_s), 0.01, 600),
+        tuning=tuning,
     )
 
 

@@ -48,6 +48,7 @@ def violations(source: str, filename: str = "<src>") -> list[str]:
 def actor_sources() -> list[Path]:
     files = sorted((ROOT / "actors").rglob("*.py"))
     files.append(ROOT / "sim" / "workload.py")  # the simulated clients are actors too
+    files.append(ROOT / "sim" / "mqtt_client.py")
     return files
 
 
