@@ -40,26 +40,30 @@ def _bug_fields(cls) -> tuple[str, ...]:
 def _bug_groups() -> dict[str, tuple[str, ...]]:
     """The names ``--bug`` accepts, read from the bug dataclasses' fields so
     that a new deliberate bug is offered (and documented) by itself."""
+    from protocol.mqtt_cluster import MqttBugs
     from protocol.raft import RaftBugs
     from protocol.shard import ShardBugs
 
-    return {"agency (Raft)": _bug_fields(RaftBugs), "shard replication": _bug_fields(ShardBugs)}
+    return {"agency (Raft)": _bug_fields(RaftBugs), "shard replication": _bug_fields(ShardBugs),
+            "MQTT forwarding": _bug_fields(MqttBugs)}
 
 
 BUG_GROUPS = _bug_groups()
 BUGS = BUG_GROUPS["agency (Raft)"]
 SHARD_BUGS = BUG_GROUPS["shard replication"]
+MQTT_BUGS = BUG_GROUPS["MQTT forwarding"]
 _BUG_LIST = "; ".join(f"{group}: {', '.join(names)}" for group, names in BUG_GROUPS.items())
 
 
 def _check_bugs(values: List[str]) -> List[str]:
-    bad = [b for b in values if b not in BUGS + SHARD_BUGS]
+    bad = [b for b in values if b not in BUGS + SHARD_BUGS + MQTT_BUGS]
     if bad:
         raise typer.BadParameter(f"unknown bug {', '.join(map(repr, bad))}; valid names are {_BUG_LIST}")
     return values
 
 
 def _load(file: Path, bugs: list[str]):
+    from protocol.mqtt_cluster import MqttBugs
     from protocol.raft import RaftBugs
     from protocol.shard import ShardBugs
     from sim.scenario import ScenarioError, load
@@ -71,10 +75,13 @@ def _load(file: Path, bugs: list[str]):
         raise typer.Exit(2)
     raft = [b for b in bugs if b in BUGS]
     shard = [b for b in bugs if b in SHARD_BUGS]
+    mqtt = [b for b in bugs if b in MQTT_BUGS]
     if raft:
         scn = scn.with_bugs(RaftBugs(**{b: True for b in raft}))
     if shard:
         scn = scn.with_shard_bugs(ShardBugs(**{b: True for b in shard}))
+    if mqtt:
+        scn = scn.with_mqtt_bugs(MqttBugs(**{b: True for b in mqtt}))
     return scn
 
 
@@ -134,6 +141,11 @@ def _single(scn, seed: int, trace: Optional[Path]) -> None:
     if r.failover_s:
         console.print("shard failover (leader crash -> first acknowledged write): "
                       + ", ".join(f"{x:.2f} s" for x in r.failover_s))
+    if r.mqtt_stats:
+        m = r.mqtt_stats
+        console.print(f"MQTT: {m['acked']} publishes acknowledged; {m['required']} (message, subscriber) pairs "
+                      f"required, {m['delivered']} delivered; excused: "
+                      + (", ".join(f"{k} {v}" for k, v in sorted(m["excused"].items())) or "none"))
     _verdicts(r)
     speed = r.sim_seconds / r.wall_seconds if r.wall_seconds else 0
     console.print(f"events {r.events}, {r.sim_seconds:.0f} simulated s in {r.wall_seconds:.2f} s "
@@ -173,6 +185,7 @@ def _sweep(scn, seeds: list[int], jobs: int) -> None:
     walls, events, sims = [], 0, 0.0
     failovers: list[float] = []
     lost_one = acked = 0
+    mqtt_req = mqtt_del = 0
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[failed]} failed"), TimeElapsedColumn(),
                   console=console, transient=False) as prog:
@@ -182,6 +195,8 @@ def _sweep(scn, seeds: list[int], jobs: int) -> None:
             failovers.extend(r.failover_s)
             lost_one += r.data_stats.get("loss_at_one", 0)
             acked += r.data_stats.get("acked_records", 0)
+            mqtt_req += r.mqtt_stats.get("required", 0)
+            mqtt_del += r.mqtt_stats.get("delivered", 0)
             events += r.events
             sims += r.sim_seconds
             if not r.ok:
@@ -195,6 +210,8 @@ def _sweep(scn, seeds: list[int], jobs: int) -> None:
     if acked:
         console.print(f"{acked} records acknowledged; {lost_one} acknowledged at level one were lost "
                       "(allowed: the leader died before replicating them)")
+    if mqtt_req:
+        console.print(f"MQTT: {mqtt_del} of {mqtt_req} required (message, subscriber) deliveries made")
     if failovers:
         fo = sorted(failovers)
         console.print(f"shard failover over {len(fo)} leader crashes: p50 {_pct(fo, 50):.2f} s, "

@@ -1,5 +1,5 @@
-"""`brokerctl simulate --bug`: every deliberate bug of the Raft core and of
-shard replication is offered, documented in --help, and anything else is
+"""`brokerctl simulate --bug`: every deliberate bug of the Raft core, of
+shard replication and of MQTT forwarding is offered, documented in --help, and anything else is
 refused with the list of valid names."""
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from protocol.mqtt_cluster import MqttBugs
 from protocol.raft import RaftBugs
 from protocol.shard import ShardBugs
 from runtime import cli
@@ -18,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PARTITION = str(ROOT / "scenarios" / "partition.yml")
 RAFT = [f.name for f in fields(RaftBugs)]
 SHARD = [f.name for f in fields(ShardBugs)]
+MQTT = [f.name for f in fields(MqttBugs)]
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -29,13 +31,13 @@ def invoke(*args: str):
 
 
 def test_every_bug_dataclass_field_is_a_valid_name():
-    assert cli.BUGS == tuple(RAFT) and cli.SHARD_BUGS == tuple(SHARD)
+    assert cli.BUGS == tuple(RAFT) and cli.SHARD_BUGS == tuple(SHARD) and cli.MQTT_BUGS == tuple(MQTT)
 
 
 def test_help_lists_every_name_and_says_the_option_repeats():
     r = invoke("simulate", "--help")
     assert r.exit_code == 0
-    for name in RAFT + SHARD:
+    for name in RAFT + SHARD + MQTT:
         assert name in r.words
     assert "repeatable" in r.words
 
@@ -44,7 +46,7 @@ def test_unknown_bug_is_refused_with_the_valid_names():
     r = invoke("simulate", PARTITION, "--seed", "1", "--bug", "nonsense")
     assert r.exit_code == 2
     assert "unknown bug 'nonsense'" in r.words
-    for name in RAFT + SHARD:
+    for name in RAFT + SHARD + MQTT:
         assert name in r.words
 
 
@@ -54,7 +56,7 @@ def test_one_unknown_among_valid_names_is_refused():
     assert "hw_before_qorum" in r.words
 
 
-@pytest.mark.parametrize("name", RAFT + SHARD)
+@pytest.mark.parametrize("name", RAFT + SHARD + MQTT)
 def test_each_valid_name_reaches_the_scenario(monkeypatch, name):
     seen = {}
     monkeypatch.setattr(cli, "_single", lambda scn, seed, trace: seen.update(scn=scn, seed=seed))
@@ -63,8 +65,10 @@ def test_each_valid_name_reaches_the_scenario(monkeypatch, name):
     scn = seen["scn"]
     if name in RAFT:
         assert getattr(scn.tuning.bugs, name) is True
-    else:
+    elif name in SHARD:
         assert getattr(scn.shard_bugs, name) is True
+    else:
+        assert getattr(scn.mqtt_bugs, name) is True
     assert seen["seed"] == 3
 
 
