@@ -29,6 +29,7 @@ import json
 from typing import Any, Callable
 
 from actors.mqtt_bridge import LogBridges
+from actors.mqtt_owners import SessionOwners
 from actors.mqtt_routes import RouteTable, Settle, escape, unescape
 from actors.mqtt_session import Msg, Session
 from actors.mqtt_trie import TopicTrie
@@ -84,6 +85,11 @@ class MqttCore:
         self.trace_messages = True
         self.routes = RouteTable(node_id, tuning, epoch)
         self.bridges = LogBridges(node_id)
+        self.owners = SessionOwners(node_id)
+        self.retain_gen: dict[str, int] = {}  # topic -> number of its latest retained publish in flight
+        self.retain_retry: list[tuple] = []
+        self.doomed: dict[str, float] = {}  # client id -> when to drop our copy (the registry names another owner)
+        self.clock = 0.0  # the latest time an input brought (for agency callbacks)
         self.local = TopicTrie()  # real filter -> (client id, group or "")
         self.sessions: dict[str, Session] = {}
         self.conns: dict[Any, _Conn] = {}
@@ -116,7 +122,9 @@ class MqttCore:
             cid = key[2:].decode()
             s = self._new_session(cid, clean=False)
             s.restore_queue()
-            for flt, qos in json.loads(value).get("subs", {}).items():
+            doc = json.loads(value)
+            s.epoch = int(doc.get("epoch", 0))
+            for flt, qos in doc.get("subs", {}).items():
                 self._add_sub(s, flt, qos)
 
     def _new_session(self, cid: str, clean: bool) -> Session:
@@ -134,6 +142,7 @@ class MqttCore:
 
     # ------------------------------------------------------- connections
     def packets(self, conn_id: Any, packets: list, now: float) -> None:
+        self.clock = now
         c = self.conns.get(conn_id)
         if c is None:
             c = self.conns[conn_id] = _Conn(conn_id, now)
@@ -223,12 +232,46 @@ class MqttCore:
         c.pending = []
         self.req += 1
         tk = {"conn": c.id, "connect": p, "cid": cid, "waiting": set(self.peers), "state": None,
-              "deadline": now + self.t.takeover_wait_s}
+              "deadline": float("inf"), "claim_until": now + self.t.claim_wait_s, "claiming": False,
+              "prev": None, "epoch": 0}
         self.takeovers[self.req] = tk
+        self._claim(self.req)
+
+    def _claim(self, req: int) -> None:
+        """Claim the session (persistent) or release it (clean) in the
+        agency; the takeover starts once that is committed."""
+        tk = self.takeovers[req]
+        cid = tk["cid"]
+        if tk["connect"].clean_session:
+            txn, prev = self.owners.release(cid)
+            epoch = 0
+        else:
+            txn, prev, epoch = self.owners.claim(cid)
+        if txn is None:
+            self._claimed(req, prev, epoch)
+            return
+        tk["claiming"] = True
+
+        def done(reply: Any) -> None:
+            if self.takeovers.get(req) is not tk:
+                return
+            tk["claiming"] = False
+            if getattr(reply, "status", "") == "ok" and (getattr(reply, "result", None) or {}).get("ok", True):
+                self._claimed(req, prev, epoch)
+            # else: not committed, or the entry changed meanwhile: the next tick tries again
+
+        self.txns.append((txn, done))
+
+    def _claimed(self, req: int, prev: Any, epoch: int) -> None:
+        tk = self.takeovers[req]
+        tk["prev"], tk["epoch"] = prev, epoch
+        tk["deadline"] = self.clock + self.t.takeover_wait_s
+        cid = tk["cid"]
+        self.doomed.pop(cid, None)
         for node in self.peers:
-            self.sends.append((node, MqttTakeover(cid, self.node_id, self.req, p.clean_session)))
+            self.sends.append((node, MqttTakeover(cid, self.node_id, req, tk["connect"].clean_session)))
         if not tk["waiting"]:
-            self._finish_connect(self.req, now)
+            self._finish_connect(req, self.clock)
 
     def takeover(self, m: MqttTakeover, now: float) -> MqttTakeoverReply:
         """Another node has the client now: drop ours, hand the session over."""
@@ -242,8 +285,13 @@ class MqttCore:
                 self.record("mqtt.taken_over", node=self.node_id, client=m.client_id, by=m.node, had_conn=c is not None)
             if not s.clean and not m.clean:
                 state = {"subs": dict(s.subs),
-                         "queue": [[x.topic, x.payload, x.qos, x.mid, x.retain] for x in s.pending()],
-                         "in_qos2": sorted(s.in_qos2), "recent": list(s.recent)}
+                         # unacknowledged messages keep their packet ids: the client may hold a QoS 2
+                         # one awaiting PUBREL, and a new message under that id would look like a resend
+                         "inflight": [[pid, m.topic, m.payload, m.qos, m.mid, m.retain, stage]
+                                      for pid, (m, stage) in s.inflight.items()],
+                         "next_pid": s.next_pid,
+                         "queue": [[x.topic, x.payload, x.qos, x.mid, x.retain] for x in s.queue],
+                         "in_qos2": sorted(s.in_qos2), "recent": list(s.recent), "epoch": s.epoch}
                 for flt in s.subs:
                     group, real = parse_shared(flt)
                     if group is None and self.moved.add(real, (m.client_id, m.node)):
@@ -256,10 +304,18 @@ class MqttCore:
         if tk is None or tk["cid"] != m.client_id:
             return
         tk["waiting"].discard(m.node)
-        if m.session is not None:
-            tk["state"] = m.session
+        prev = tk["prev"]
+        if m.session is not None and prev is not None and (m.node, m.session.get("epoch")) == tuple(prev):
+            tk["state"] = m.session  # only the registered owner's copy, at its epoch: never a stale one
         if not tk["waiting"]:
             self._finish_connect(m.req, now)
+
+    def _refuse(self, req: int) -> None:
+        tk = self.takeovers.pop(req)
+        self.record("mqtt.refused", node=self.node_id, client=tk["cid"], why="session registry unavailable")
+        if self.conns.pop(tk["conn"], None) is not None:
+            self._send(tk["conn"], [Connack(False, REFUSED_SERVER_UNAVAILABLE)])
+            self._close(tk["conn"])
 
     def _finish_connect(self, req: int, now: float) -> None:
         tk = self.takeovers.pop(req)
@@ -274,17 +330,24 @@ class MqttCore:
             self._close(s.conn)
             s.conn = None
             self.record("mqtt.taken_over", node=self.node_id, client=cid, by=self.node_id, had_conn=old is not None)
-        if s is not None and (p.clean_session or s.clean):
-            self._discard(s)
+        if s is not None and (p.clean_session or s.clean or tk["prev"] != (self.node_id, s.epoch)):
+            self._discard(s)  # a clean start, or a copy the registry no longer gives this node
             s = None
         present = s is not None
+        if s is not None:
+            s.epoch = tk["epoch"]
+            s.save_subs()
         if s is None:
             s = self._new_session(cid, p.clean_session)
+            s.epoch = tk["epoch"]
             handed = tk["state"]
             if handed and not p.clean_session:
                 present = True
                 for flt, qos in handed["subs"].items():
                     self._add_sub(s, flt, qos)
+                for pid, topic, payload, qos, mid, retain, stage in handed.get("inflight", ()):
+                    s.adopt(pid, Msg(topic, payload, qos, mid, retain), stage)
+                s.next_pid = handed.get("next_pid", s.next_pid)
                 for topic, payload, qos, mid, retain in handed["queue"]:
                     s.offer(Msg(topic, payload, qos, mid, retain), [])
                 # QoS 2 publishes it received and has not seen released: a resend is not a new message
@@ -435,6 +498,10 @@ class MqttCore:
         for seg, doc in (tree.get("retained") or {}).items():
             self._retain_doc(unescape(seg), doc)
         self.bridges.load(tree.get("bridges"))
+        self.owners.load(tree.get("sessions"))
+        for cid, s in list(self.sessions.items()):
+            if not s.clean and s.conn is None and not self.owners.mine(cid, s.epoch):
+                self._discard(s)  # taken over or ended elsewhere while this node was away
         self.routes_loaded = True
         self._sync_routes(None)
 
@@ -456,6 +523,18 @@ class MqttCore:
                 self.routes.remove_route(node, flt)
             else:
                 self.routes.add_route(node, flt)
+        elif rel[0] == "sessions" and len(rel) == 2:
+            cid, owner = self.owners.event(rel[1], value)
+            s = self.sessions.get(cid)
+            connecting = any(tk["cid"] == cid for tk in self.takeovers.values())
+            if s is not None and not s.clean and owner != (self.node_id, s.epoch) and not connecting:
+                # another node holds the session now: our client is stale there, our copy waits
+                # for the new owner's takeover request and is dropped if none comes
+                if s.conn is not None:
+                    self.conns.pop(s.conn, None)
+                    self._close(s.conn)
+                    s.conn = None
+                self.doomed[cid] = self.clock + self.t.moved_grace_s
         elif rel[0] == "bridges" and len(rel) == 2:
             self.bridges.set(rel[1], value)
         elif rel[0] == "retained" and len(rel) in (2, 3):
@@ -538,17 +617,41 @@ class MqttCore:
                     (topic not in self.retained and len(self.retained) >= self.t.retained_max):
                 self.stats["dropped"] += 1
                 return  # delivered, not retained: over the bounds
-            self.retained[topic] = (payload, qos)
             mut = Mutation(path, "set", {"p": base64.b64encode(payload).decode(), "q": qos})
         else:
-            self.retained.pop(topic, None)  # MQTT-3.3.1-10: an empty payload clears it
-            mut = Mutation(path, "delete")
+            mut = Mutation(path, "delete")  # MQTT-3.3.1-10: an empty payload clears it
+        gen = self.retain_gen[topic] = self.retain_gen.get(topic, 0) + 1
         if settle is not None:
             settle.add()
+            settle.deadline = float("inf")  # acknowledged once stored, not after ack_wait_max_s
+        self._retain_write(topic, mut, settle, gen, self.clock + self.t.claim_wait_s)
 
-        def done(_reply: Any) -> None:
-            if settle is not None:
-                settle.release()
+    def _retain_write(self, topic: str, mut: Mutation, settle: Settle | None, gen: int, until: float) -> None:
+        """Write a retained message to the agency; the publisher is
+        acknowledged once it is committed.  A write that fails is tried
+        again every tick until ``until``; then the publish stays
+        unacknowledged (the client sends it again after reconnecting).  A
+        newer retained publish to the topic supersedes an older one."""
+
+        def done(reply: Any) -> None:
+            current = self.retain_gen.get(topic) == gen
+            if getattr(reply, "status", "") == "ok" or not current:
+                if current:
+                    del self.retain_gen[topic]
+                    if mut.kind == "set":
+                        self._retain_doc(topic, mut.value)  # read your writes; the watch says it too
+                    else:
+                        self.retained.pop(topic, None)
+                if settle is not None:
+                    settle.release()
+            elif self.clock < until:
+                self.retain_retry.append((topic, mut, settle, gen, until))
+            else:
+                del self.retain_gen[topic]
+                self.stats["dropped"] += 1
+                if settle is not None:
+                    settle.done = None  # never acknowledged
+                    settle.release()
 
         self.txns.append((Txn((mut,)), done))
 
@@ -611,9 +714,24 @@ class MqttCore:
             if s is not None and s.keepalive_s and now - c.last_rx > s.keepalive_s * self.t.keepalive_factor:
                 self.record("mqtt.keepalive_timeout", node=self.node_id, client=s.client_id)
                 self._abort(c, now)  # MQTT-3.1.2-24
+        self.clock = now
         for req, tk in list(self.takeovers.items()):
             if now >= tk["deadline"]:
                 self._finish_connect(req, now)  # nodes that did not answer keep nothing we could wait for
+            elif tk["deadline"] == float("inf") and not tk["claiming"]:
+                if now >= tk["claim_until"]:
+                    self._refuse(req)  # the agency cannot say who holds the session: try again later
+                else:
+                    self._claim(req)
+        again, self.retain_retry = self.retain_retry, []
+        for topic, mut, settle, gen, until in again:
+            self._retain_write(topic, mut, settle, gen, until)
+        for cid, until in list(self.doomed.items()):
+            if now >= until:
+                del self.doomed[cid]
+                s = self.sessions.get(cid)
+                if s is not None and not s.clean and not self.owners.mine(cid, s.epoch):
+                    self._discard(s)
         while self.moved_until and self.moved_until[0][0] <= now:
             _, real, value = self.moved_until.pop(0)
             self.moved.remove(real, value)

@@ -76,7 +76,8 @@ class Session:
     """See the module docstring.  ``store`` is None for clean sessions."""
 
     __slots__ = ("client_id", "clean", "conn", "subs", "inflight", "queue", "in_qos2", "next_pid", "n",
-                 "will", "keepalive_s", "dropped", "store", "recent", "_inflight_max", "_queue_max", "_recent_max")
+                 "will", "keepalive_s", "dropped", "store", "recent", "epoch", "_inflight_max", "_queue_max",
+                 "_recent_max")
 
     def __init__(self, client_id: str, clean: bool, store: Any, inflight_max: int, queue_max: int,
                  recent_max: int = 1024) -> None:
@@ -92,6 +93,7 @@ class Session:
         self.will: Will | None = None
         self.keepalive_s = 0
         self.dropped = 0
+        self.epoch = 0  # a persistent session's owner epoch (actors/mqtt_owners.py); 0 for clean ones
         self.store = None if clean else store
         self._inflight_max = inflight_max
         self._queue_max = queue_max
@@ -103,7 +105,7 @@ class Session:
     # ------------------------------------------------------------ durability
     def save_subs(self) -> None:
         if self.store is not None:
-            self.store.put(session_key(self.client_id), json.dumps({"subs": self.subs}).encode())
+            self.store.put(session_key(self.client_id), json.dumps({"subs": self.subs, "epoch": self.epoch}).encode())
 
     def forget(self) -> None:
         """Delete the durable form (a clean session, or one taken over elsewhere)."""
@@ -155,6 +157,16 @@ class Session:
             self._unstore(self.queue.popleft())
             self.dropped += 1
 
+    def adopt(self, pid: int, m: Msg, stage: int) -> None:
+        """An unacknowledged message handed over with its packet id (sent
+        again on ``resume``: PUBLISH with DUP, or PUBREL at stage 2)."""
+        self.remember(m.mid)
+        if self.store is not None:
+            self.n += 1
+            m = m._replace(n=self.n)
+            self.store.put(queue_prefix(self.client_id) + self.n.to_bytes(8, "big"), encode_msg(m))
+        self.inflight[pid] = [m, stage]
+
     def _send_new(self, m: Msg, out: list) -> None:
         pid = self._pid()
         self.inflight[pid] = [m, 1]
@@ -194,7 +206,3 @@ class Session:
         if entry is not None:
             entry[1] = 2
             out.append(Pubrel(pid))
-
-    def pending(self) -> list[Msg]:
-        """Every message not yet acknowledged, in order (for a hand-over)."""
-        return [e[0] for e in self.inflight.values() if e[1] == 1] + list(self.queue)

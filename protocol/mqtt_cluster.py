@@ -16,6 +16,7 @@ from protocol.brief import Brief
 MQTT_ROOT = "/chorus/mqtt"
 ROUTES_ROOT = MQTT_ROOT + "/routes"  # /routes/<node>/<escaped filter> = 1
 RETAINED_ROOT = MQTT_ROOT + "/retained"  # /retained/<escaped topic> = {"p": base64, "q": qos}
+SESSIONS_ROOT = MQTT_ROOT + "/sessions"  # /sessions/<escaped client id> = "<node>:<epoch>" (persistent sessions)
 BRIDGES_ROOT = MQTT_ROOT + "/bridges"  # /bridges/<name> = spec (actors/mqtt_bridge.py)
 
 
@@ -35,6 +36,7 @@ class MqttTuning:
     forward_retry_s: float = 1.0  # resend unacknowledged forward batches after this long
     ack_wait_max_s: float = 5.0  # a publisher's PUBACK waits this long at most for remote nodes
     takeover_wait_s: float = 0.5  # how long a CONNECT waits for other nodes to hand over the session
+    claim_wait_s: float = 5.0  # how long a CONNECT tries to claim or release its session in the agency
     moved_grace_s: float = 10.0  # publishes for a session handed over are passed on this long
     recent_mids_max: int = 1024  # message ids a session remembers to drop duplicates
     route_dead_after_s: float = 30.0  # a node unheard of this long loses its routes

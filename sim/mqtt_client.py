@@ -351,7 +351,9 @@ class ObservedMqttFront(MqttFront):
 
     def on_MqttTakeoverReply(self, msg: MqttTakeoverReply, sender: Any) -> None:
         tk = self.core.takeovers.get(msg.req) if self.core is not None else None
-        if tk is not None and tk["cid"] == msg.client_id and msg.session is not None:  # one the core will use
+        prev = tk["prev"] if tk is not None else None
+        if tk is not None and tk["cid"] == msg.client_id and msg.session is not None and prev is not None \
+                and (msg.node, msg.session.get("epoch")) == tuple(prev):  # the registered owner's: one the core uses
             self.record("mqtt.handover", node=self.boot.node_id, client=msg.client_id, source=msg.node,
                         req=msg.req)
         super().on_MqttTakeoverReply(msg, sender)

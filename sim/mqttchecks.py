@@ -204,7 +204,9 @@ def check_mqtt(history: list[Record], final: MqttFinal, tuning: Any, heal_t: flo
             if not f["present"]:
                 lin = new_lineage(c, x, r.t)
             else:
-                lin = holder.get((c, x)) or handed.get((c, x)) or new_lineage(c, x, r.t)
+                # a handed-over session wins: the core takes one only from the registered owner,
+                # and then drops any copy of its own (actors/mqtt_owners.py)
+                lin = handed.get((c, x)) or holder.get((c, x)) or new_lineage(c, x, r.t)
             holder[(c, x)] = lin
             handed.pop((c, x), None)
         elif k == "mqtt.session_gone":

@@ -42,6 +42,7 @@ class Net:
         self.inbox: dict[tuple[str, str], list] = {}
         self.closed: set[tuple[str, str]] = set()
         self.cut: set[str] = set(down)  # nodes whose messages are lost
+        self.agency_down = False  # every transaction fails (no leader)
         self.cores: dict[str, MqttCore] = {}
         self.epochs = {n: 0 for n in nodes}
         for n in nodes:
@@ -66,7 +67,12 @@ class Net:
             d[parts[-1]] = value
         return tree
 
-    def _apply(self, txn: Txn) -> list:
+    def _apply(self, txn: Txn) -> list | None:
+        """The transaction's change events; None when a precondition fails."""
+        for pre in txn.preconditions:
+            have = self.agency.get(pre.path)
+            if pre.kind == "absent" and have is not None or pre.kind == "equals" and have != pre.value:
+                return None
         events = []
         for m in txn.mutations:
             if m.kind == "set":
@@ -85,11 +91,14 @@ class Net:
                     txns, core.txns = core.txns, []
                     for txn, cb in txns:
                         busy = True
+                        if self.agency_down:
+                            cb(SimpleNamespace(status="fail", result=None))
+                            continue
                         events = self._apply(txn)
                         for other in self.cores.values():
-                            for path, value in events:
+                            for path, value in events or ():
                                 other.agency_event(path, value)
-                        cb(SimpleNamespace(status="ok"))
+                        cb(SimpleNamespace(status="ok", result={"ok": events is not None}))
                 sent: list = []
                 core.routes.flush(self.now, lambda node, m: sent.append((node, m)) or True)
                 sent += core.sends
@@ -315,7 +324,7 @@ def test_client_id_takeover_across_nodes_hands_the_session_over():
     assert ("n1", "old") in net.closed
     got = net.take("n2", "new")
     assert pubs(got) == [("cmd/dev7", b"first", 1)]  # sent again by the new node
-    assert set(net.agency) == {"/chorus/mqtt/routes/n2/tcmd%2Fdev7"}
+    assert net.agency == {"/chorus/mqtt/routes/n2/tcmd%2Fdev7": 1, "/chorus/mqtt/sessions/tdev7": "n2:2"}
     net.send("n3", "p", Publish("cmd/dev7", b"second", 1, packet_id=2))
     assert pubs(net.take("n2", "new")) == [("cmd/dev7", b"second", 1)]
     assert net.take("n1", "old") == []
@@ -352,7 +361,8 @@ def test_routes_of_a_dead_node_are_removed_and_it_registers_them_again():
     net.send("n2", "s", Subscribe(1, (("a", 1),)))
     net.cores["n1"].nodes_dead(["n2"])
     net.pump()
-    assert net.agency == {"/chorus/mqtt/routes/n2/ta": 1}  # n2 saw its route deleted and said it again
+    # n2 saw its route deleted and said it again
+    assert net.agency == {"/chorus/mqtt/routes/n2/ta": 1, "/chorus/mqtt/sessions/tsub": "n2:1"}
     assert net.cores["n3"].routes.routes == {"n2": {"a"}}
 
 
@@ -475,3 +485,75 @@ def test_a_route_of_ours_that_the_boot_read_missed_is_deleted_when_no_session_ne
     core.tick(1.0)
     assert [(t.mutations[0].path, t.mutations[0].kind) for t, _ in core.txns] == [
         ("/chorus/mqtt/routes/n1/tgone%2F%23", "delete")]
+
+
+def test_a_session_cut_off_with_its_node_is_never_resumed_as_present():
+    """The registry (actors/mqtt_owners.py) names one owner per session: a
+    copy left on a node that was cut off is never handed over."""
+    net = Net()
+    net.connect("n1", "c1", "dev", clean=False)
+    net.send("n1", "c1", Subscribe(1, (("old/#", 1),)))
+    net.cut.add("n1")
+    ack = net.connect("n2", "c2", "dev", clean=False)  # n1 does not answer the takeover
+    assert ack.session_present is False
+    assert ("n1", "c1") in net.closed  # n1 saw the registry name n2 and let its client go
+    net.send("n2", "c2", Subscribe(1, (("new/#", 1),)))
+    net.cut.clear()
+    ack = net.connect("n3", "c3", "dev", clean=False)
+    assert ack.session_present is True
+    assert set(net.cores["n3"].sessions["dev"].subs) == {"new/#"}  # n2's session, not n1's stale one
+    assert net.agency["/chorus/mqtt/sessions/tdev"] == "n3:3"
+    net.tick(net.tuning.moved_grace_s)
+    assert "dev" not in net.cores["n1"].sessions and "dev" not in net.cores["n2"].sessions
+
+
+def test_a_restarted_node_keeps_only_the_sessions_the_registry_gives_it():
+    net = Net(("n1", "n2"))
+    net.connect("n1", "c1", "dev", clean=False)
+    net.send("n1", "c1", Subscribe(1, (("x", 1),)))
+    net.cut.add("n1")
+    net.connect("n2", "c2", "dev", clean=False)
+    net.cut.clear()
+    net.boot("n1")  # its store still has the session; the registry says n2
+    assert "dev" not in net.cores["n1"].sessions
+    assert not [k for k in net.agency if k.startswith("/chorus/mqtt/routes/n1/")]
+
+
+def test_takeover_keeps_the_packet_ids_of_unacknowledged_messages():
+    net = Net()
+    net.connect("n1", "old", "dev", clean=False)
+    net.send("n1", "old", Subscribe(1, (("t", 2),)))
+    net.connect("n3", "p", "pub")
+    net.send("n3", "p", Publish("t", b"a", 2, packet_id=1))
+    net.send("n3", "p", Publish("t", b"b", 1, packet_id=2))
+    got = net.take("n1", "old")
+    a, b = [p for p in got if isinstance(p, Publish)]
+    assert net.send("n1", "old", Pubrec(a.packet_id)) == [Pubrel(a.packet_id)]  # a: the client has it
+    net.connect("n2", "new", "dev", clean=False)
+    again = net.take("n2", "new")
+    # a: released again under its id (the client holds it until PUBREL); b: sent again with DUP, same id
+    assert Pubrel(a.packet_id) in again
+    assert [(p.payload, p.packet_id, p.dup) for p in again if isinstance(p, Publish)] == [(b"b", b.packet_id, True)]
+    net.send("n3", "p", Publish("t", b"c", 2, packet_id=3))
+    c = [p for p in net.take("n2", "new") if isinstance(p, Publish)][0]
+    assert c.packet_id not in (a.packet_id, b.packet_id)  # a new message never reuses a held id
+
+
+def test_a_retained_publish_is_acknowledged_only_once_the_agency_stored_it():
+    net = Net(("n1", "n2"))
+    net.connect("n1", "p", "pub")
+    net.agency_down = True
+    assert net.send("n1", "p", Publish("dev/state", b"on", 1, retain=True, packet_id=1)) == []
+    net.tick(1.0)
+    assert net.take("n1", "p") == [] and net.cores["n1"].retained == {}
+    net.agency_down = False
+    net.tick(0.1)  # tried again
+    assert net.take("n1", "p") == [Puback(1)]
+    assert all(c.retained == {"dev/state": (b"on", 1)} for c in net.cores.values())
+    net.agency_down = True
+    net.send("n1", "p", Publish("dev/state", b"off", 1, retain=True, packet_id=2))
+    net.tick(net.tuning.claim_wait_s + 0.1)
+    net.agency_down = False
+    net.tick(0.1)
+    assert net.take("n1", "p") == []  # gave up: never acknowledged, the client sends it again
+    assert all(c.retained == {"dev/state": (b"on", 1)} for c in net.cores.values())

@@ -46,8 +46,6 @@ def test_scenarios_deliver_what_they_must_on_a_few_seeds(name, shipped_run):
         assert m["acked"] > 100 and m["required"] > 100 and m["delivered"] == m["required"], m
 
 
-@pytest.mark.xfail(strict=True, reason="split sessions: a node out of reach during a takeover keeps a session "
-                                       "of its own, which a later takeover hands over as present")
 @pytest.mark.parametrize("name", SCENARIOS)
 def test_scenarios_pass_every_check(name, shipped_run):
     r = shipped_run(name, 1)
