@@ -53,25 +53,21 @@ def shipped_run():
 
 
 @pytest.fixture(scope="session")
-def catching_seed():
-    """``catching_seed(scn, fails, recorded, sweep=False)``: the result of a
-    seed in 1..500 whose run ``fails``, or None.
+def lowest_failing_seed():
+    """``lowest_failing_seed(scn, fails, seeds=500)``: the result of the
+    lowest seed in 1..seeds whose run ``fails``, or None.
 
-    By default the ``recorded`` seed (one that failed before, kept with the
-    test) is replayed first, as hypothesis replays its example database: one
-    run while it still fails.  With ``sweep=True`` (the slow twins), or when
-    the recorded seed no longer fails (a warning says so), the seeds are
-    swept from 1 and the lowest failing one is the answer.  The sweep's two
-    worker processes finish in whatever order the machine schedules them;
-    the answer waits for every lower seed, so it is the same seed on every
-    run, and the sweep stops there."""
-    from sim.runner import run
+    The seeds run in two worker processes and finish in whatever order the
+    machine schedules them; taking the first failure to finish would make
+    the seed a test judges (and so its outcome) depend on that order.  This
+    answers only once every lower seed has finished, so it is the same seed
+    on every run, at the same cost: the sweep stops there."""
     from sim.sweep import sweep
 
-    def lowest(scn, fails):
+    def lowest(scn, fails, seeds: int = 500):
         finished = {}
         nxt = 1
-        for r in sweep(scn, list(range(1, 501)), jobs=2):
+        for r in sweep(scn, list(range(1, seeds + 1)), jobs=2):
             finished[r.seed] = r
             while nxt in finished:
                 r = finished.pop(nxt)
@@ -80,13 +76,28 @@ def catching_seed():
                 nxt += 1
         return None
 
+    return lowest
+
+
+@pytest.fixture(scope="session")
+def catching_seed(lowest_failing_seed):
+    """``catching_seed(scn, fails, recorded, sweep=False)``: the result of a
+    seed in 1..500 whose run ``fails``, or None.
+
+    By default the ``recorded`` seed (one that failed before, kept with the
+    test) is replayed first, as hypothesis replays its example database: one
+    run while it still fails.  With ``sweep=True`` (the slow twins), or when
+    the recorded seed no longer fails (a warning says so), the answer is
+    ``lowest_failing_seed``'s, swept from seed 1."""
+    from sim.runner import run
+
     def catching(scn, fails, recorded: int, sweep: bool = False):
         assert 1 <= recorded <= 500
         if not sweep:
             r = run(scn, recorded)
             if fails(r):
                 return r
-        r = lowest(scn, fails)
+        r = lowest_failing_seed(scn, fails)
         if r is not None and r.seed != recorded:
             warnings.warn(f"{scn.name}: the lowest seed that fails is {r.seed}, not the recorded {recorded}",
                           stacklevel=2)
