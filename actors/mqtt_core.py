@@ -88,7 +88,8 @@ class MqttCore:
         self.owners = SessionOwners(node_id)
         self.retain_gen: dict[str, int] = {}  # topic -> number of its latest retained publish in flight
         self.retain_retry: list[tuple] = []
-        self.doomed: dict[str, float] = {}  # client id -> when to drop our copy (the registry names another owner)
+        self.doomed: dict[str, float | None] = {}
+        self.unseen: dict[str, float] = {}  # node -> seconds since the supervisor heard of it  # client id -> when to drop our copy (the registry names another owner)
         self.clock = 0.0  # the latest time an input brought (for agency callbacks)
         self.local = TopicTrie()  # real filter -> (client id, group or "")
         self.sessions: dict[str, Session] = {}
@@ -231,15 +232,29 @@ class MqttCore:
         c.client_id = cid
         c.pending = []
         self.req += 1
-        tk = {"conn": c.id, "connect": p, "cid": cid, "waiting": set(self.peers), "state": None,
-              "deadline": float("inf"), "claim_until": now + self.t.claim_wait_s, "claiming": False,
-              "prev": None, "epoch": 0}
-        self.takeovers[self.req] = tk
-        self._claim(self.req)
+        self.takeovers[self.req] = {"conn": c.id, "connect": p, "cid": cid, "phase": "", "prev": None, "epoch": 0,
+                                    "state": None, "deadline": 0.0, "how": "",
+                                    # a client that gave up waiting (1.5 x its keep-alive) takes nothing
+                                    "until": now + min(self.t.claim_wait_s, p.keep_alive_s * self.t.keepalive_factor
+                                                       or self.t.claim_wait_s)}
+        self._begin(self.req)
+
+    def _begin(self, req: int) -> None:
+        """A CONNECT's way to its session (``actors/mqtt_owners.py``): fetch
+        the state from the registered owner when that is another node, then
+        claim the session in the agency, then connect.  A clean CONNECT
+        releases the session instead."""
+        tk = self.takeovers[req]
+        prev = tk["prev"] = self.owners.view.get(tk["cid"])
+        tk["state"] = None
+        if tk["connect"].clean_session or prev is None or prev[0] == self.node_id:
+            self._claim(req)
+            return
+        tk["phase"] = "fetch"
+        tk["deadline"] = self.clock + self.t.takeover_wait_s
+        self.sends.append((prev[0], MqttTakeover(tk["cid"], self.node_id, req, False, fetch=True, epoch=prev[1])))
 
     def _claim(self, req: int) -> None:
-        """Claim the session (persistent) or release it (clean) in the
-        agency; the takeover starts once that is committed."""
         tk = self.takeovers[req]
         cid = tk["cid"]
         if tk["connect"].clean_session:
@@ -247,72 +262,126 @@ class MqttCore:
             epoch = 0
         else:
             txn, prev, epoch = self.owners.claim(cid)
-        if txn is None:
-            self._claimed(req, prev, epoch)
+        if prev != tk["prev"]:  # the registry moved on while we fetched: start over from its new owner
+            self._begin(req)
             return
-        tk["claiming"] = True
+        tk["phase"], tk["epoch"] = "claim", epoch
+        if txn is None:
+            self._claimed(req)
+            return
 
         def done(reply: Any) -> None:
-            if self.takeovers.get(req) is not tk:
+            if self.takeovers.get(req) is not tk or tk["phase"] != "claim":
                 return
-            tk["claiming"] = False
             if getattr(reply, "status", "") == "ok" and (getattr(reply, "result", None) or {}).get("ok", True):
-                self._claimed(req, prev, epoch)
-            # else: not committed, or the entry changed meanwhile: the next tick tries again
+                self._claimed(req)
+            else:
+                tk["phase"] = "retry"  # not committed, or the entry changed: the next tick starts over
 
         self.txns.append((txn, done))
 
-    def _claimed(self, req: int, prev: Any, epoch: int) -> None:
+    def _claimed(self, req: int) -> None:
+        """The session is this node's now (or, for a clean CONNECT, nobody's):
+        settle what it is, then every other node drops its copy and closes
+        its connection for the client (MQTT-3.1.4-2).  Done here, not when
+        the client is answered: the registry names this node even if the
+        client has gone meanwhile, so the session must be here."""
         tk = self.takeovers[req]
-        tk["prev"], tk["epoch"] = prev, epoch
-        tk["deadline"] = self.clock + self.t.takeover_wait_s
-        cid = tk["cid"]
+        cid, p = tk["cid"], tk["connect"]
+        s = self.sessions.get(cid)
+        if p.clean_session:
+            how = "clean"
+        elif tk["state"] is not None:
+            how = "handed"  # installed when the state came
+        elif s is not None and not s.clean and tk["prev"] == (self.node_id, s.epoch):
+            how = "kept"
+        else:
+            how = "fresh"
+            if s is not None:
+                self._discard(s)  # a copy the registry no longer gives this node
+            s = self._new_session(cid, False)
+        if s is not None and how != "clean":
+            s.epoch = tk["epoch"]
+            s.save_subs()
+        tk["how"] = how
+        self.record("mqtt.claimed", node=self.node_id, client=cid, how=how,
+                    source=tk["prev"][0] if how == "handed" else None)
         self.doomed.pop(cid, None)
         for node in self.peers:
-            self.sends.append((node, MqttTakeover(cid, self.node_id, req, tk["connect"].clean_session)))
-        if not tk["waiting"]:
-            self._finish_connect(req, self.clock)
+            self.sends.append((node, MqttTakeover(cid, self.node_id, req, p.clean_session)))
+        self._finish_connect(req, self.clock)
 
-    def takeover(self, m: MqttTakeover, now: float) -> MqttTakeoverReply:
-        """Another node has the client now: drop ours, hand the session over."""
+    def takeover(self, m: MqttTakeover, now: float) -> MqttTakeoverReply | None:
+        """Another node takes the client.  ``fetch``: it asks for the state of
+        our session at ``epoch`` -- the client's connection here is closed, the
+        session is kept until the other node's claim commits (then a plain
+        takeover drops it), and publishes that still reach it are passed on.
+        Otherwise: drop the connection and the session (no answer)."""
         s = self.sessions.get(m.client_id)
+        if s is not None and s.conn is not None:
+            c = self.conns.pop(s.conn, None)
+            self._close(s.conn)
+            s.conn = None
+            self.record("mqtt.taken_over", node=self.node_id, client=m.client_id, by=m.node, had_conn=c is not None)
+        if not m.fetch:
+            if s is not None and not any(tk["cid"] == m.client_id for tk in self.takeovers.values()):
+                self._discard(s)
+            return None
         state = None
-        if s is not None:
-            if s.conn is not None:
-                c = self.conns.pop(s.conn, None)
-                self._close(s.conn)
-                s.conn = None
-                self.record("mqtt.taken_over", node=self.node_id, client=m.client_id, by=m.node, had_conn=c is not None)
-            if not s.clean and not m.clean:
-                state = {"subs": dict(s.subs),
-                         # unacknowledged messages keep their packet ids: the client may hold a QoS 2
-                         # one awaiting PUBREL, and a new message under that id would look like a resend
-                         "inflight": [[pid, m.topic, m.payload, m.qos, m.mid, m.retain, stage]
-                                      for pid, (m, stage) in s.inflight.items()],
-                         "next_pid": s.next_pid,
-                         "queue": [[x.topic, x.payload, x.qos, x.mid, x.retain] for x in s.queue],
-                         "in_qos2": sorted(s.in_qos2), "recent": list(s.recent), "epoch": s.epoch}
-                for flt in s.subs:
-                    group, real = parse_shared(flt)
-                    if group is None and self.moved.add(real, (m.client_id, m.node)):
-                        self.moved_until.append((now + self.t.moved_grace_s, real, (m.client_id, m.node)))
-            self._discard(s)
+        if s is not None and not s.clean and s.epoch == m.epoch:
+            state = {"subs": dict(s.subs),
+                     # unacknowledged messages keep their packet ids: the client may hold a QoS 2
+                     # one awaiting PUBREL, and a new message under that id would look like a resend
+                     "inflight": [[pid, x.topic, x.payload, x.qos, x.mid, x.retain, stage]
+                                  for pid, (x, stage) in s.inflight.items()],
+                     "next_pid": s.next_pid,
+                     "queue": [[x.topic, x.payload, x.qos, x.mid, x.retain] for x in s.queue],
+                     "in_qos2": sorted(s.in_qos2), "recent": list(s.recent), "epoch": s.epoch}
+            for flt in s.subs:
+                group, real = parse_shared(flt)
+                if group is None and self.moved.add(real, (m.client_id, m.node)):
+                    self.moved_until.append((now + self.t.moved_grace_s, real, (m.client_id, m.node)))
+            self.doomed[m.client_id] = now + self.t.moved_grace_s  # dropped then, unless claimed back
         return MqttTakeoverReply(m.client_id, self.node_id, m.req, state)
 
     def takeover_reply(self, m: MqttTakeoverReply, now: float) -> None:
         tk = self.takeovers.get(m.req)
-        if tk is None or tk["cid"] != m.client_id:
+        if tk is None or tk["cid"] != m.client_id or tk["phase"] != "fetch" or tk["prev"] is None \
+                or m.node != tk["prev"][0]:
             return
-        tk["waiting"].discard(m.node)
-        prev = tk["prev"]
-        if m.session is not None and prev is not None and (m.node, m.session.get("epoch")) == tuple(prev):
-            tk["state"] = m.session  # only the registered owner's copy, at its epoch: never a stale one
-        if not tk["waiting"]:
-            self._finish_connect(m.req, now)
+        if m.session is not None and m.session.get("epoch") == tk["prev"][1]:
+            tk["state"] = m.session  # the registered owner's copy at its epoch: never a stale one
+            self._install(tk["cid"], m.session)
+        self._claim(m.req)  # (no session there: the owner has nothing to hand over)
 
-    def _refuse(self, req: int) -> None:
+    def _install(self, cid: str, state: dict) -> Session:
+        """A handed-over session, before the claim commits: deliveries queue
+        in it from now on (and passed-on ones find it)."""
+        old = self.sessions.get(cid)
+        if old is not None:
+            self._discard(old)  # a copy of our own the registry no longer gives us
+        s = self._new_session(cid, False)
+        for flt, qos in state["subs"].items():
+            self._add_sub(s, flt, qos)
+        for pid, topic, payload, qos, mid, retain, stage in state.get("inflight", ()):
+            s.adopt(pid, Msg(topic, payload, qos, mid, retain), stage)
+        s.next_pid = state.get("next_pid", s.next_pid)
+        for topic, payload, qos, mid, retain in state["queue"]:
+            s.offer(Msg(topic, payload, qos, mid, retain), [])
+        # QoS 2 publishes it received and has not seen released: a resend is not a new message
+        s.in_qos2.update(state.get("in_qos2", ()))
+        for mid in state.get("recent", ()):  # what it had: passed-on copies are dropped here too
+            s.remember(mid)
+        self._sync_routes(None)
+        return s
+
+    def _refuse(self, req: int, why: str) -> None:
         tk = self.takeovers.pop(req)
-        self.record("mqtt.refused", node=self.node_id, client=tk["cid"], why="session registry unavailable")
+        self.record("mqtt.refused", node=self.node_id, client=tk["cid"], why=why)
+        if tk["state"] is not None:
+            s = self.sessions.get(tk["cid"])
+            if s is not None and s.conn is None:
+                self._discard(s)  # installed for a claim that did not happen: the owner still has it
         if self.conns.pop(tk["conn"], None) is not None:
             self._send(tk["conn"], [Connack(False, REFUSED_SERVER_UNAVAILABLE)])
             self._close(tk["conn"])
@@ -321,7 +390,7 @@ class MqttCore:
         tk = self.takeovers.pop(req)
         c = self.conns.get(tk["conn"])
         if c is None:
-            return  # the client went away meanwhile
+            return  # the client went away meanwhile (the session, if any, stays this node's)
         p: Connect = tk["connect"]
         cid = tk["cid"]
         s = self.sessions.get(cid)
@@ -330,32 +399,11 @@ class MqttCore:
             self._close(s.conn)
             s.conn = None
             self.record("mqtt.taken_over", node=self.node_id, client=cid, by=self.node_id, had_conn=old is not None)
-        if s is not None and (p.clean_session or s.clean or tk["prev"] != (self.node_id, s.epoch)):
-            self._discard(s)  # a clean start, or a copy the registry no longer gives this node
-            s = None
-        present = s is not None
-        if s is not None:
-            s.epoch = tk["epoch"]
-            s.save_subs()
-        if s is None:
-            s = self._new_session(cid, p.clean_session)
-            s.epoch = tk["epoch"]
-            handed = tk["state"]
-            if handed and not p.clean_session:
-                present = True
-                for flt, qos in handed["subs"].items():
-                    self._add_sub(s, flt, qos)
-                for pid, topic, payload, qos, mid, retain, stage in handed.get("inflight", ()):
-                    s.adopt(pid, Msg(topic, payload, qos, mid, retain), stage)
-                s.next_pid = handed.get("next_pid", s.next_pid)
-                for topic, payload, qos, mid, retain in handed["queue"]:
-                    s.offer(Msg(topic, payload, qos, mid, retain), [])
-                # QoS 2 publishes it received and has not seen released: a resend is not a new message
-                s.in_qos2.update(handed.get("in_qos2", ()))
-                for mid in handed.get("recent", ()):  # what it had: passed-on copies are dropped here too
-                    s.remember(mid)
-                self._sync_routes(None)
-            s.save_subs()
+        present = tk["how"] in ("handed", "kept")
+        if tk["how"] == "clean":
+            if s is not None:
+                self._discard(s)
+            s = self._new_session(cid, True)
         s.conn = c.id
         s.will = p.will
         s.keepalive_s = p.keep_alive_s
@@ -501,7 +549,9 @@ class MqttCore:
         self.owners.load(tree.get("sessions"))
         for cid, s in list(self.sessions.items()):
             if not s.clean and s.conn is None and not self.owners.mine(cid, s.epoch):
-                self._discard(s)  # taken over or ended elsewhere while this node was away
+                # taken over or ended elsewhere while this node was away -- or the local agency
+                # peer, itself just restarted, has not caught up yet: judged again later
+                self.doomed.setdefault(cid, None)  # the grace starts at the next tick
         self.routes_loaded = True
         self._sync_routes(None)
 
@@ -528,13 +578,14 @@ class MqttCore:
             s = self.sessions.get(cid)
             connecting = any(tk["cid"] == cid for tk in self.takeovers.values())
             if s is not None and not s.clean and owner != (self.node_id, s.epoch) and not connecting:
-                # another node holds the session now: our client is stale there, our copy waits
-                # for the new owner's takeover request and is dropped if none comes
-                if s.conn is not None:
+                # Another node holds the session now (or nobody): our copy waits for the new
+                # owner's takeover and is judged again then.  Only a later epoch closes our
+                # client: a peer catching up after a restart replays older changes too.
+                if s.conn is not None and owner is not None and owner[1] > s.epoch:
                     self.conns.pop(s.conn, None)
                     self._close(s.conn)
                     s.conn = None
-                self.doomed[cid] = self.clock + self.t.moved_grace_s
+                self.doomed.setdefault(cid, self.clock + self.t.moved_grace_s)
         elif rel[0] == "bridges" and len(rel) == 2:
             self.bridges.set(rel[1], value)
         elif rel[0] == "retained" and len(rel) in (2, 3):
@@ -716,18 +767,21 @@ class MqttCore:
                 self._abort(c, now)  # MQTT-3.1.2-24
         self.clock = now
         for req, tk in list(self.takeovers.items()):
-            if now >= tk["deadline"]:
-                self._finish_connect(req, now)  # nodes that did not answer keep nothing we could wait for
-            elif tk["deadline"] == float("inf") and not tk["claiming"]:
-                if now >= tk["claim_until"]:
-                    self._refuse(req)  # the agency cannot say who holds the session: try again later
+            if tk["phase"] == "retry" or tk["phase"] == "fetch" and now >= tk["deadline"]:
+                owner = tk["prev"][0] if tk["prev"] else ""
+                if tk["phase"] == "fetch" and self.unseen.get(owner, 0.0) > self.t.route_dead_after_s:
+                    self._claim(req)  # its node is gone for good: what it held is lost; start afresh
+                elif now >= tk["until"]:
+                    self._refuse(req, "the session's node or the agency did not answer")
                 else:
-                    self._claim(req)
+                    self._begin(req)
         again, self.retain_retry = self.retain_retry, []
         for topic, mut, settle, gen, until in again:
             self._retain_write(topic, mut, settle, gen, until)
         for cid, until in list(self.doomed.items()):
-            if now >= until:
+            if until is None:
+                self.doomed[cid] = now + self.t.moved_grace_s
+            elif now >= until:
                 del self.doomed[cid]
                 s = self.sessions.get(cid)
                 if s is not None and not s.clean and not self.owners.mine(cid, s.epoch):

@@ -198,6 +198,7 @@ class MqttFront(ChorusActor, BridgeShell):
             return
         limit = self.boot.tuning.route_dead_after_s
         seen = dict(msg.seen_ago_s)
+        self.core.unseen = seen
         dead = [n for n in self.core.routes.routes if n != self.boot.node_id and seen.get(n, 0.0) > limit]
         live = [n for n, ago in seen.items() if ago <= limit] + [self.boot.node_id]
         if dead and min(live) == self.boot.node_id:
@@ -243,7 +244,9 @@ class MqttFront(ChorusActor, BridgeShell):
 
     def on_MqttTakeover(self, msg: MqttTakeover, sender: Any) -> None:
         if self.core is not None:
-            self.replies.append((sender, self.core.takeover(msg, self.now())))
+            reply = self.core.takeover(msg, self.now())
+            if reply is not None:
+                self.replies.append((sender, reply))
 
     def on_MqttTakeoverReply(self, msg: MqttTakeoverReply, sender: Any) -> None:
         if self.core is not None:

@@ -47,13 +47,16 @@ def queue_prefix(client_id: str) -> bytes:
     return b"q\x00" + client_id.encode() + b"\x00"
 
 
-def encode_msg(m: Msg) -> bytes:
-    return json.dumps([m.topic, base64.b64encode(m.payload).decode(), m.qos, m.mid, m.retain]).encode()
+def encode_msg(m: Msg, pid: int = 0, stage: int = 0) -> bytes:
+    """A queued message in the store; ``pid``/``stage`` once it was sent
+    (MQTT-4.4.0-1: after a restart it is sent again under the same id)."""
+    return json.dumps([m.topic, base64.b64encode(m.payload).decode(), m.qos, m.mid, m.retain, pid, stage]).encode()
 
 
-def decode_msg(data: bytes, n: int) -> Msg:
-    topic, payload, qos, mid, retain = json.loads(data)
-    return Msg(topic, base64.b64decode(payload), qos, mid, retain, n)
+def decode_msg(data: bytes, n: int) -> tuple[Msg, int, int]:
+    topic, payload, qos, mid, retain, *sent = json.loads(data)
+    pid, stage = sent if len(sent) == 2 else (0, 0)
+    return Msg(topic, base64.b64decode(payload), qos, mid, retain, n), pid, stage
 
 
 _last_qos0: list = [None]
@@ -120,7 +123,12 @@ class Session:
         prefix = queue_prefix(self.client_id)
         for key, value in self.store.scan(prefix, prefix + b"\xff"):
             n = int.from_bytes(key[len(prefix):], "big")
-            self.queue.append(decode_msg(value, n))
+            m, pid, stage = decode_msg(value, n)
+            if pid and pid not in self.inflight:
+                self.inflight[pid] = [m, stage]  # sent before the restart: again under its id
+                self.next_pid = pid % PID_MAX + 1
+            else:
+                self.queue.append(m)
             self.n = max(self.n, n)
 
     def _unstore(self, m: Msg) -> None:
@@ -164,13 +172,19 @@ class Session:
         if self.store is not None:
             self.n += 1
             m = m._replace(n=self.n)
-            self.store.put(queue_prefix(self.client_id) + self.n.to_bytes(8, "big"), encode_msg(m))
+            self.store.put(queue_prefix(self.client_id) + self.n.to_bytes(8, "big"), encode_msg(m, pid, stage))
         self.inflight[pid] = [m, stage]
 
     def _send_new(self, m: Msg, out: list) -> None:
         pid = self._pid()
         self.inflight[pid] = [m, 1]
+        self._mark(m, pid, 1)
         out.append(Publish(m.topic, m.payload, m.qos, m.retain, False, pid))
+
+    def _mark(self, m: Msg, pid: int, stage: int) -> None:
+        """Record under which packet id (and at which stage) a stored message went out."""
+        if self.store is not None and m.n:
+            self.store.put(queue_prefix(self.client_id) + m.n.to_bytes(8, "big"), encode_msg(m, pid, stage))
 
     def _pid(self) -> int:
         while True:
@@ -204,5 +218,7 @@ class Session:
         """PUBREC: the subscriber has the QoS 2 message; release it."""
         entry = self.inflight.get(pid)
         if entry is not None:
-            entry[1] = 2
+            if entry[1] != 2:
+                entry[1] = 2
+                self._mark(entry[0], pid, 2)
             out.append(Pubrel(pid))

@@ -130,13 +130,17 @@ class MqttForwardAck:
 
 @dataclass(frozen=True)
 class MqttTakeover:
-    """Client ``client_id`` connected on ``node``: drop its connection here
-    and hand its session over (``clean``: discard it instead)."""
+    """Client ``client_id`` connects on ``node``.  ``fetch``: hand over the
+    state of the session at ``epoch`` (answered with ``MqttTakeoverReply``;
+    the copy here stays until the new owner's claim commits).  Otherwise
+    the claim has committed: drop the connection and any copy here."""
 
     client_id: str
     node: str
     req: int
     clean: bool
+    fetch: bool = False
+    epoch: int = 0
 
 
 @dataclass(frozen=True)

@@ -170,8 +170,8 @@ def check_mqtt(history: list[Record], final: MqttFinal, tuning: Any, heal_t: flo
     lineages: list[tuple[str, str, float]] = []  # lineage id - 1 -> (client, node, t) where it was born
     holder: dict[tuple[str, str], int] = {}  # (client, node) -> lineage of the session that node holds
     gone: dict[tuple[str, str, str], int | None] = {}  # (client, node, to) -> lineage it gave up to ``to``
-    handed: dict[tuple[str, str], int | None] = {}  # (client, node) -> lineage handed to it, not yet resumed
     conn_lineage: dict[str, int] = {}
+    fresh: dict[tuple[str, str], int] = {}  # (client, node) -> lineage of a fresh claim not yet connected
 
     def new_lineage(client: str, node: str, t: float) -> int:
         lineages.append((client, node, t))
@@ -198,21 +198,28 @@ def check_mqtt(history: list[Record], final: MqttFinal, tuning: Any, heal_t: flo
                     f["client"], f["node"], r.t)
         elif k == "mqttc.suback":
             subacks.setdefault(f["client"], []).append((r.t, f["filters"]))
+        elif k == "mqtt.claimed":
+            # the registry gave the session to this node (actors/mqtt_owners.py): it is what it
+            # fetched from the previous owner, what it had, or new -- whether or not a client is
+            # still there to be told
+            c, x = f["client"], f["node"]
+            if f["how"] == "handed":
+                holder[(c, x)] = gone.get((c, f["source"], x)) or holder.get((c, f["source"])) or \
+                    new_lineage(c, x, r.t)
+            elif f["how"] == "fresh":
+                holder[(c, x)] = fresh[(c, x)] = new_lineage(c, x, r.t)
+            elif f["how"] == "kept":
+                holder.setdefault((c, x), new_lineage(c, x, r.t))
         elif k == "mqtt.connected":
             c, x = f["client"], f["node"]
             located.setdefault(c, []).append((r.t, x))
             if not f["present"]:
-                lin = new_lineage(c, x, r.t)
+                lin = fresh.pop((c, x), None) or new_lineage(c, x, r.t)
             else:
-                # a handed-over session wins: the core takes one only from the registered owner,
-                # and then drops any copy of its own (actors/mqtt_owners.py)
-                lin = handed.get((c, x)) or holder.get((c, x)) or new_lineage(c, x, r.t)
+                lin = holder.get((c, x)) or new_lineage(c, x, r.t)
             holder[(c, x)] = lin
-            handed.pop((c, x), None)
         elif k == "mqtt.session_gone":
             gone[(f["client"], f["node"], f["to"])] = holder.pop((f["client"], f["node"]), None)
-        elif k == "mqtt.handover":
-            handed[(f["client"], f["node"])] = gone.get((f["client"], f["source"], f["node"]))
         elif k == "mqtt.routes":
             tables.setdefault(f["node"], _Intervals()).set(r.t, frozenset(f["routes"]))
         elif k == "sim.crash":

@@ -126,7 +126,9 @@ class Net:
             if seq >= 0:
                 self.cores[src].routes.acked(dst, m.epoch, seq, self.now, target.routes.epoch)
         elif isinstance(m, MqttTakeover):
-            self.cores[src].takeover_reply(target.takeover(m, self.now), self.now)
+            reply = target.takeover(m, self.now)
+            if reply is not None:
+                self.cores[src].takeover_reply(reply, self.now)
 
     def send(self, node: str, conn: str, *packets) -> list:
         self.cores[node].packets(conn, list(packets), self.now)
@@ -487,22 +489,43 @@ def test_a_route_of_ours_that_the_boot_read_missed_is_deleted_when_no_session_ne
         ("/chorus/mqtt/routes/n1/tgone%2F%23", "delete")]
 
 
-def test_a_session_cut_off_with_its_node_is_never_resumed_as_present():
-    """The registry (actors/mqtt_owners.py) names one owner per session: a
-    copy left on a node that was cut off is never handed over."""
+def test_a_session_whose_node_is_cut_off_is_not_replaced_while_that_node_may_return():
+    """The registry (actors/mqtt_owners.py) names one owner per session.  A
+    CONNECT elsewhere fetches the state from it; while it does not answer
+    and is not known dead, the CONNECT is refused rather than given a fresh
+    session the client might take for its own."""
     net = Net()
     net.connect("n1", "c1", "dev", clean=False)
     net.send("n1", "c1", Subscribe(1, (("old/#", 1),)))
     net.cut.add("n1")
-    ack = net.connect("n2", "c2", "dev", clean=False)  # n1 does not answer the takeover
-    assert ack.session_present is False
+    net.send("n2", "c2", Connect("dev", False, 60))
+    net.tick(net.tuning.claim_wait_s / 2)
+    assert net.take("n2", "c2") == []  # still trying
+    net.tick(net.tuning.claim_wait_s)
+    assert net.take("n2", "c2") == [Connack(False, 3)] and ("n2", "c2") in net.closed  # server unavailable
+    assert net.agency["/chorus/mqtt/sessions/tdev"] == "n1:1"  # n1 still holds it
+    net.cut.clear()
+    ack = net.connect("n3", "c3", "dev", clean=False)  # n1 answers again: the session moves, intact
+    assert ack.session_present is True
+    assert set(net.cores["n3"].sessions["dev"].subs) == {"old/#"}
+    assert net.agency["/chorus/mqtt/sessions/tdev"] == "n3:2"
+    assert "dev" not in net.cores["n1"].sessions  # dropped once n3's claim committed
+
+
+def test_a_session_on_a_dead_node_is_started_afresh_and_the_stale_copy_never_resumed():
+    net = Net()
+    net.connect("n1", "c1", "dev", clean=False)
+    net.send("n1", "c1", Subscribe(1, (("old/#", 1),)))
+    net.cut.add("n1")
+    net.cores["n2"].unseen = {"n1": net.tuning.route_dead_after_s + 1}  # the supervisor gave n1 up
+    ack = net.connect("n2", "c2", "dev", clean=False)
+    assert ack.session_present is False  # what n1 held is lost with it
     assert ("n1", "c1") in net.closed  # n1 saw the registry name n2 and let its client go
     net.send("n2", "c2", Subscribe(1, (("new/#", 1),)))
     net.cut.clear()
     ack = net.connect("n3", "c3", "dev", clean=False)
     assert ack.session_present is True
     assert set(net.cores["n3"].sessions["dev"].subs) == {"new/#"}  # n2's session, not n1's stale one
-    assert net.agency["/chorus/mqtt/sessions/tdev"] == "n3:3"
     net.tick(net.tuning.moved_grace_s)
     assert "dev" not in net.cores["n1"].sessions and "dev" not in net.cores["n2"].sessions
 
@@ -512,9 +535,14 @@ def test_a_restarted_node_keeps_only_the_sessions_the_registry_gives_it():
     net.connect("n1", "c1", "dev", clean=False)
     net.send("n1", "c1", Subscribe(1, (("x", 1),)))
     net.cut.add("n1")
+    net.cores["n2"].unseen = {"n1": net.tuning.route_dead_after_s + 1}
     net.connect("n2", "c2", "dev", clean=False)
     net.cut.clear()
     net.boot("n1")  # its store still has the session; the registry says n2
+    # kept for a while (a restarted agency peer may not have caught up yet), then dropped
+    assert "dev" in net.cores["n1"].sessions
+    net.tick(0.1)
+    net.tick(net.tuning.moved_grace_s)
     assert "dev" not in net.cores["n1"].sessions
     assert not [k for k in net.agency if k.startswith("/chorus/mqtt/routes/n1/")]
 
@@ -557,3 +585,22 @@ def test_a_retained_publish_is_acknowledged_only_once_the_agency_stored_it():
     net.tick(0.1)
     assert net.take("n1", "p") == []  # gave up: never acknowledged, the client sends it again
     assert all(c.retained == {"dev/state": (b"on", 1)} for c in net.cores.values())
+
+
+def test_packet_ids_of_a_persistent_session_survive_a_restart_of_its_node():
+    """MQTT-4.4.0-1: after a reconnect the server re-sends unacknowledged
+    PUBLISH and PUBREL packets with their original packet ids -- also when
+    its node restarted in between (the ids are in the session's store)."""
+    net = Net(("n1",))
+    net.connect("n1", "s", "dev", clean=False)
+    net.send("n1", "s", Subscribe(1, (("t", 2),)))
+    net.connect("n1", "p", "pub")
+    net.send("n1", "p", Publish("t", b"a", 2, packet_id=1))
+    net.send("n1", "p", Publish("t", b"b", 1, packet_id=2))
+    a, b = [p for p in net.take("n1", "s") if isinstance(p, Publish)]
+    net.send("n1", "s", Pubrec(a.packet_id))
+    net.boot("n1")
+    net.connect("n1", "s2", "dev", clean=False)
+    again = net.take("n1", "s2")
+    assert again[0] == Pubrel(a.packet_id)
+    assert [(p.payload, p.packet_id, p.dup) for p in again[1:]] == [(b"b", b.packet_id, True)]
