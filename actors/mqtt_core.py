@@ -245,6 +245,10 @@ class MqttCore:
         claim the session in the agency, then connect.  A clean CONNECT
         releases the session instead."""
         tk = self.takeovers[req]
+        if tk["state"] is not None:  # starting over: what we fetched is not ours to keep
+            s = self.sessions.get(tk["cid"])
+            if s is not None and s.conn is None:
+                self._discard(s)
         prev = tk["prev"] = self.owners.view.get(tk["cid"])
         tk["state"] = None
         if tk["connect"].clean_session or prev is None or prev[0] == self.node_id:
