@@ -327,10 +327,13 @@ class MqttCore:
             self._close(s.conn)
             s.conn = None
             self.record("mqtt.taken_over", node=self.node_id, client=m.client_id, by=m.node, had_conn=c is not None)
+        connecting = any(tk["cid"] == m.client_id for tk in self.takeovers.values())
         if not m.fetch:
-            if s is not None and not any(tk["cid"] == m.client_id for tk in self.takeovers.values()):
+            if s is not None and not connecting:
                 self._discard(s)
             return None
+        if connecting:
+            return None  # claiming it ourselves: no answer yet (the asker tries again), never a wrong "none"
         state = None
         if s is not None and not s.clean and s.epoch == m.epoch:
             state = {"subs": dict(s.subs),
