@@ -34,7 +34,7 @@ from actors.mqtt_trie import TopicTrie
 from protocol.mqtt import parse_shared
 from protocol.mqtt_cluster import Fwd, MqttBugs, MqttForward, MqttTuning
 
-RETRY_MAX_S = 8.0  # the longest wait between two resends of unacknowledged forward batches
+RETRY_MAX_S = 3.0  # the longest wait between two resends of unacknowledged forward batches
 
 
 def escape(name: str) -> str:
