@@ -33,6 +33,13 @@ def fake_cases(monkeypatch, calls: list):
         return Result(bench.FAILOVER, 5, 0.0, 0, [], {"killed": "n1", "new_leader": "n2", "outage_s": 1.0,
                                                        "leader_seen_s": 0.5, "failed": 0})
 
+    def mqtt(base, case, seconds, size, progress, **opts):
+        progress(0)
+        progress(10)
+        calls.append(("mqtt", case))
+        return Result(f"MQTT {case}", 10, 1.0, 10 * size, [4.0])
+
+    monkeypatch.setattr(bench, "run_mqtt", mqtt)
     monkeypatch.setattr(bench, "run_throughput", throughput)
     monkeypatch.setattr(bench, "run_e2e", e2e)
     monkeypatch.setattr(bench, "run_failover", failover)
@@ -45,9 +52,9 @@ def test_run_returns_and_writes_what_the_cases_return(monkeypatch, tmp_path: Pat
     out = tmp_path / "bench.json"
     results = bench.run(list(bench.CASES), 4000, 100, 1000, 2.0, str(out))
     assert calls == [("throughput", 1, "one", 4000), ("throughput", 3, "quorum", 4000), ("e2e", 3), ("e2e", 1),
-                     ("failover",)]
+                     ("failover",), ("mqtt", "mqtt-qos0"), ("mqtt", "mqtt-qos1"), ("mqtt", "mqtt-cross")]
     assert [r.case for r in results] == ["1 nodes, one", "3 nodes, quorum", "end to end", "end to end",
-                                         bench.FAILOVER]
+                                         bench.FAILOVER, "MQTT mqtt-qos0", "MQTT mqtt-qos1", "MQTT mqtt-cross"]
     assert json.loads(out.read_text()) == [r.row() for r in results]
 
 
