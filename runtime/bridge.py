@@ -176,6 +176,58 @@ class _Conn(asyncio.Protocol):
             self.transport.close()
 
 
+class LoopThread:
+    """An asyncio loop in a daemon thread of the actor's process: ``start``
+    runs ``_listen()`` in it (and raises what that raised), then the loop
+    runs until ``stop``, which runs ``_shutdown()`` in it first."""
+
+    _what = "I/O thread"
+
+    def _init_loop(self, thread_name: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name=thread_name, daemon=True)
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+
+    def start(self, timeout_s: float = 10.0) -> Any:
+        self._thread.start()
+        if not self._ready.wait(timeout_s):
+            raise RuntimeError(f"{self._what} did not start")
+        if self._error is not None:
+            raise RuntimeError(f"{self._what}: cannot listen: {self._error}") from self._error
+        return self
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_until_complete(self._listen())
+        except BaseException as exc:  # reported to start()
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        self._started()
+        self.loop.run_forever()
+
+    async def _listen(self) -> None:
+        raise NotImplementedError
+
+    def _started(self) -> None:
+        """Runs in the loop's thread once ``_listen`` is done."""
+
+    async def _shutdown(self) -> None:
+        """Close servers and connections (in the loop's thread)."""
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            try:
+                asyncio.run_coroutine_threadsafe(self._shutdown(), self.loop).result(5)
+            except Exception:
+                pass
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(5)
+
+
 class Inbox:
     """Events from an I/O thread to an actor: a deque, and one byte on a
     socketpair (which the actor watches with ``ThespianWatch``) whenever
@@ -219,7 +271,7 @@ class Inbox:
         return out
 
 
-class IOBridge:
+class IOBridge(LoopThread):
     """The I/O side of a Dispatcher: see the module docstring."""
 
     def __init__(self, cfg: ListenConfig, *, node_id: str, cluster_id: str, gateway_factory: Any = None) -> None:
@@ -234,35 +286,15 @@ class IOBridge:
         self._tokens = itertools.count(1)
         self._admin: dict[int, asyncio.Future] = {}
         self._gateway_factory = gateway_factory
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._run, name="chorus-io", daemon=True)
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
+        self._init_loop("chorus-io")
         self.client_port = 0
         self.http_port = 0
         self._servers: list[Any] = []
         self._runner: Any = None
 
     # ------------------------------------------------------------ lifecycle
-    def start(self, timeout_s: float = 10.0) -> "IOBridge":
-        self._thread.start()
-        if not self._ready.wait(timeout_s):
-            raise RuntimeError("I/O thread did not start")
-        if self._error is not None:
-            raise RuntimeError(f"cannot listen: {self._error}") from self._error
-        return self
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        try:
-            self.loop.run_until_complete(self._listen())
-        except BaseException as exc:  # reported to start()
-            self._error = exc
-            self._ready.set()
-            return
-        self._ready.set()
+    def _started(self) -> None:
         self.loop.create_task(self._reaper())
-        self.loop.run_forever()
 
     async def _listen(self) -> None:
         cfg = self.cfg
@@ -304,22 +336,13 @@ class IOBridge:
         if self._conns.pop(conn.id, None) is not None:
             self._post(("closed", conn.id))
 
-    def stop(self) -> None:
-        async def _stop() -> None:
-            for s in self._servers:
-                s.close()
-            for c in list(self._conns.values()):
-                c._close()
-            if self._runner is not None:
-                await self._runner.cleanup()
-
-        if self._thread.is_alive():
-            try:
-                asyncio.run_coroutine_threadsafe(_stop(), self.loop).result(5)
-            except Exception:
-                pass
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self._thread.join(5)
+    async def _shutdown(self) -> None:
+        for s in self._servers:
+            s.close()
+        for c in list(self._conns.values()):
+            c._close()
+        if self._runner is not None:
+            await self._runner.cleanup()
 
     # ------------------------------------------------------- actor <- I/O
     def _post(self, event: tuple) -> None:

@@ -25,7 +25,6 @@ import asyncio
 import itertools
 import logging
 import socket
-import threading
 from typing import Any
 
 from protocol.mqtt import (
@@ -38,7 +37,7 @@ from protocol.mqtt import (
     encode_publish,
 )
 from protocol.mqtt_cluster import MqttListenConfig
-from runtime.bridge import Inbox
+from runtime.bridge import Inbox, LoopThread
 
 log = logging.getLogger("chorus.mqtt")
 
@@ -94,8 +93,10 @@ class _Conn(asyncio.Protocol):
             self.transport.close()
 
 
-class MqttListener:
+class MqttListener(LoopThread):
     """See the module docstring."""
+
+    _what = "MQTT listener"
 
     def __init__(self, cfg: MqttListenConfig) -> None:
         self.cfg = cfg
@@ -104,34 +105,15 @@ class MqttListener:
         self.paused = False
         self._conns: dict[int, _Conn] = {}
         self._ids = itertools.count(1)
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._run, name="chorus-mqtt", daemon=True)
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
+        self._init_loop("chorus-mqtt")
         self._server: Any = None
         self.port = 0
 
     # ------------------------------------------------------------ lifecycle
-    def start(self, timeout_s: float = 10.0) -> "MqttListener":
-        self._thread.start()
-        if not self._ready.wait(timeout_s):
-            raise RuntimeError("MQTT I/O thread did not start")
-        if self._error is not None:
-            raise RuntimeError(f"cannot listen for MQTT: {self._error}") from self._error
-        return self
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        try:
-            self._server = self.loop.run_until_complete(
-                self.loop.create_server(self._accept, self.cfg.host, self.cfg.port, reuse_address=True, backlog=512))
-            self.port = self._server.sockets[0].getsockname()[1]
-        except BaseException as exc:  # reported to start()
-            self._error = exc
-            self._ready.set()
-            return
-        self._ready.set()
-        self.loop.run_forever()
+    async def _listen(self) -> None:
+        self._server = await self.loop.create_server(self._accept, self.cfg.host, self.cfg.port,
+                                                     reuse_address=True, backlog=512)
+        self.port = self._server.sockets[0].getsockname()[1]
 
     def _accept(self) -> _Conn:
         conn = _Conn(self, next(self._ids))
@@ -147,20 +129,11 @@ class MqttListener:
             conn.transport.write(encode(Connack(False, 3)))
             conn.close()
 
-    def stop(self) -> None:
-        async def _stop() -> None:
-            if self._server is not None:
-                self._server.close()
-            for c in list(self._conns.values()):
-                c.close()
-
-        if self._thread.is_alive():
-            try:
-                asyncio.run_coroutine_threadsafe(_stop(), self.loop).result(5)
-            except Exception:
-                pass
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self._thread.join(5)
+    async def _shutdown(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for c in list(self._conns.values()):
+            c.close()
 
     # ------------------------------------------------------- actor <- I/O
     def _post(self, event: tuple, count: int = 1) -> None:
