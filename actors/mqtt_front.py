@@ -117,7 +117,14 @@ class MqttFront(ChorusActor, BridgeShell):
         self.watch_id = f"mqtt-{msg.node_id}-{epoch}"
         self._peers(msg.peers)
         if msg.listen is not None:
-            self.listener = self.host.open_mqtt_listener(msg.listen)
+            try:
+                self.listener = self.host.open_mqtt_listener(msg.listen)
+            except RuntimeError as exc:  # the port is taken, or not ours to bind
+                self.record("mqtt.listen_failed", node=msg.node_id, error=str(exc))
+                if sender is not None:
+                    self.send(sender, ("mqtt-failed", str(exc)))
+                self.core = None  # this node serves no MQTT; the launcher stops
+                return
         self.record("mqtt.boot", node=msg.node_id, epoch=epoch,
                     port=self.listener.port if self.listener is not None else None)
         self._load()

@@ -351,6 +351,9 @@ class Node:
                         ((cfg.node_id, self.addrs["mqtt"]),), listen, host=self.host_cfg,
                         node=self.addrs["node"], dispatcher=self.addrs["dispatcher"])
         reply = self.asys.ask(self.addrs["mqtt"], boot, 20)
+        if isinstance(reply, tuple) and reply and reply[0] == "mqtt-failed":
+            raise SystemExit(f"node {cfg.node_id}: cannot serve MQTT on {cfg.host}:{cfg.mqtt_port}: {reply[1]} "
+                             "(choose another --mqtt-port, or -1 for none)")
         if not (isinstance(reply, tuple) and reply and reply[0] == "mqtt-listening"):
             raise RuntimeError(f"the MQTT front end did not start (answer: {reply!r}); see {data / 'logs'}")
         self.mqtt_port = reply[1]

@@ -358,3 +358,21 @@ def test_persistent_session_survives_its_node_restart(three: RealCluster) -> Non
     assert s.get(1)[0][1] == b"after restart"
     s.close()
     p.close()
+
+
+def test_a_taken_mqtt_port_is_a_clear_error(tmp_path) -> None:
+    from runtime.agency_local import free_port
+    from runtime.local_cluster import spawn_node
+    from runtime.node import NodeConfig
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cfg = NodeConfig(node_id="n1", data_dir=str(tmp_path / "n1"), client_port=free_port(),
+                         http_port=free_port(), admin_port=free_port(), mqtt_port=port)
+        proc = spawn_node(cfg, tmp_path / "out.txt")
+        assert proc.wait(90) != 0
+    out = (tmp_path / "out.txt").read_text()
+    assert f"cannot serve MQTT on 127.0.0.1:{port}" in out and "--mqtt-port" in out, out
+    assert "Traceback" not in out
