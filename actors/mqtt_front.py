@@ -137,6 +137,13 @@ class MqttFront(ChorusActor, BridgeShell):
         if self.core is not None:
             self.core.peers = sorted(self.peer_addrs)
 
+    def on_ActorExitRequest(self, msg: Any, sender: Any) -> None:
+        """The node shuts down: close the MQTT sockets now, so the process
+        leaves at once and clients see the connection close."""
+        if self.listener is not None:
+            self.listener.stop()
+            self.listener = None
+
     def on_MqttPeers(self, msg: MqttPeers, sender: Any) -> None:
         if self.boot is not None:
             self._peers(msg.peers)
