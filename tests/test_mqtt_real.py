@@ -56,9 +56,17 @@ class Client:
         self.c.on_disconnect = lambda _c, _u, _f, rc, _p: self.disconnects.put(rc)
         if will:
             self.c.will_set(*will)
-        self.c.connect(*addr, keepalive=keepalive)
-        self.c.loop_start()
-        self.session_present, rc = self.connacks.get(timeout=WAIT_S)
+        deadline = time.monotonic() + WAIT_S
+        while True:
+            self.c.connect(*addr, keepalive=keepalive)
+            self.c.loop_start()
+            self.session_present, rc = self.connacks.get(timeout=WAIT_S)
+            # 3, "server unavailable": the node cannot settle the session yet (its agency
+            # peer is still catching up after a restart); a client tries again, so do we
+            if rc != 3 or time.monotonic() > deadline:
+                break
+            self.c.loop_stop()
+            time.sleep(0.5)
         assert rc == 0
 
     def sub(self, *filters: tuple[str, int]) -> None:
