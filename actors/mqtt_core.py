@@ -97,7 +97,7 @@ class MqttCore:
         self.filter_refs: dict[str, int] = {}  # filter as subscribed -> local sessions with it
         self.retained: dict[str, tuple[bytes, int]] = {}
         self.peers: list[str] = []  # other nodes' ids
-        self.takeovers: dict[int, dict] = {}  # req -> {"conn", "connect", "waiting", "state", "deadline"}
+        self.takeovers: dict[int, dict] = {}  # CONNECTs on their way to a session: req -> state (_connect)
         self.req = 0
         self.mids = 0
         self.route_waiters: list[tuple[set[str], Callable[[], None]]] = []
