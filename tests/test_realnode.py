@@ -295,7 +295,8 @@ def test_nodes_find_each_other_through_a_convention_with_several_leaders(tmp_pat
         _wait_for("x1 refused", lambda: "x1" in c.get("n2", "/cluster/directory")["convention_refused"])
         d2 = c.get("n2", "/cluster/directory")
         assert "x1" not in d2["convention"] and "x1" not in {n["node_id"] for n in d2["nodes"]}
-        assert "n2" in c.get("x1", "/cluster/directory")["convention_refused"]
+        # and x1 refuses n2: it hears of its leader through its own convention update, a moment later
+        _wait_for("n2 refused by x1", lambda: "n2" in c.get("x1", "/cluster/directory")["convention_refused"])
     finally:
         assert c.stop_all() == []
 
