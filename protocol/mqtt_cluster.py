@@ -35,8 +35,10 @@ class MqttTuning:
     forward_queue_max: int = 100_000  # publishes waiting per destination node (oldest dropped)
     forward_retry_s: float = 1.0  # resend unacknowledged forward batches after this long
     ack_wait_max_s: float = 5.0  # a publisher's PUBACK waits this long at most for remote nodes
-    takeover_wait_s: float = 0.5  # how long a CONNECT waits for other nodes to hand over the session
-    claim_wait_s: float = 5.0  # how long a CONNECT tries to claim or release its session in the agency
+    takeover_wait_s: float = 0.5  # how long a CONNECT waits for the session's owner to answer a fetch (then asks again)
+    # how long a CONNECT tries to fetch and claim (or release) its session before CONNACK 3;
+    # also how long a retained write is tried before its publish is left unacknowledged
+    claim_wait_s: float = 5.0
     moved_grace_s: float = 10.0  # publishes for a session handed over are passed on this long
     recent_mids_max: int = 1024  # message ids a session remembers to drop duplicates
     route_dead_after_s: float = 30.0  # a node unheard of this long loses its routes
