@@ -54,7 +54,9 @@ from protocol.mqtt import (
     Unsubscribe,
     parse_shared,
 )
-from protocol.mqtt_cluster import RETAINED_ROOT, ROUTES_ROOT, Fwd, MqttForward, MqttTakeover, MqttTakeoverReply, MqttTuning
+from protocol.mqtt_cluster import (
+    PASS_HOPS_MAX, RETAINED_ROOT, ROUTES_ROOT, Fwd, MqttForward, MqttTakeover, MqttTakeoverReply, MqttTuning,
+)
 
 PENDING_PACKETS_MAX = 1000  # packets a client may send before its CONNACK
 STATUS_FILTERS_MAX = 100  # route filters per node shown in the status
@@ -756,14 +758,14 @@ class MqttCore:
                 # the broken variant also hides the copy from the sessions' duplicate filter
                 mid = f"{f.mid}+{self._mid()}" if self.routes.bugs.no_forward_dedup else f.mid
                 self._deliver_local(f.topic, f.payload, f.qos, mid, f.groups)
-                if len(self.moved) and not f.passed:
+                if len(self.moved) and f.hops < PASS_HOPS_MAX:
                     self._pass_on(f, None)
         return seq
 
     def _pass_on(self, f: Fwd, settle: Settle | None) -> None:
         """Publishes for sessions that moved to another node follow them there."""
         for node in sorted({node for _, (_, node) in self.moved.match(f.topic)}):
-            self.routes.enqueue(node, Fwd(f.topic, f.payload, f.qos, f.mid, (), True), settle)
+            self.routes.enqueue(node, Fwd(f.topic, f.payload, f.qos, f.mid, (), f.hops + 1), settle)
 
     # -------------------------------------------------------------- time
     def tick(self, now: float) -> None:

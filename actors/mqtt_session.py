@@ -124,6 +124,7 @@ class Session:
         for key, value in self.store.scan(prefix, prefix + b"\xff"):
             n = int.from_bytes(key[len(prefix):], "big")
             m, pid, stage = decode_msg(value, n)
+            self.remember(m.mid)  # a copy still on its way here (passed on, resent) is not a new message
             if pid and pid not in self.inflight:
                 self.inflight[pid] = [m, stage]  # sent before the restart: again under its id
                 self.next_pid = pid % PID_MAX + 1

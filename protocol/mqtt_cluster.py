@@ -91,6 +91,9 @@ class MqttPeers:
     peers: tuple[tuple[str, Any], ...]
 
 
+PASS_HOPS_MAX = 3  # a session moved twice before a forward caught up with it still gets it
+
+
 @dataclass(frozen=True)
 class Fwd:
     """One publish forwarded to a node: ``groups`` are the shared
@@ -101,7 +104,9 @@ class Fwd:
     qos: int
     mid: str  # origin-unique message id (for tracing and the checker)
     groups: tuple[tuple[str, str], ...] = ()
-    passed: bool = False  # passed on after a session moved: not passed on again (no rounds between nodes)
+    #: times passed on after a session moved; at ``PASS_HOPS_MAX`` not passed on again (two sessions
+    #: that moved in opposite directions would otherwise send it round between their old nodes)
+    hops: int = 0
 
 
 @dataclass(frozen=True)
