@@ -29,7 +29,7 @@ import json
 from typing import Any, Callable
 
 from actors.mqtt_bridge import LogBridges
-from actors.mqtt_owners import SessionOwners
+from actors.mqtt_owners import SessionExpiry, SessionOwners
 from actors.mqtt_routes import RouteTable, Settle, escape, unescape
 from actors.mqtt_session import Msg, Session
 from actors.mqtt_trie import TopicTrie
@@ -90,8 +90,9 @@ class MqttCore:
         self.owners = SessionOwners(node_id)
         self.retain_gen: dict[str, int] = {}  # topic -> number of its latest retained publish in flight
         self.retain_retry: list[tuple] = []
-        self.doomed: dict[str, float | None] = {}
-        self.unseen: dict[str, float] = {}  # node -> seconds since the supervisor heard of it  # client id -> when to drop our copy (the registry names another owner)
+        self.doomed: dict[str, float | None] = {}  # client id -> when to drop our copy (the registry names another owner)
+        self.unseen: dict[str, float] = {}  # node -> seconds since the supervisor heard of it
+        self.expiry = SessionExpiry(tuning.session_expiry_s, tuning.session_expiry_scan_s)
         self.clock = 0.0  # the latest time an input brought (for agency callbacks)
         self.local = TopicTrie()  # real filter -> (client id, group or "")
         self.sessions: dict[str, Session] = {}
@@ -211,6 +212,8 @@ class MqttCore:
     def _gone(self, c: _Conn, now: float) -> None:
         if self.conns.pop(c.id, None) is None:
             return
+        if c.session is None:
+            self._abandon(c.id)
         s = c.session
         if s is None or s.conn != c.id:
             return  # never connected, or taken over already
@@ -222,6 +225,20 @@ class MqttCore:
         if s.clean:
             self._discard(s)
         self.record("mqtt.disconnected", node=self.node_id, client=s.client_id, graceful=c.graceful)
+
+    def _abandon(self, conn_id: Any) -> None:
+        """The client went away before its CONNACK: a connect still on its way
+        to the session stops there, so that it cannot take the session from
+        the node the client tries next (found by the simulator).  A claim
+        already sent to the agency cannot be called back: its outcome stands.
+        A copy installed for a claim that may have committed is kept for the
+        grace and dropped then unless the registry names this node."""
+        for req, tk in list(self.takeovers.items()):
+            if tk["conn"] == conn_id and tk["phase"] in ("fetch", "retry"):
+                del self.takeovers[req]
+                if tk["state"] is not None:
+                    self.doomed.setdefault(tk["cid"], None)
+                self.record("mqtt.abandoned", node=self.node_id, client=tk["cid"], phase=tk["phase"])
 
     # ---------------------------------------------------------- CONNECT
     def _connect(self, c: _Conn, p: Connect, now: float) -> None:
@@ -762,6 +779,25 @@ class MqttCore:
                     self._pass_on(f, None)
         return seq
 
+    def _expire(self, now: float) -> None:
+        """End the persistent sessions offline for ``session_expiry_s``, and
+        drop registry entries that name this node for a session it does not
+        have (one that expired while the agency could not be written, or one
+        whose claim committed after its CONNECT gave up): every entry then
+        stands for a session, at most ``sessions_max`` per node."""
+        busy = {tk["cid"] for tk in self.takeovers.values()}
+        offline = [cid for cid, s in self.sessions.items()
+                   if not s.clean and s.conn is None and cid not in busy and cid not in self.doomed]
+        for cid in self.expiry.scan(offline, now):
+            s = self.sessions[cid]
+            self.record("mqtt.expired", node=self.node_id, client=cid, queued=len(s.queue) + len(s.inflight))
+            self._discard(s)
+        for cid, (node, _epoch) in sorted(self.owners.view.items()):
+            if node == self.node_id and cid not in self.sessions and cid not in busy:
+                txn, _prev = self.owners.release(cid)
+                if txn is not None:
+                    self.txns.append((txn, lambda reply: None))  # a failed one is tried at the next scan
+
     def _pass_on(self, f: Fwd, settle: Settle | None) -> None:
         """Publishes for sessions that moved to another node follow them there."""
         for node in sorted({node for _, (_, node) in self.moved.match(f.topic)}):
@@ -795,6 +831,8 @@ class MqttCore:
                 s = self.sessions.get(cid)
                 if s is not None and not s.clean and not self.owners.mine(cid, s.epoch):
                     self._discard(s)
+        if self.routes_loaded and self.expiry.due(now):
+            self._expire(now)
         while self.moved_until and self.moved_until[0][0] <= now:
             _, real, value = self.moved_until.pop(0)
             self.moved.remove(real, value)

@@ -85,3 +85,33 @@ class SessionOwners:
 
     def mine(self, cid: str, epoch: int) -> bool:
         return self.view.get(cid) == (self.node_id, epoch)
+
+
+class SessionExpiry:
+    """Which persistent sessions have been offline for ``expiry_s`` (as
+    EMQX ends MQTT 3.1.1 sessions after its session expiry interval): their
+    queue, subscriptions and registry entry go, so that client ids that never
+    come back do not hold the registry forever.  A scan every ``scan_s``
+    notes when each session was first seen offline; precision is one scan."""
+
+    def __init__(self, expiry_s: float, scan_s: float) -> None:
+        self.expiry_s = expiry_s
+        self.scan_s = scan_s
+        self.next_scan = 0.0
+        self.offline_since: dict[str, float] = {}  # client id -> first scan that saw it offline
+
+    def due(self, now: float) -> bool:
+        if now < self.next_scan:
+            return False
+        self.next_scan = now + self.scan_s
+        return True
+
+    def scan(self, offline: list[str], now: float) -> list[str]:
+        """``offline``: the persistent sessions with no connection and no
+        CONNECT on its way to them.  Returns those to end now."""
+        since = {cid: self.offline_since.get(cid, now) for cid in offline}
+        ended = [cid for cid, t in since.items() if now - t >= self.expiry_s]
+        for cid in ended:
+            del since[cid]
+        self.offline_since = since
+        return ended

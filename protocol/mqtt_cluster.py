@@ -42,6 +42,9 @@ class MqttTuning:
     moved_grace_s: float = 10.0  # publishes for a session handed over are passed on this long
     recent_mids_max: int = 1024  # message ids a session remembers to drop duplicates
     route_dead_after_s: float = 30.0  # a node unheard of this long loses its routes
+    # a persistent session offline this long ends (its queue, subscriptions and registry entry go)
+    session_expiry_s: float = 7200.0
+    session_expiry_scan_s: float = 10.0  # how often offline sessions are looked at (the expiry's precision)
     keepalive_factor: float = 1.5  # MQTT-3.1.2-24
     tick_s: float = 0.1
 

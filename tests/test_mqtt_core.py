@@ -633,3 +633,59 @@ def test_a_restored_session_drops_a_late_copy_of_a_message_it_restored():
     net.cores["n1"]._pass_on(Fwd("t", b"once", 2, mid), None)
     net.pump()
     assert net.take("n2", "s2") == []
+
+
+def test_a_connect_the_client_gave_up_on_takes_nothing():
+    """A client whose CONNECT waits on a node cut off from the session's
+    owner gives up and connects elsewhere; the abandoned attempt must not go
+    on to take the session from the connection the client has now (found by
+    the simulator: the later connection was closed and its messages went
+    round after the session)."""
+    net = Net()
+    net.connect("n1", "s", "dev", clean=False)
+    net.send("n1", "s", Subscribe(1, (("t", 1),)))
+    net.cores["n1"].closed("s", net.now)
+    net.cut.add("n1")
+    assert net.send("n2", "a", Connect("dev", False, 10)) == []  # fetching from n1: no answer yet
+    net.cores["n2"].closed("a", net.now)
+    net.cut.clear()
+    assert net.connect("n3", "b", "dev", clean=False).session_present is True
+    for _ in range(5):
+        net.tick(net.tuning.takeover_wait_s)
+    assert net.agency["/chorus/mqtt/sessions/tdev"].startswith("n3:")
+    assert ("n3", "b") not in net.closed
+    net.connect("n2", "p", "pub")
+    net.send("n2", "p", Publish("t", b"still here", 1, packet_id=1))
+    assert pubs(net.take("n3", "b")) == [("t", b"still here", 1)]
+
+
+def test_a_persistent_session_offline_past_its_expiry_ends_with_its_registry_entry():
+    """The session-owner registry holds one entry per persistent client id:
+    one that never comes back must not hold it forever."""
+    net = Net(("n1", "n2"), tuning=MqttTuning(session_expiry_s=60, session_expiry_scan_s=10))
+    net.connect("n1", "s", "gone", clean=False)
+    net.send("n1", "s", Subscribe(1, (("t", 1),)))
+    net.connect("n1", "k", "kept", clean=False)  # stays connected: never expires
+    net.cores["n1"].closed("s", net.now)
+    net.connect("n2", "p", "pub")
+    net.send("n2", "p", Publish("t", b"queued", 1, packet_id=1))
+    for _ in range(5):
+        net.tick(10)
+    assert "/chorus/mqtt/sessions/tgone" in net.agency  # 50 s offline: still there
+    for _ in range(3):
+        net.tick(10)
+    assert "/chorus/mqtt/sessions/tgone" not in net.agency
+    assert "gone" not in net.cores["n1"].sessions
+    assert not [k for k in net.agency if k.startswith("/chorus/mqtt/routes/n1/")]  # its route went with it
+    assert net.agency["/chorus/mqtt/sessions/tkept"].startswith("n1:")
+    assert net.connect("n1", "s2", "gone", clean=False).session_present is False
+
+
+def test_a_registry_entry_for_a_session_this_node_does_not_have_is_released():
+    net = Net(("n1", "n2"))
+    net.connect("n1", "s", "ghost", clean=False)
+    net.cores["n1"].closed("s", net.now)
+    net.cores["n1"]._discard(net.cores["n1"].sessions["ghost"])  # e.g. expired while the agency was down
+    assert "/chorus/mqtt/sessions/tghost" in net.agency
+    net.tick(net.tuning.session_expiry_scan_s)
+    assert "/chorus/mqtt/sessions/tghost" not in net.agency
