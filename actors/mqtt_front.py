@@ -50,6 +50,7 @@ EPOCH_KEY = b"epoch"
 NODES_QUERY_S = 1.0
 REWATCH_S = 5.0
 AGENCY_WAITERS_MAX = 10_000
+AGENCY_REPLY_WAIT_S = 5.0  # then a request counts as failed (its outcome is unknown)
 
 
 class _Tracked:
@@ -90,7 +91,7 @@ class MqttFront(ChorusActor, BridgeShell):
         self.sim_conns: dict[str, Any] = {}  # simulated connection -> client actor address
         self.replies: list[tuple[Any, Any]] = []
         self.agency_req = 0
-        self.agency_waiters: dict[int, Any] = {}
+        self.agency_waiters: dict[int, tuple[float, Any]] = {}  # req -> (deadline, callback)
         self.revision = 0
         self.watch_id = ""
         self.gen = 0
@@ -164,16 +165,25 @@ class MqttFront(ChorusActor, BridgeShell):
 
     # ------------------------------------------------------------- agency
     def _agency(self, op: Any, on_reply: Any) -> None:
+        """Send ``op`` to the local agency peer; ``on_reply`` gets its reply, or
+        a "timeout" one after AGENCY_REPLY_WAIT_S: a request lost on its way to
+        the leader must not leave a route write, claim or retained write
+        waiting forever (found by the simulator: a route delete lost while the
+        leader was cut off was never tried again)."""
         self.agency_req += 1
-        self.agency_waiters[self.agency_req] = on_reply
+        self.agency_waiters[self.agency_req] = (self.now() + AGENCY_REPLY_WAIT_S, on_reply)
         if len(self.agency_waiters) > AGENCY_WAITERS_MAX:
-            del self.agency_waiters[min(self.agency_waiters)]
+            self._agency_timeout(min(self.agency_waiters), "too many requests waiting")
         self.send(self.boot.agency, AgencyRequest(self.watch_id, self.agency_req, op))
 
+    def _agency_timeout(self, req: int, why: str) -> None:
+        _, cb = self.agency_waiters.pop(req)
+        cb(AgencyReply(self.watch_id, req, "timeout", error=why))  # the outcome is unknown: callers try again
+
     def on_AgencyReply(self, msg: AgencyReply, sender: Any) -> None:
-        cb = self.agency_waiters.pop(msg.req_id, None)
-        if cb is not None:
-            cb(msg)
+        waiter = self.agency_waiters.pop(msg.req_id, None)
+        if waiter is not None:
+            waiter[1](msg)
 
     def on_WatchEvents(self, msg: WatchEvents, sender: Any) -> None:
         if self.core is None or msg.watch_id != self.watch_id:
@@ -195,6 +205,8 @@ class MqttFront(ChorusActor, BridgeShell):
         if msg.payload != ("mqtt-tick", self.gen) or self.core is None:
             return
         now = self.now()
+        for req in [r for r, (deadline, _cb) in self.agency_waiters.items() if deadline <= now]:
+            self._agency_timeout(req, f"no answer within {AGENCY_REPLY_WAIT_S:g} s")
         self.core.tick(now)
         self.core.routes.retry(now, self._to_node)
         self._bridges_tick(now)
