@@ -210,6 +210,9 @@ def check_mqtt(history: list[Record], final: MqttFinal, tuning: Any, heal_t: flo
                 holder[(c, x)] = fresh[(c, x)] = new_lineage(c, x, r.t)
             elif f["how"] == "kept":
                 holder.setdefault((c, x), new_lineage(c, x, r.t))
+            # what this node gave up before is not what it holds (and hands over) from now on
+            for key in [key for key in gone if key[0] == c and key[1] == x]:
+                del gone[key]
         elif k == "mqtt.connected":
             c, x = f["client"], f["node"]
             located.setdefault(c, []).append((r.t, x))

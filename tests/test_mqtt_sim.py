@@ -122,6 +122,38 @@ def _r(t, kind, **f):
     return Record(t, f.get("node", "x"), "a", kind, f)
 
 
+def test_a_session_a_node_gave_up_long_ago_is_not_what_it_hands_over_later():
+    """n3 gave its session up to n1 (whose claim then came to nothing), the
+    client started anew on n2, n3 took that session over from n2 and later
+    handed it to n1: n1 resumed the n2 session, not the one n3 gave up
+    first (the checker once said so, simulator seed 385 of mqtt-node-crash)."""
+    tuning = scenario("mqtt-node-crash").mqtt.tuning
+    history = [
+        _r(0.0, "mqtt.claimed", node="n3", client="s", how="fresh", source=None),
+        _r(0.0, "mqtt.connected", node="n3", client="s", clean=False, present=False),
+        _r(0.0, "mqttc.connack", client="s", conn="s#1", node="n3", present=False, code=0),
+        _r(1.0, "mqtt.claimed", node="n1", client="s", how="handed", source="n3"),  # the client left meanwhile
+        _r(1.1, "mqtt.session_gone", node="n3", client="s", to="n1"),
+        _r(2.0, "mqtt.claimed", node="n2", client="s", how="fresh", source=None),  # n1 had lost it
+        _r(2.0, "mqtt.connected", node="n2", client="s", clean=False, present=False),
+        _r(2.0, "mqttc.connack", client="s", conn="s#2", node="n2", present=False, code=0),
+        _r(3.0, "mqtt.claimed", node="n3", client="s", how="handed", source="n2"),
+        _r(3.0, "mqtt.connected", node="n3", client="s", clean=False, present=True),
+        _r(3.0, "mqttc.connack", client="s", conn="s#3", node="n3", present=True, code=0),
+        _r(3.1, "mqtt.session_gone", node="n2", client="s", to="n3"),
+        _r(4.0, "mqtt.claimed", node="n1", client="s", how="handed", source="n3"),
+        _r(4.0, "mqtt.connected", node="n1", client="s", clean=False, present=True),
+        _r(4.0, "mqttc.connack", client="s", conn="s#4", node="n1", present=True, code=0),
+    ]
+    found, _ = check_mqtt(history, MqttFinal(end_t=5.0), tuning, 4.0, ["s"])
+    assert found["mqtt_single_session"] == []
+    # and a node that hands over an older session than the client's is still caught
+    history[-3] = _r(4.0, "mqtt.claimed", node="n1", client="s", how="handed", source="n2")
+    history.insert(-3, _r(3.9, "mqtt.claimed", node="n2", client="s", how="kept", source=None))
+    found, _ = check_mqtt(history, MqttFinal(end_t=5.0), tuning, 4.0, ["s"])
+    assert [v.details["conn"] for v in found["mqtt_single_session"]] == ["s#4"]
+
+
 def test_a_session_resumed_from_another_lineage_and_a_qos2_copy_in_one_session_are_caught():
     tuning = scenario("mqtt-partition").mqtt.tuning
     p = "mp1|t|1"
