@@ -62,7 +62,7 @@ from protocol.node import (
     ReplicaAddress,
     TopicReply,
 )
-from protocol.shard import Assign, Fence, Position, ReplicaState, ShardBugs
+from protocol.shard import Assign, Fence, Position, ReplicaState, ShardBugs, SupervisorBoot
 from protocol.topics import TopicName, TopicSpec, topic_path
 
 PLAN_ROOT = "/chorus/plan/shards"
@@ -110,18 +110,6 @@ class _Failover:
     positions: dict[str, Position] = field(default_factory=dict)
     req_id: int = 0
     new_replicas: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class SupervisorBoot:
-    node_id: str
-    agency: Any  # address of the local RaftPeer
-    supervisors: tuple[tuple[str, Any], ...] = ()  # every node's supervisor
-    nodes: tuple[str, ...] = ()  # every node of the cluster
-    grace_s: float = 0.6
-    replace_after_s: float = 5.0
-    bugs: ShardBugs = ShardBugs()
-    host: Any = None
 
 
 class SupervisorCore:

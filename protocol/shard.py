@@ -195,3 +195,17 @@ class SupervisorsAre:
 
     addresses: tuple[Any, ...]
     replace: bool = False
+
+
+@dataclass(frozen=True)
+class SupervisorBoot:
+    """Boots a node's Supervisor (actors/supervisor.py)."""
+
+    node_id: str
+    agency: Any  # address of the local RaftPeer
+    supervisors: tuple[tuple[str, Any], ...] = ()  # every node's supervisor
+    nodes: tuple[str, ...] = ()  # every node of the cluster
+    grace_s: float = 0.6
+    replace_after_s: float = 5.0
+    bugs: ShardBugs = ShardBugs()
+    host: Any = None

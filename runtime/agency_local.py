@@ -73,6 +73,8 @@ from protocol.agency import (
 )
 from protocol.host import HostConfig
 from protocol.raft import RaftBoot, RaftTuning
+from runtime.cluster_auth import install as install_cluster_auth
+from runtime.cluster_auth import new_secret
 
 log = logging.getLogger("chorus.agency_local")
 
@@ -93,14 +95,16 @@ _TRANSIENT_FAILS = (
 _bind_patch_installed = False
 
 
-def _install_loopback_bind_patch() -> None:
-    """Make Thespian bind to the advertised loopback address, not 0.0.0.0.
+def _install_bind_patch() -> None:
+    """Make Thespian bind to the address it advertises, not 0.0.0.0.
 
-    ``IPActorAddress`` keeps the advertised ``sockname`` and, for "external"
+    ``IPActorAddress`` keeps the advertised ``sockname`` (the node's
+    ``cluster_host``, through THESPIAN_BASE_IPADDR) and, for "external"
     addresses (all of the TCP transport's listening sockets), a bind name of
-    ``('', port)``.  The patched ``bindArgs`` binds to the advertised host
-    when that host is a loopback address and leaves every other address
-    alone, so it only ever narrows what is exposed."""
+    ``('', port)``: every interface.  The patched ``bindArgs`` binds to the
+    advertised host instead, so the cluster ports listen only where the
+    configuration says (loopback by default); it only ever narrows what is
+    exposed."""
     global _bind_patch_installed
     if _bind_patch_installed:
         return
@@ -111,11 +115,11 @@ def _install_loopback_bind_patch() -> None:
     def bindArgs(self: Any) -> tuple:
         args = original.fget(self)
         host = self.sockname[0] if self.sockname else None
-        if args and args[0][0] in ("", "0.0.0.0") and isinstance(host, str) and host.startswith("127."):
+        if args and args[0][0] in ("", "0.0.0.0") and isinstance(host, str) and host not in ("", "0.0.0.0"):
             return ((host,) + tuple(args[0][1:]),)
         return args
 
-    bindArgs.__doc__ = "bindArgs bound to a loopback sockname (runtime.agency_local)"
+    bindArgs.__doc__ = "bindArgs bound to the advertised sockname (runtime.agency_local)"
     IPActorAddress.bindArgs = property(bindArgs)
     _bind_patch_installed = True
 
@@ -315,8 +319,9 @@ class LocalAgency:
             self.admin_port = free_port()
         try:
             self._set_env()
-            _install_loopback_bind_patch()
+            _install_bind_patch()
             tune_thespian_transport()
+            install_cluster_auth(new_secret())  # one ActorSystem: its processes share the secret
             before = set(_children_of(os.getpid()))
             self.asys = ActorSystem(
                 "multiprocTCPBase",

@@ -36,7 +36,9 @@ Messages
 --------
 Every message is pickled (protocol 5) at the send site -- an unpicklable
 message raises there -- and unpickled at delivery, separately for each
-duplicate, so sender and receiver never share objects.  Timer payloads are
+duplicate, so sender and receiver never share objects, with the allow-list
+of the real cluster port (``runtime/cluster_auth.py``): a message that
+carries a class a real node would refuse fails here first.  Timer payloads are
 pickled too.  Addresses are ``thespian.actors.ActorAddress`` objects whose
 details are strings: ``"<node>/<name>"`` for top-level actors, and
 ``"<parent>/<ClassName>-<n>"`` for children.  ``"sim/external"``
@@ -138,6 +140,7 @@ from sim.history import Record
 from sim.host import ActorError, SimRef, derive_rng
 from sim.network import DelayModel, Network, make_bridge, make_oneway, make_partition
 from sim.options import DRIFT_PPM_LIMIT, SimOptions
+from runtime.cluster_auth import restricted_loads
 from sim.trace import describe
 from storage.memory import MemoryDisk
 
@@ -146,6 +149,16 @@ __all__ = ["World", "Node", "SimOptions", "Record", "ActorError"]
 _US = 1_000_000
 _PICKLE_PROTOCOL = 5
 _REPR_LIMIT = 200
+
+_HARNESS_PACKAGES = ("sim.", "tests.", "test_")  # never on a real cluster port
+
+
+def _loads(data: bytes) -> Any:
+    """Unpickle a carried message with the real cluster port's allow-list
+    (runtime/cluster_auth.py), plus the simulator's own harness messages and
+    the test suite's: a message class a real node would refuse fails here
+    first."""
+    return restricted_loads(data, _HARNESS_PACKAGES)
 
 # Event kinds (first element of an event tuple).
 K_DELIVER = 0  # (K, src_node, src_details, dst_node, dst_details, inc, data, tname, sender)
@@ -558,7 +571,7 @@ class World:
         ref = self._actors.get(dst_details)
         if ref is None:
             if node is self._external:
-                msg = pickle.loads(data)
+                msg = _loads(data)
                 counts["delivered"] += 1
                 self._note("deliver", src_details, dst_details, tname, data, msg)
                 self.outbox.append((self.now, src_details, msg))
@@ -566,7 +579,7 @@ class World:
             counts["dropped_dead"] += 1
             self._note("drop.dead", src_details, dst_details, tname, data)
             return
-        msg = pickle.loads(data)
+        msg = _loads(data)
         counts["delivered"] += 1
         self._note("deliver", src_details, dst_details, tname, data, msg)
         try:
@@ -588,7 +601,7 @@ class World:
             self._note("drop.dead", ev[2], ev[4], ev[7], ev[6])
             return
         period = ev[8]
-        msg = WakeupMessage(period, pickle.loads(ev[6]))
+        msg = WakeupMessage(period, _loads(ev[6]))
         self._counts["wakeups"] += 1
         self._note("wakeup", ev[2], ev[4], ev[7], ev[6], msg)
         try:
@@ -611,7 +624,7 @@ class World:
 
     @staticmethod
     def _fresh(data: bytes, period: Any) -> Any:
-        payload = pickle.loads(data)
+        payload = _loads(data)
         return payload if period is None else WakeupMessage(period, payload)
 
     def _record_error(self, ref: SimRef, msg: Any, exc: Exception, attempt: int) -> str:
