@@ -74,7 +74,7 @@ _THESPIAN_MESSAGE_MODULES = (
 )
 _STDLIB = {
     "builtins": {"dict", "list", "set", "frozenset", "tuple", "bytes", "bytearray", "str", "int", "float",
-                 "complex", "bool", "slice", "range", "object", "NoneType"},
+                 "complex", "bool", "slice", "range", "object"},
     "datetime": {"timedelta", "datetime", "date", "time", "timezone"},
     "collections": {"OrderedDict", "deque"},
     "copyreg": {"_reconstructor"},  # old-protocol instances: builds only classes this list allows
@@ -96,6 +96,11 @@ def _allowed(module: str, name: str, extra: tuple[str, ...]) -> bool:
         return False
     if name in _STDLIB.get(module, ()):
         return True
+    if module == "builtins":  # exceptions (in log records' arguments, error replies): inert values
+        import builtins
+
+        obj = getattr(builtins, name, None)
+        return isinstance(obj, type) and issubclass(obj, BaseException)
     if name in _THESPIAN.get(module, ()) or module in _THESPIAN_MESSAGE_MODULES:
         return True
     return module.startswith(_CHORUS_PACKAGES + extra)

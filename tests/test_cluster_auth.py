@@ -267,3 +267,13 @@ def test_a_valid_thespian_frame_without_the_secret_is_dropped(node):
     time.sleep(1)  # an ActorExitRequest that got through would be taking the admin down now
     assert _serving(node)
     assert node.procs["n1"].poll() is None
+
+
+def test_plain_values_and_exceptions_pass_the_allow_list():
+    import datetime
+
+    value = {"a": [1, 2.5, None, True], "b": {1, 2}, "c": frozenset({"x"}), "d": (b"\x00", bytearray(b"y")),
+             "e": datetime.timedelta(seconds=3), "f": ValueError("bad", 3), "g": complex(1, 2)}
+    got = restricted_loads(pickle.dumps(value, 5))
+    assert {k: v for k, v in got.items() if k != "f"} == {k: v for k, v in value.items() if k != "f"}
+    assert type(got["f"]) is ValueError and got["f"].args == ("bad", 3)
