@@ -836,6 +836,8 @@ class Dispatcher(ChorusActor, DispatcherMqtt):
                 "endpoints": {"client": me.get("client", ""), "http": me.get("http", ""),
                               "mqtt": self._own_directory_entry().get("mqtt_listen", ""),
                               "admin": ep.admin if ep else ""},
+                # the client, MQTT and HTTP ports speak TLS only
+                "tls": bool(self.boot.listen.tls_cert_file),
                 "agency": {"role": st.get("role"), "leader": st.get("leader"), "term": st.get("term"),
                            "commit_index": st.get("commit"), "voters": list(st.get("voters", ())),
                            "learners": list(st.get("learners", ()))},

@@ -703,6 +703,7 @@ class Frame:
     correlation_id: int
     message: Message
     version: int = PROTOCOL_VERSION
+    size: int = dataclasses.field(default=0, compare=False)  # bytes on the wire, header included (decoded frames)
 
     @property
     def type(self) -> int:
@@ -890,10 +891,10 @@ class FrameDecoder:
 
     @staticmethod
     def _decode(header: tuple[int, int, int, int], body: memoryview) -> Frame:
-        _, version, ftype, corr = header
+        total, version, ftype, corr = header
         try:
             message = FRAME_TYPES[ftype].decode(body, version)
         except ProtocolError as e:
             e.correlation_id = corr
             raise
-        return Frame(corr, message, version)
+        return Frame(corr, message, version, total)

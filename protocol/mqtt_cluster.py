@@ -69,6 +69,11 @@ class MqttListenConfig:
     connections_max: int = 10_000
     conn_out_bytes_max: int = 8 << 20  # unsent bytes before a client that does not read is dropped
     packet_bytes_max: int = 1 << 20
+    # QoS 1/2 PUBLISH bytes from one connection not yet acknowledged; reading pauses beyond
+    inflight_bytes_max: int = 8 << 20
+    # TLS (PEM files; runtime/tls.py): when set, the MQTT port speaks TLS only
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
 
 
 @dataclass(frozen=True)

@@ -111,6 +111,13 @@ class ListenConfig:
     session_timeout_ms: int = 30_000
     shard_inflight_bytes_max: int = 64 << 20  # produce bytes waiting on one shard before OVERLOADED
     request_timeout_s: float = 10.0  # an internal request unanswered this long fails with TIMEOUT
+    # request bytes read from one connection and not yet answered; reading pauses beyond
+    inflight_bytes_max: int = 64 << 20
+    http_connections_max: int = 256  # beyond: 503 with the API's JSON error
+    http_body_bytes_max: int = 1 << 20  # larger request bodies: 413
+    # TLS (PEM files; runtime/tls.py): when set, the client and HTTP ports speak TLS only
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
 
 
 @dataclass(frozen=True)

@@ -8,13 +8,23 @@ cluster from any machine that can reach it.
 
 Every command takes ``--url`` (default: ``$CHORUS_URL``, else
 ``http://127.0.0.1:7181``), ``--timeout`` and ``--json`` (print the API's
-JSON instead of tables).  Exit codes: 0 success, 1 the API answered with an
+JSON instead of tables), and for a node with TLS ``--tls`` (https://,
+verified against the system's CAs) or ``--ca-file PATH`` (verified against
+that certificate or CA; ``$CHORUS_CA_FILE``).  Without them a command finds
+out itself when the node at ``--url`` was started from this directory
+(``./data``, ``$CHORUS_DATA_DIR``): its ``node.pid`` names the certificate
+to trust.  Exit codes: 0 success, 1 the API answered with an
 error (its code and message are printed), 2 no node could be reached.
 """
 from __future__ import annotations
 
+import contextvars
+import functools
+import inspect
 import json
+import os
 import socket
+import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -57,6 +67,12 @@ class Unreachable(Exception):
 
 def _reason(exc: BaseException) -> str:
     reason = getattr(exc, "reason", exc)
+    if isinstance(reason, ssl.SSLCertVerificationError):
+        return f"its TLS certificate is not trusted ({reason.verify_message}); give --ca-file"
+    if isinstance(reason, ssl.SSLError):
+        return f"TLS failed ({reason.reason or reason}); does the node use TLS?"
+    if type(reason).__name__ == "RemoteDisconnected":
+        return "it closed the connection without an answer (a node with TLS needs --tls or --ca-file)"
     if isinstance(reason, (TimeoutError, socket.timeout)):
         return "timed out"
     if isinstance(reason, ConnectionRefusedError):
@@ -67,7 +83,7 @@ def _reason(exc: BaseException) -> str:
 
 
 def request(url: str, method: str, path: str, *, body: Any = None, query: dict | None = None,
-            timeout: float = DEFAULT_TIMEOUT_S) -> Any:
+            timeout: float = DEFAULT_TIMEOUT_S, context: ssl.SSLContext | None = None) -> Any:
     """One API call; returns the decoded JSON answer.
 
     Raises :class:`Unreachable` when no HTTP answer came back and
@@ -81,7 +97,7 @@ def request(url: str, method: str, path: str, *, body: Any = None, query: dict |
     try:
         req = urllib.request.Request(full, data=data, method=method,
                                      headers={"Accept": "application/json", "Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with _urlopen(req, timeout=timeout, context=context) as resp:
             status, raw = resp.status, resp.read()
     except urllib.error.HTTPError as exc:
         status, raw = exc.code, exc.read()
@@ -106,15 +122,93 @@ def _quote(name: str) -> str:
     return urllib.parse.quote(name, safe="/")
 
 
+# --------------------------------------------------------------------------
+# TLS: --tls / --ca-file on every command (added by register(), see with_tls)
+
+_TLS_OPTS: contextvars.ContextVar[tuple[bool, str | None]] = contextvars.ContextVar("chorus_tls", default=(False, None))
+TlsOpt = Annotated[bool, typer.Option("--tls", help="the node uses TLS: https://, verified against the system's CAs")]
+CaFileOpt = Annotated[Optional[str], typer.Option(
+    "--ca-file", envvar="CHORUS_CA_FILE",
+    help="the node uses TLS: trust this PEM certificate or CA (e.g. DATA_DIR/tls/cert.pem)")]
+
+
+def _urlopen(req: Any, *, timeout: float, context: ssl.SSLContext | None) -> Any:
+    from runtime.tls import urlopen
+
+    return urlopen(req, timeout=timeout, context=context)
+
+
+def _local_trust(url: str) -> str | None:
+    """The certificate to trust for ``url`` when it is a node started from
+    this directory with TLS (its ``node.pid`` in ./data, ./data/n*, or
+    $CHORUS_DATA_DIR says so), else None."""
+    where = urllib.parse.urlsplit(url).netloc
+    data = os.environ.get("CHORUS_DATA_DIR", "data")
+    candidates = [os.path.join(data, "node.pid")]
+    try:
+        candidates += [os.path.join(data, d, "node.pid") for d in sorted(os.listdir(data))]
+    except OSError:
+        pass
+    for path in candidates:
+        try:
+            with open(path) as f:
+                doc = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if isinstance(doc, dict) and doc.get("http") == where and doc.get("tls_ca_file"):
+            return str(doc["tls_ca_file"])
+    return None
+
+
+def _tls_for(url: str, tls: bool, ca_file: str | None) -> tuple[str, ssl.SSLContext | None]:
+    """The URL to use (https:// when the node uses TLS) and the context."""
+    from runtime.tls import client_context
+
+    scheme = urllib.parse.urlsplit(url).scheme
+    if not (tls or ca_file or scheme == "https"):
+        ca_file = _local_trust(url)
+        if ca_file is None:
+            return url, None
+    if scheme == "http":
+        url = "https" + url[len("http"):]
+    return url, client_context(ca_file)
+
+
+def with_tls(command: Any) -> Any:
+    """``command`` with the options ``--tls`` and ``--ca-file`` added; they
+    reach :class:`_Ctx` through a context variable, so commands need not
+    pass them along."""
+    sig = inspect.signature(command, eval_str=True)
+    if "ca_file" in sig.parameters:
+        return command
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, tls: bool = False, ca_file: str | None = None, **kwargs: Any) -> Any:
+        token = _TLS_OPTS.set((tls, ca_file))
+        try:
+            return command(*args, **kwargs)
+        finally:
+            _TLS_OPTS.reset(token)
+
+    extra = [inspect.Parameter("tls", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=TlsOpt),
+             inspect.Parameter("ca_file", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=CaFileOpt)]
+    params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) if p.kind == inspect.Parameter.POSITIONAL_OR_KEYWORD
+              else p for p in sig.parameters.values()]
+    wrapper.__signature__ = sig.replace(parameters=params + extra)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {**getattr(command, "__annotations__", {}), "tls": TlsOpt, "ca_file": CaFileOpt}
+    return wrapper
+
+
 class _Ctx:
     """What one command invocation needs: where to go and how to print."""
 
     def __init__(self, url: str, timeout: float, as_json: bool) -> None:
-        self.url, self.timeout, self.as_json = url, timeout, as_json
+        self.timeout, self.as_json = timeout, as_json
+        self.url, self.context = _tls_for(url, *_TLS_OPTS.get())
 
     def call(self, method: str, path: str, **kw) -> Any:
         try:
-            return request(self.url, method, path, timeout=self.timeout, **kw)
+            return request(self.url, method, path, timeout=self.timeout, context=self.context, **kw)
         except Unreachable as exc:
             _fail(EXIT_UNREACHABLE, f"cannot reach a Chorus node at {self.url}: {exc}", prefix="")
         except ApiError as exc:
@@ -195,6 +289,7 @@ def _status_panel(s: dict) -> Panel:
         ("version", s.get("version")),
         ("uptime", f"{float(s.get('uptime_s') or 0):.1f}s"),
         ("endpoints", "  ".join(f"{k} {v}" for k, v in ep.items() if v)),
+        ("tls", "on (TLS only on the client, MQTT and HTTP ports)" if s.get("tls") else "off"),
         ("agency", f"this node is {ag.get('role')}; leader {_dash(ag.get('leader'))}, term {ag.get('term')}, "
                    f"commit index {ag.get('commit_index')}"),
         ("voters", ", ".join(ag.get("voters") or [])),
@@ -342,12 +437,23 @@ def topics_delete(name: NameArg,
     out.print(f"deleted topic [bold]{_esc(str(topic.get('name', name)))}[/]")
 
 
+def _tls_everywhere(*apps: typer.Typer) -> None:
+    """Give every command (and group callback) of ``apps`` ``--tls`` and ``--ca-file``."""
+    for a in apps:
+        for cmd in a.registered_commands:
+            cmd.callback = with_tls(cmd.callback)
+        if a.registered_callback is not None and a.registered_callback.callback is not None:
+            a.registered_callback.callback = with_tls(a.registered_callback.callback)
+        _tls_everywhere(*(g.typer_instance for g in a.registered_groups if g.typer_instance is not None))
+
+
 def register(app: typer.Typer) -> None:
     """Add ``status``, ``shards`` and the ``nodes``, ``topics`` and ``mqtt`` groups to ``app``."""
-    app.command("status")(status)
+    app.command("status")(with_tls(status))
     app.add_typer(nodes_app, name="nodes")
-    app.command("shards")(shards)
+    app.command("shards")(with_tls(shards))
     app.add_typer(topics_app, name="topics")
     from runtime.mqtt_cli import mqtt_app
 
     app.add_typer(mqtt_app, name="mqtt")
+    _tls_everywhere(nodes_app, topics_app, mqtt_app)

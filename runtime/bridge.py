@@ -75,8 +75,12 @@ class _Conn(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.version = 0  # 0 until the handshake
         self.in_flight = 0
+        self.in_flight_bytes = 0  # bytes of the requests posted and not yet answered
+        self._sizes: dict[int, list[int]] = {}  # correlation id -> sizes of its requests not yet answered
+        self._held: collections.deque = collections.deque()  # frames read while paused, served on resume
         self.paused = False
         self.closed = False
+        self.refused = False  # over connections_max: answered OVERLOADED, closed after the client's first bytes
         self.last_rx = time.monotonic()
 
     # ------------------------------------------------------------- asyncio
@@ -90,19 +94,32 @@ class _Conn(asyncio.Protocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass
+        self.bridge._conn_made(self)
 
     def data_received(self, data: bytes) -> None:
+        if self.refused:
+            self._close()  # what it sent is read: the close is a FIN, and the error frame arrives
+            return
         self.last_rx = time.monotonic()
         try:
             frames = self.decoder.feed(data)
         except ProtocolError as err:
-            for f in err.frames:
-                self._frame(f)
+            self._serve(err.frames)
             self._fail(err.code, err.message, err.correlation_id)
             return
+        self._serve(frames)
+
+    def _serve(self, frames: Any) -> None:
+        """Serve ``frames`` in order; once paused, hold the rest until resumed."""
+        if self._held or self.paused:
+            self._held.extend(frames)
+            return
         try:
-            for f in frames:
+            for i, f in enumerate(frames):
                 if self.closed:
+                    return
+                if self.paused:
+                    self._held.extend(frames[i:])
                     return
                 self._frame(f)
         except Exception:  # a bug while serving this connection: close it, keep the node
@@ -146,16 +163,33 @@ class _Conn(asyncio.Protocol):
             self._write(HeartbeatResponse(), f.correlation_id)
             return
         self.in_flight += 1
-        if self.in_flight >= self.bridge.cfg.max_in_flight and not self.paused and self.transport:
+        self.in_flight_bytes += f.size
+        self._sizes.setdefault(f.correlation_id, []).append(f.size)
+        if self._over() and not self.paused and self.transport:
+            # Stop reading (and serving what was read): a client that
+            # pipelines more than the bounds is slowed down, not buffered.
             self.paused = True
             self.transport.pause_reading()
         self.bridge._post(("request", self.id, f.correlation_id, msg))
 
-    def answered(self) -> None:
+    def _over(self) -> bool:
+        cfg = self.bridge.cfg
+        return self.in_flight >= cfg.max_in_flight or self.in_flight_bytes >= cfg.inflight_bytes_max
+
+    def answered(self, correlation_id: int) -> None:
         self.in_flight = max(0, self.in_flight - 1)
-        if self.paused and self.in_flight < self.bridge.cfg.max_in_flight and self.transport and not self.closed:
+        sizes = self._sizes.get(correlation_id)
+        if sizes:
+            self.in_flight_bytes -= sizes.pop()
+            if not sizes:
+                del self._sizes[correlation_id]
+        if self.paused and not self._over() and self.transport and not self.closed:
             self.paused = False
-            self.transport.resume_reading()
+            self.last_rx = time.monotonic()
+            held, self._held = list(self._held), collections.deque()
+            self._serve(held)
+            if not self.paused and not self.closed:
+                self.transport.resume_reading()
 
     def _write(self, message: Any, correlation_id: int, version: int | None = None) -> None:
         if self.closed or self.transport is None:
@@ -291,6 +325,7 @@ class IOBridge(LoopThread):
         self.http_port = 0
         self._servers: list[Any] = []
         self._runner: Any = None
+        self._tls: list[Any] = []  # runtime.tls.TlsAcceptor of the client and HTTP ports, when TLS is on
 
     # ------------------------------------------------------------ lifecycle
     def _started(self) -> None:
@@ -298,30 +333,52 @@ class IOBridge(LoopThread):
 
     async def _listen(self) -> None:
         cfg = self.cfg
-        server = await self.loop.create_server(self._accept, cfg.host, cfg.client_port, reuse_address=True,
+        accept: Any = self._accept
+        if cfg.tls_cert_file:
+            from runtime.tls import TlsAcceptor, server_context
+
+            context = server_context(cfg.tls_cert_file, cfg.tls_key_file)
+            self._tls = [TlsAcceptor(context, what="client port", handshakes_max=cfg.connections_max)]
+            accept = self._tls[0].wrap(self._accept)
+        server = await self.loop.create_server(accept, cfg.host, cfg.client_port, reuse_address=True,
                                                backlog=256)
         self._servers.append(server)
         self.client_port = server.sockets[0].getsockname()[1]
         if cfg.http_port >= 0:
             from aiohttp import web
 
-            from runtime.http_api import make_app
+            from runtime.http_api import http_protocol_factory, make_app
 
             gateway = self._gateway_factory(self) if self._gateway_factory else BridgeGateway(self)
-            app = make_app(gateway, node_id=self.node_id)
+            app = make_app(gateway, node_id=self.node_id, body_bytes_max=cfg.http_body_bytes_max)
             self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
             await self._runner.setup()
-            site = web.TCPSite(self._runner, cfg.host, cfg.http_port, reuse_address=True)
-            await site.start()
-            self.http_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            http = http_protocol_factory(self._runner.server, cfg.http_connections_max)
+            if cfg.tls_cert_file:
+                self._tls.append(TlsAcceptor(context, what="HTTP port", handshakes_max=cfg.http_connections_max))
+                http = self._tls[1].wrap(http)
+            server = await self.loop.create_server(http, cfg.host, cfg.http_port, reuse_address=True, backlog=128)
+            self._servers.append(server)
+            self.http_port = server.sockets[0].getsockname()[1]
 
     def _accept(self) -> _Conn:
-        conn = _Conn(self, next(self._ids))
+        return _Conn(self, next(self._ids))
+
+    def _conn_made(self, conn: _Conn) -> None:
         if len(self._conns) >= self.cfg.connections_max:
-            # Refuse politely: the frame goes out before the close.
-            self.loop.call_soon(conn._fail, ErrorCode.OVERLOADED, "too many connections", 0)
+            # Refuse politely: the error frame goes out at once; the close
+            # waits for the client's first bytes (its Handshake), so that it
+            # is a FIN and not a reset that could discard the frame.
+            log.info("client port: %d connections (connections_max), refusing one", len(self._conns))
+            conn._write(ErrorResponse(code=ErrorCode.OVERLOADED,
+                                      message=f"too many connections: this node serves at most "
+                                              f"{self.cfg.connections_max} on its client port "
+                                              f"(client_connections_max); try again later or another node"),
+                        0, BASE_VERSION)
+            conn.refused = True
+            self.loop.call_later(2.0, conn._close)
+            return
         self._conns[conn.id] = conn
-        return conn
 
     async def _reaper(self) -> None:
         timeout_s = self.cfg.session_timeout_ms / 1000.0
@@ -339,6 +396,8 @@ class IOBridge(LoopThread):
     async def _shutdown(self) -> None:
         for s in self._servers:
             s.close()
+        for t in self._tls:
+            t.close()
         for c in list(self._conns.values()):
             c._close()
         if self._runner is not None:
@@ -379,7 +438,7 @@ class IOBridge(LoopThread):
                     conn._fail(ErrorCode.INTERNAL_ERROR, "internal error", corr)
                     continue
                 if answers:
-                    conn.answered()
+                    conn.answered(corr)
             elif kind == "close":
                 _, conn_id, code, text = item
                 conn = self._conns.get(conn_id)

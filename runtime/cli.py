@@ -243,6 +243,16 @@ def run(
     cluster_id: Optional[str] = typer.Option(None, "--cluster-id", help="refuse data or peers of another cluster"),
     initial_nodes: Optional[str] = typer.Option(None, "--initial-nodes",
                                                 help="comma-separated node ids of a new cluster's agency"),
+    tls_cert_file: Optional[str] = typer.Option(None, "--tls-cert-file",
+                                                help="PEM certificate (with its chain): the client, MQTT and HTTP "
+                                                     "ports then speak TLS only"),
+    tls_key_file: Optional[str] = typer.Option(None, "--tls-key-file", help="PEM private key of --tls-cert-file"),
+    tls_ca_file: Optional[str] = typer.Option(None, "--tls-ca-file",
+                                              help="PEM CA bundle the nodes trust for each other's HTTPS "
+                                                   "[the certificate itself]"),
+    tls_self_signed: bool = typer.Option(False, "--tls-self-signed",
+                                         help="TLS with a self-signed certificate for 127.0.0.1/localhost, made "
+                                              "in DATA_DIR/tls on first use (needs openssl)"),
 ) -> None:
     """Run a node (or, with --nodes N, a local cluster) until Ctrl-C / SIGTERM.
 
@@ -255,6 +265,8 @@ def run(
         cfg = NodeConfig.load(str(config) if config else None, node_id=node_id, data_dir=data_dir, host=host,
                               client_port=client_port, http_port=http_port, admin_port=admin_port,
                               mqtt_port=mqtt_port, cluster_id=cluster_id, peers=peers,
+                              tls_cert_file=tls_cert_file, tls_key_file=tls_key_file, tls_ca_file=tls_ca_file,
+                              tls_self_signed=True if tls_self_signed else None,
                               initial_nodes=initial_nodes.split(",") if initial_nodes else None)
     except (OSError, ValueError) as exc:
         console.print(f"[red]configuration error:[/] {exc}")

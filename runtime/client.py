@@ -87,6 +87,18 @@ Reading a shard back in order::
         result = c.fetch("acme/shop/web/orders", 0, offset=0)   # FetchResult
         every_record = c.fetch_all("acme/shop/web/orders", 0)
 
+TLS: a node configured with a certificate speaks TLS only on its client
+port.  Every client class takes ``tls=True`` (verify the node against the
+system's CAs), ``ca_file="path/cert.pem"`` (verify against that file: the
+node's self-signed certificate or the cluster's CA; implies TLS) or
+``tls=ssl_context`` (an :class:`ssl.SSLContext` of your own)::
+
+    with Producer("127.0.0.1:7171", ca_file="data/tls/cert.pem") as p: ...
+
+The host name (or IP address) in the bootstrap address is checked against
+the certificate; an untrusted certificate fails at once with
+:class:`ChorusConnectionError`.
+
 Errors are :class:`ChorusError` with ``code`` (an :class:`ErrorCode` from
 the node, or ``None`` for errors found by the client itself) and a message
 for people; :class:`ChorusConnectionError` (code ``None``) means no node
@@ -99,6 +111,7 @@ import concurrent.futures
 import logging
 import os
 import random
+import ssl
 import threading
 import time
 from collections import deque
@@ -112,6 +125,7 @@ from protocol.records import (
     BATCH_BYTES_MAX, HEADER_BYTES as BATCH_HEADER_BYTES, RECORDS_PER_BATCH_MAX, CorruptBatch, Record,
     decode_batch, encode_batch, is_control,
 )
+from runtime.tls import client_ssl
 
 __all__ = [
     "ChorusError", "ChorusConnectionError", "RecordMetadata", "RecordFuture", "Message", "FetchResult",
@@ -357,12 +371,14 @@ class _Connection:
 
     @classmethod
     async def open(cls, address: tuple[str, int], *, client_id: str, username: str, password: str,
-                   timeout_s: float) -> "_Connection":
-        """Connect to ``address`` and handshake, within ``timeout_s``."""
+                   timeout_s: float, ssl_context: ssl.SSLContext | None = None) -> "_Connection":
+        """Connect to ``address`` (with TLS when ``ssl_context`` is given) and
+        handshake, within ``timeout_s``."""
         conn: _Connection | None = None
+        tls: dict[str, Any] = {"ssl": ssl_context, "server_hostname": address[0]} if ssl_context else {}
         try:
             async with asyncio.timeout(timeout_s):
-                reader, writer = await asyncio.open_connection(*address)
+                reader, writer = await asyncio.open_connection(*address, **tls)
                 conn = cls(_format(address), reader, writer)
                 await conn._handshake(client_id, username, password)
         except BaseException:
@@ -540,8 +556,10 @@ class _Cluster:
     next bootstrap address when it is lost) and the topic metadata cache."""
 
     def __init__(self, bootstrap: str | Sequence[str], *, client_id: str | None, connect_timeout_s: float,
-                 request_timeout_s: float, username: str = "", password: str = "") -> None:
+                 request_timeout_s: float, username: str = "", password: str = "",
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.addresses = _parse_bootstrap(bootstrap)
+        self.ssl_context = ssl_context
         self.client_id = client_id or f"chorus-python-{os.getpid()}"
         self.connect_timeout_s = float(connect_timeout_s)
         self.request_timeout_s = float(request_timeout_s)
@@ -609,7 +627,12 @@ class _Cluster:
                 try:
                     return await _Connection.open(address, client_id=self.client_id, username=self._username,
                                                   password=self._password,
-                                                  timeout_s=min(remaining, CONNECT_ATTEMPT_MAX_S))
+                                                  timeout_s=min(remaining, CONNECT_ATTEMPT_MAX_S),
+                                                  ssl_context=self.ssl_context)
+                except ssl.SSLCertVerificationError as e:  # retrying cannot help
+                    raise ChorusConnectionError(f"{_format(address)}: the node's TLS certificate is not trusted: "
+                                                f"{e.verify_message or e}; pass ca_file= (the node's certificate "
+                                                f"or its CA)") from None
                 except ChorusError as e:
                     if e.code in (ErrorCode.AUTH_FAILED, ErrorCode.UNSUPPORTED_VERSION):
                         raise
@@ -734,15 +757,17 @@ class AsyncClient(_AsyncContext):
     """Metadata and plain reads (fetch) of a cluster.
 
     ``AsyncClient(bootstrap="127.0.0.1:7171", *, client_id=None,
-    connect_timeout_s=10, request_timeout_s=30, username="", password="")``;
+    connect_timeout_s=10, request_timeout_s=30, username="", password="", tls=False, ca_file=None)``;
     use it as ``async with`` or call :meth:`start` and :meth:`close`.
     """
 
     def __init__(self, bootstrap: str | Sequence[str] = f"127.0.0.1:{DEFAULT_PORT}", *,
                  client_id: str | None = None, connect_timeout_s: float = 10.0,
-                 request_timeout_s: float = 30.0, username: str = "", password: str = "") -> None:
+                 request_timeout_s: float = 30.0, username: str = "", password: str = "",
+                 tls: bool | ssl.SSLContext = False, ca_file: str | None = None) -> None:
         self._cluster = _Cluster(bootstrap, client_id=client_id, connect_timeout_s=connect_timeout_s,
-                                 request_timeout_s=request_timeout_s, username=username, password=password)
+                                 request_timeout_s=request_timeout_s, username=username, password=password,
+                                 ssl_context=client_ssl(tls, ca_file))
 
     @property
     def node_id(self) -> str:
@@ -880,7 +905,7 @@ class AsyncProducer(_AsyncContext):
                  batch_bytes_max: int = 1 << 20, compression: bool = True, delivery_timeout_s: float = 30.0,
                  buffer_bytes_max: int = 64 << 20, request_timeout_ms: int = 10_000,
                  client_id: str | None = None, connect_timeout_s: float = 10.0, username: str = "",
-                 password: str = "") -> None:
+                 password: str = "", tls: bool | ssl.SSLContext = False, ca_file: str | None = None) -> None:
         if linger_ms < 0 or delivery_timeout_s <= 0 or request_timeout_ms <= 0:
             raise ValueError("linger_ms must be >= 0, delivery_timeout_s and request_timeout_ms > 0")
         if not 1 <= batch_records_max <= RECORDS_PER_BATCH_MAX:
@@ -897,7 +922,7 @@ class AsyncProducer(_AsyncContext):
         self.request_timeout_s = request_timeout_ms / 1000
         self._cluster = _Cluster(bootstrap, client_id=client_id, connect_timeout_s=connect_timeout_s,
                                  request_timeout_s=min(30.0, self.delivery_timeout_s),
-                                 username=username, password=password)
+                                 username=username, password=password, ssl_context=client_ssl(tls, ca_file))
         self.producer_id = _new_producer_id()
         self._rr = RoundRobin(int.from_bytes(os.urandom(4), "big"))
         self._topics: dict[str, _TopicState] = {}
@@ -1395,7 +1420,7 @@ class AsyncConsumer(_AsyncContext):
                  mode: Mode | str = Mode.EXCLUSIVE, consumer_id: str | None = None, client_id: str | None = None,
                  keepalive_s: float = 1.0, ack_interval_ms: float = 20, ack_batch_max: int = 512,
                  connect_timeout_s: float = 10.0, request_timeout_s: float = 30.0, username: str = "",
-                 password: str = "") -> None:
+                 password: str = "", tls: bool | ssl.SSLContext = False, ca_file: str | None = None) -> None:
         if not topic or not subscription:
             raise ValueError("topic and subscription must be non-empty")
         self.topic = topic
@@ -1407,7 +1432,8 @@ class AsyncConsumer(_AsyncContext):
         self.ack_batch_max = ack_batch_max
         self.active = False
         self._cluster = _Cluster(bootstrap, client_id=client_id, connect_timeout_s=connect_timeout_s,
-                                 request_timeout_s=request_timeout_s, username=username, password=password)
+                                 request_timeout_s=request_timeout_s, username=username, password=password,
+                                 ssl_context=client_ssl(tls, ca_file))
         self._cluster.on_delivery = self._on_delivery
         self._request = fr.SubscribeRequest(topic=topic, subscription=subscription, mode=self.mode,
                                             consumer_id=self.consumer_id)

@@ -15,6 +15,7 @@ Shapes of what is returned (all keys always present):
      "uptime_s": 12.5,
      "endpoints": {"client": "127.0.0.1:7171", "http": "127.0.0.1:7181",
                    "admin": "127.0.0.1:7191"},
+     "tls": false,                       # the client, MQTT and HTTP ports speak TLS only
      "agency": {"role": "leader", "leader": "n1", "term": 3,
                 "commit_index": 120, "voters": ["n1", "n2", "n3"], "learners": ["n4"]},
      "nodes": [{"node_id": "n1", "agency": "voter" | "learner" | "",

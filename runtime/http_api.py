@@ -26,6 +26,7 @@ prefix (``/api/v1/lookup/{name}``, ``/api/v1/produce/{name}``, ...).
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -426,7 +427,8 @@ SCHEMAS: dict[str, dict] = {
         "endpoints": _obj({"client": _STR, "http": _STR, "admin": _STR}),
         "agency": _obj({"role": _STR, "leader": {"type": ["string", "null"]}, "term": _INT,
                         "commit_index": _INT, "voters": _STRS, "learners": _STRS}),
-        "nodes": _list_of("Node"), "replicas": _INT}),
+        "nodes": _list_of("Node"), "replicas": _INT,
+        "tls": {"type": "boolean", "description": "the client, MQTT and HTTP ports speak TLS only"}}),
     "Shard": _obj({"shard": _STR, "topic": _STR, "index": _INT, "leader": {"type": ["string", "null"]},
                    "epoch": _INT, "replicas": _STRS, "in_sync": _STRS,
                    "state": {"type": "string", "enum": ["ok", "fenced", "leaderless"]}}),
@@ -539,6 +541,57 @@ async def _errors_as_json(request: web.Request, handler: Handler) -> web.StreamR
         log.exception("internal error while handling %s %s", request.method, request.path)
         return _error(500, "internal_error",
                       f"internal error while handling {request.method} {request.path}; see the node's log")
+
+
+class _Busy(asyncio.Protocol):
+    """A connection over the HTTP port's ``connections_max``: it reads the
+    request's head, answers 503 with the API's JSON error and closes (after
+    reading, so the close is not a reset that could lose the answer)."""
+
+    HEAD_BYTES_MAX = 16 << 10
+    WAIT_S = 5.0
+
+    def __init__(self, connections_max: int) -> None:
+        body = json.dumps({"error": {"code": "unavailable",
+                                     "message": f"too many connections: this node serves at most {connections_max} "
+                                                f"on its HTTP port (http_connections_max); try again later"}}).encode()
+        self.answer = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json; charset=utf-8\r\n"
+                       b"Content-Length: %d\r\nRetry-After: 1\r\nConnection: close\r\n"
+                       b"Server: chorus/%s\r\n\r\n" % (len(body), VERSION.encode())) + body
+        self.head = b""
+        self.transport: Any = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        asyncio.get_running_loop().call_later(self.WAIT_S, self._answer)
+
+    def data_received(self, data: bytes) -> None:
+        self.head = (self.head + data)[-self.HEAD_BYTES_MAX:]
+        if b"\r\n\r\n" in self.head or len(self.head) >= self.HEAD_BYTES_MAX:
+            self._answer()
+
+    def eof_received(self) -> bool:
+        self._answer()
+        return False
+
+    def _answer(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(self.answer)
+            self.transport.close()
+
+
+def http_protocol_factory(server: Any, connections_max: int) -> Callable[[], asyncio.BaseProtocol]:
+    """A protocol factory for ``loop.create_server``: aiohttp's ``server``
+    (an ``AppRunner``'s) while it has fewer than ``connections_max``
+    connections, else a 503 answer (:class:`_Busy`)."""
+
+    def factory() -> asyncio.BaseProtocol:
+        if len(server.connections) >= connections_max:
+            log.info("HTTP port: %d connections (http_connections_max), answering 503", connections_max)
+            return _Busy(connections_max)
+        return server()
+
+    return factory
 
 
 def make_app(gateway: Gateway, *, node_id: str = "", body_bytes_max: int = 1 << 20) -> web.Application:

@@ -18,7 +18,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,12 @@ def node_configs(base: NodeConfig, n: int) -> list[NodeConfig]:
 
     ids = [f"n{k}" for k in range(1, n + 1)]
     cluster_id = base.cluster_id or _existing_cluster_id(base.data_dir, ids) or f"c-{secrets.token_hex(6)}"
+    if base.tls_self_signed and not base.tls_cert_file:
+        # one certificate for every node, so that each trusts the others' HTTP API
+        from runtime.node import prepare_tls
+
+        base = replace(base)
+        prepare_tls(base)
     out = []
     for k, nid in enumerate(ids):
         off = k * LOCAL_PORT_STRIDE
@@ -67,11 +72,10 @@ def spawn_node(cfg: NodeConfig, log_path: Path) -> subprocess.Popen:
 
 
 def node_status(cfg: NodeConfig, timeout_s: float = 1.0) -> dict | None:
-    try:
-        with urllib.request.urlopen(f"http://{cfg.host}:{cfg.http_port}/api/v1/status", timeout=timeout_s) as r:
-            return json.loads(r.read())
-    except (OSError, ValueError):
-        return None
+    from runtime.node import fetch_json, http_client_ssl
+
+    st = fetch_json(f"{cfg.host}:{cfg.http_port}", "/api/v1/status", timeout_s, http_client_ssl(cfg))
+    return st if isinstance(st, dict) else None
 
 
 def stop_node(proc: subprocess.Popen, timeout_s: float = 20.0) -> int | None:
@@ -135,6 +139,9 @@ def run_local_cluster(base: NodeConfig, n: int, *, live: bool = True) -> int:
 
     cfgs = node_configs(base, n)
     console = Console()
+    if cfgs[0].tls:
+        console.print(f"TLS only on the client, MQTT and HTTP ports; clients trust "
+                      f"{cfgs[0].tls_ca_file or cfgs[0].tls_cert_file}", highlight=False)
     procs = [spawn_node(c, Path(c.data_dir) / "logs" / "node.out") for c in cfgs]
     stop = {"now": False}
 

@@ -32,7 +32,9 @@ from protocol.mqtt import (
     MqttDecoder,
     MqttLimits,
     MqttProtocolError,
+    Puback,
     Publish,
+    Pubrec,
     encode,
     encode_publish,
 )
@@ -42,6 +44,9 @@ from runtime.bridge import Inbox, LoopThread
 log = logging.getLogger("chorus.mqtt")
 
 INBOX_PACKETS_MAX = 50_000  # packets queued for the actor before reading pauses
+INBOX_BYTES_MAX = 64 << 20  # ... or bytes (of those packets, as read)
+PUBLISH_OVERHEAD_BYTES = 8  # a PUBLISH's fixed header, topic length and packet id, counted with topic and payload
+REFUSE_WAIT_S = 5.0  # a refused connection gets its CONNACK 3 on its CONNECT, or after this long
 
 
 class _Conn(asyncio.Protocol):
@@ -51,6 +56,13 @@ class _Conn(asyncio.Protocol):
         self.decoder = MqttDecoder(MqttLimits(packet_bytes_max=listener.cfg.packet_bytes_max), server=True)
         self.transport: asyncio.Transport | None = None
         self.closed = False
+        self.refused = False  # over connections_max: CONNACK 3 on its CONNECT, then closed
+        # QoS 1/2 PUBLISHes received and not yet acknowledged (PUBACK / PUBREC
+        # sent): packet id -> bytes; reading pauses at inflight_bytes_max
+        self.unacked: dict[int, int] = {}
+        self.in_flight_bytes = 0
+        self.held = False  # paused for in-flight bytes (not for the listener's inbox)
+        self._waiting: list = []  # packets read and not yet posted while held
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -61,22 +73,63 @@ class _Conn(asyncio.Protocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass
+        if not self.listener._conn_made(self):
+            return
         if self.listener.paused:
             self.transport.pause_reading()  # type: ignore[union-attr]
 
     def data_received(self, data: bytes) -> None:
+        if self.refused:
+            self.listener._refuse(self)
+            return
         try:
             packets = self.decoder.feed(data)
         except MqttProtocolError as err:
             log.info("mqtt connection %s: %s", self.id, err.message)
             if err.packets:  # what came before the bad packet counts (a PUBLISH, a DISCONNECT)
-                self.listener._post(("packets", self.id, list(err.packets)), len(err.packets))
+                self.listener._post(("packets", self.id, list(err.packets)), len(err.packets), len(data))
             if err.connack_code is not None and self.transport is not None:
                 self.transport.write(encode(Connack(False, err.connack_code)))
             self.close()
             return
         if packets:
-            self.listener._post(("packets", self.id, packets), len(packets))
+            self._take_in(packets, len(data))
+
+    def _take_in(self, packets: list, nbytes: int) -> None:
+        """Post ``packets`` to the actor, up to the one that takes the
+        connection's unacknowledged PUBLISH bytes to the bound; hold the
+        rest (and stop reading) until acknowledgements make room."""
+        if self._waiting or self.held:
+            self._waiting.extend(packets)
+            return
+        cap = self.listener.cfg.inflight_bytes_max
+        for i, p in enumerate(packets):
+            if type(p) is Publish and p.qos:
+                size = len(p.topic) + len(p.payload) + PUBLISH_OVERHEAD_BYTES
+                self.in_flight_bytes += size - self.unacked.get(p.packet_id, 0)  # a resend replaces
+                self.unacked[p.packet_id] = size
+                if self.in_flight_bytes >= cap and i + 1 < len(packets):
+                    self._waiting = packets[i + 1:]
+                    packets = packets[:i + 1]
+                    break
+        self.listener._post(("packets", self.id, packets), len(packets), nbytes)
+        if self.in_flight_bytes >= cap and not self.held and self.transport is not None:
+            self.held = True
+            self.transport.pause_reading()
+
+    def acked(self, packet_id: int) -> None:
+        """The broker answered the client's PUBLISH ``packet_id``."""
+        self.in_flight_bytes -= self.unacked.pop(packet_id, 0)
+
+    def maybe_resume(self) -> None:
+        if not self.held or self.closed or self.in_flight_bytes >= self.listener.cfg.inflight_bytes_max:
+            return
+        self.held = False
+        waiting, self._waiting = self._waiting, []
+        if waiting:
+            self._take_in(waiting, 0)
+        if not self.held and not self.listener.paused and self.transport is not None:
+            self.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -102,27 +155,42 @@ class MqttListener(LoopThread):
         self.cfg = cfg
         self._inbox = Inbox()
         self._queued = 0
+        self._queued_bytes = 0
         self.paused = False
         self._conns: dict[int, _Conn] = {}
         self._ids = itertools.count(1)
         self._init_loop("chorus-mqtt")
         self._server: Any = None
+        self._tls: Any = None  # runtime.tls.TlsAcceptor when TLS is on
         self.port = 0
 
     # ------------------------------------------------------------ lifecycle
     async def _listen(self) -> None:
-        self._server = await self.loop.create_server(self._accept, self.cfg.host, self.cfg.port,
+        accept: Any = self._accept
+        if self.cfg.tls_cert_file:
+            from runtime.tls import TlsAcceptor, server_context
+
+            self._tls = TlsAcceptor(server_context(self.cfg.tls_cert_file, self.cfg.tls_key_file),
+                                    what="MQTT port", handshakes_max=min(self.cfg.connections_max, 1024))
+            accept = self._tls.wrap(self._accept)
+        self._server = await self.loop.create_server(accept, self.cfg.host, self.cfg.port,
                                                      reuse_address=True, backlog=512)
         self.port = self._server.sockets[0].getsockname()[1]
 
     def _accept(self) -> _Conn:
-        conn = _Conn(self, next(self._ids))
+        return _Conn(self, next(self._ids))
+
+    def _conn_made(self, conn: _Conn) -> bool:
+        """Register ``conn``, or refuse it when the listener is full: MQTT
+        has no "busy" packet, so its CONNECT is answered with CONNACK 3
+        (server unavailable) and the connection closed."""
         if len(self._conns) >= self.cfg.connections_max:
-            # MQTT-3.1.4-? has no "busy" packet before CONNECT: answer its CONNACK with
-            # "server unavailable" and close (spec return code 3)
-            self.loop.call_soon(self._refuse, conn)
+            log.info("mqtt: %d connections (mqtt_connections_max), refusing one", len(self._conns))
+            conn.refused = True
+            self.loop.call_later(REFUSE_WAIT_S, self._refuse, conn)
+            return False
         self._conns[conn.id] = conn
-        return conn
+        return True
 
     def _refuse(self, conn: _Conn) -> None:
         if conn.transport is not None and not conn.closed:
@@ -132,13 +200,16 @@ class MqttListener(LoopThread):
     async def _shutdown(self) -> None:
         if self._server is not None:
             self._server.close()
+        if self._tls is not None:
+            self._tls.close()
         for c in list(self._conns.values()):
             c.close()
 
     # ------------------------------------------------------- actor <- I/O
-    def _post(self, event: tuple, count: int = 1) -> None:
+    def _post(self, event: tuple, count: int = 1, nbytes: int = 0) -> None:
         self._queued += count
-        if self._queued > INBOX_PACKETS_MAX and not self.paused:
+        self._queued_bytes += nbytes
+        if (self._queued > INBOX_PACKETS_MAX or self._queued_bytes > INBOX_BYTES_MAX) and not self.paused:
             self.paused = True  # the actor is behind: stop reading until it catches up
             for c in self._conns.values():
                 if c.transport is not None and not c.closed:
@@ -156,15 +227,16 @@ class MqttListener(LoopThread):
         """Every event posted since the last call (called by the actor)."""
         out = self._inbox.take()
         self._queued = 0
+        self._queued_bytes = 0
         if self.paused:
             self.loop.call_soon_threadsafe(self._resume)
         return out
 
     def _resume(self) -> None:
-        if self.paused and self._queued <= INBOX_PACKETS_MAX // 2:
+        if self.paused and self._queued <= INBOX_PACKETS_MAX // 2 and self._queued_bytes <= INBOX_BYTES_MAX // 2:
             self.paused = False
             for c in self._conns.values():
-                if c.transport is not None and not c.closed:
+                if c.transport is not None and not c.closed and not c.held:
                     c.transport.resume_reading()
 
     # ------------------------------------------------------- actor -> I/O
@@ -193,8 +265,12 @@ class MqttListener(LoopThread):
                             data = shared[id(p)] = encode_publish(p.topic, p.payload, 0, p.retain)
                         append(data)
                 else:
+                    if type(p) is Puback or type(p) is Pubrec:
+                        conn.acked(p.packet_id)
                     append(encode(p))
             conn.transport.write(b"".join(chunks))
+            if conn.held:
+                conn.maybe_resume()
         for conn_id in closing:
             conn = self._conns.get(conn_id)
             if conn is not None:

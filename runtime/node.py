@@ -95,6 +95,34 @@ class NodeConfig:
     failover_grace_ms: float = 1500.0
     log_level: str = "WARNING"
     boot_timeout_s: float = 60.0
+    # TLS on the client, MQTT and HTTP ports (all three speak TLS only when
+    # set; the cluster port is not affected).  PEM files; tls_ca_file is what
+    # the nodes trust when they call each other's HTTP API (default: the
+    # certificate itself, right for a self-signed one); tls_self_signed
+    # makes a certificate for 127.0.0.1/localhost in <data_dir>/tls.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_ca_file: str = ""
+    tls_self_signed: bool = False
+    # Limits per listener (runtime/bridge.py, runtime/mqtt_listener.py,
+    # runtime/http_api.py).  In-flight bytes: read from one connection and
+    # not yet answered (reading pauses beyond); out bytes: queued for a
+    # client that does not read (it is disconnected beyond).
+    client_connections_max: int = 1024
+    client_frame_bytes_max: int = 16 << 20
+    client_inflight_bytes_max: int = 64 << 20
+    client_out_bytes_max: int = 32 << 20
+    mqtt_connections_max: int = 10_000
+    mqtt_packet_bytes_max: int = 1 << 20
+    mqtt_inflight_bytes_max: int = 8 << 20
+    mqtt_out_bytes_max: int = 8 << 20
+    http_connections_max: int = 256
+    http_body_bytes_max: int = 1 << 20
+
+    @property
+    def tls(self) -> bool:
+        """Whether the client-facing ports speak TLS."""
+        return bool(self.tls_cert_file or self.tls_self_signed)
 
     @classmethod
     def load(cls, path: str | None = None, env: dict[str, str] | None = None, **flags: Any) -> "NodeConfig":
@@ -142,8 +170,71 @@ class NodeConfig:
             _split_endpoint(p)
         for p in self.convention_leaders:
             _split_endpoint(p)
+        _validate_limits(self)
+        _validate_tls(self)
         if not self.initial_nodes:
             self.initial_nodes = [self.node_id]
+
+
+# name -> (lowest, highest) of the listeners' limits
+LIMITS = {
+    "client_connections_max": (1, 1_000_000),
+    "client_frame_bytes_max": (4096, 1 << 30),
+    "client_inflight_bytes_max": (4096, 1 << 40),
+    "client_out_bytes_max": (4096, 1 << 40),
+    "mqtt_connections_max": (1, 10_000_000),
+    "mqtt_packet_bytes_max": (128, 268_435_455 + 5),  # MQTT's largest remaining length + fixed header
+    "mqtt_inflight_bytes_max": (128, 1 << 40),
+    "mqtt_out_bytes_max": (4096, 1 << 40),
+    "http_connections_max": (1, 1_000_000),
+    "http_body_bytes_max": (1024, 1 << 30),
+}
+
+
+def _validate_limits(cfg: NodeConfig) -> None:
+    for name, (lo, hi) in LIMITS.items():
+        v = getattr(cfg, name)
+        if not lo <= v <= hi:
+            raise ValueError(f"{name} must be in {lo}..{hi}, got {v}")
+    if cfg.client_inflight_bytes_max < cfg.client_frame_bytes_max:
+        raise ValueError(f"client_inflight_bytes_max ({cfg.client_inflight_bytes_max}) must be at least "
+                         f"client_frame_bytes_max ({cfg.client_frame_bytes_max}): one request must fit")
+
+
+def _validate_tls(cfg: NodeConfig) -> None:
+    if bool(cfg.tls_cert_file) != bool(cfg.tls_key_file):
+        raise ValueError("tls_cert_file and tls_key_file go together: give both, or neither")
+    for name in ("tls_cert_file", "tls_key_file", "tls_ca_file"):
+        path = getattr(cfg, name)
+        if path and not Path(path).is_file():
+            raise ValueError(f"{name}: no such file {path!r}")
+    if cfg.tls_ca_file and not cfg.tls:
+        raise ValueError("tls_ca_file is set but TLS is not: give tls_cert_file and tls_key_file "
+                         "(or tls_self_signed) too")
+
+
+def prepare_tls(cfg: NodeConfig) -> str:
+    """Make the self-signed certificate if asked for and none is given (in
+    ``<data_dir>/tls``); returns the file clients should trust ("" without TLS)."""
+    from runtime.tls import TlsError, ensure_self_signed, server_context
+
+    try:
+        if cfg.tls_self_signed and not cfg.tls_cert_file:
+            cfg.tls_cert_file, cfg.tls_key_file = ensure_self_signed(cfg.data_dir)
+        if cfg.tls_cert_file:
+            server_context(cfg.tls_cert_file, cfg.tls_key_file)  # a bad file: stop here, not in an actor
+    except TlsError as exc:
+        raise SystemExit(f"node {cfg.node_id}: {exc}") from None
+    return cfg.tls_ca_file or cfg.tls_cert_file
+
+
+def http_client_ssl(cfg: NodeConfig) -> Any:
+    """The SSLContext a node uses for other nodes' HTTP API (None without TLS)."""
+    if not cfg.tls:
+        return None
+    from runtime.tls import client_context
+
+    return client_context(cfg.tls_ca_file or cfg.tls_cert_file or None)
 
 
 def shard_tuning(cfg: NodeConfig) -> ShardTuning:
@@ -234,20 +325,26 @@ def claim_data_dir(cfg: NodeConfig) -> str:
 
 
 # ------------------------------------------------------------- directory
-def fetch_json(endpoint: str, path: str, timeout_s: float = 2.0) -> Any:
-    """GET http://endpoint{path} as JSON, or None if unreachable."""
+def fetch_json(endpoint: str, path: str, timeout_s: float = 2.0, context: Any = None) -> Any:
+    """GET http://endpoint{path} as JSON (https:// with the SSLContext
+    ``context``), or None if unreachable."""
     if not endpoint:
         return None
+    scheme = "https" if context is not None else "http"
     try:
-        with urllib.request.urlopen(f"http://{endpoint}{path}", timeout=timeout_s) as r:
+        if context is None:
+            r = urllib.request.urlopen(f"{scheme}://{endpoint}{path}", timeout=timeout_s)
+        else:
+            r = urllib.request.urlopen(f"{scheme}://{endpoint}{path}", timeout=timeout_s, context=context)
+        with r:
             return json.loads(r.read())
     except (OSError, ValueError, urllib.error.URLError):
         return None
 
 
-def fetch_directory(endpoint: str, timeout_s: float = 2.0) -> dict | None:
+def fetch_directory(endpoint: str, timeout_s: float = 2.0, context: Any = None) -> dict | None:
     """GET http://endpoint/api/v1/cluster/directory, or None if unreachable."""
-    doc = fetch_json(endpoint, "/api/v1/cluster/directory", timeout_s)
+    doc = fetch_json(endpoint, "/api/v1/cluster/directory", timeout_s, context)
     return doc if isinstance(doc, dict) and isinstance(doc.get("nodes"), list) else None
 
 
@@ -269,6 +366,8 @@ class Node:
         self.admin_pid: int | None = None
         self.convention_leaders: list[str] = []
         self.cluster_voters: tuple[str, ...] = ()  # the agency voters a peer reported at boot
+        self.trust_file = ""  # the certificate (or CA) clients trust, when TLS is on
+        self.http_ssl: Any = None  # SSLContext for other nodes' HTTP API, when TLS is on
         self._stop = False
 
     # ---------------------------------------------------------- start
@@ -291,6 +390,8 @@ class Node:
 
         cfg = self.cfg
         self.cluster_id = claim_data_dir(cfg)
+        self.trust_file = prepare_tls(cfg)
+        self.http_ssl = http_client_ssl(cfg)
         data = Path(cfg.data_dir).resolve()
         (data / "logs").mkdir(exist_ok=True)
         os.environ["THESPIAN_BASE_IPADDR"] = cfg.host
@@ -314,7 +415,14 @@ class Node:
         self.endpoints = NodeEndpoints(cfg.node_id, admin=f"{cfg.host}:{cfg.admin_port}", raft=self.addrs["raft"],
                                        supervisor=self.addrs["supervisor"], node=self.addrs["node"],
                                        dispatcher=self.addrs["dispatcher"], mqtt=self.addrs["mqtt"])
-        listen = ListenConfig(host=cfg.host, client_port=cfg.client_port, http_port=cfg.http_port)
+        listen = ListenConfig(host=cfg.host, client_port=cfg.client_port, http_port=cfg.http_port,
+                              frame_bytes_max=cfg.client_frame_bytes_max,
+                              conn_out_bytes_max=cfg.client_out_bytes_max,
+                              connections_max=cfg.client_connections_max,
+                              inflight_bytes_max=cfg.client_inflight_bytes_max,
+                              http_connections_max=cfg.http_connections_max,
+                              http_body_bytes_max=cfg.http_body_bytes_max,
+                              tls_cert_file=cfg.tls_cert_file, tls_key_file=cfg.tls_key_file)
         boot = DispatcherBoot(cfg.node_id, self.cluster_id, self.addrs["node"], self.addrs["raft"],
                               self.addrs["supervisor"], listen, self.endpoints, self.host_cfg, VERSION)
         reply = self.asys.ask(self.addrs["dispatcher"], boot, 20)
@@ -328,6 +436,9 @@ class Node:
         mqtt = f"mqtt {cfg.host}:{self.mqtt_port}, " if self.mqtt_port else ""
         self.say(f"node {cfg.node_id}: client {cfg.host}:{self.client_port}, http {cfg.host}:{self.http_port}, "
                  f"{mqtt}cluster {cfg.host}:{cfg.admin_port}, data {data}")
+        if cfg.tls:
+            self.say(f"node {cfg.node_id}: TLS only (1.2 or newer) on the client, MQTT and HTTP ports; "
+                     f"certificate {cfg.tls_cert_file}; clients trust {self.trust_file}")
         self._discover(initial=True)
         if cfg.peers and not self.peers and set(cfg.initial_nodes) <= {cfg.node_id} and not (data / "raft").exists():
             # a brand-new node told to join: never form a cluster of its own
@@ -346,7 +457,12 @@ class Node:
         from protocol.mqtt_cluster import MqttBoot, MqttListenConfig
 
         cfg = self.cfg
-        listen = MqttListenConfig(host=cfg.host, port=cfg.mqtt_port) if cfg.mqtt_port >= 0 else None
+        listen = MqttListenConfig(host=cfg.host, port=cfg.mqtt_port, connections_max=cfg.mqtt_connections_max,
+                                  conn_out_bytes_max=cfg.mqtt_out_bytes_max,
+                                  packet_bytes_max=cfg.mqtt_packet_bytes_max,
+                                  inflight_bytes_max=cfg.mqtt_inflight_bytes_max,
+                                  tls_cert_file=cfg.tls_cert_file,
+                                  tls_key_file=cfg.tls_key_file) if cfg.mqtt_port >= 0 else None
         boot = MqttBoot(cfg.node_id, self.addrs["raft"], self.addrs["supervisor"],
                         ((cfg.node_id, self.addrs["mqtt"]),), listen, host=self.host_cfg,
                         node=self.addrs["node"], dispatcher=self.addrs["dispatcher"])
@@ -412,7 +528,7 @@ class Node:
             endpoints = list(dict.fromkeys(own + list(cfg.peers) + [p["http"] for p in self.peers.values()]))
             heard_from: set[str] = set()
             for ep in endpoints:
-                doc = fetch_directory(ep)
+                doc = fetch_directory(ep, context=self.http_ssl)
                 if doc is None or not doc.get("cluster_id"):
                     continue  # not up, or its launcher has not published its directory yet
                 if doc.get("cluster_id") != self.cluster_id:
@@ -487,7 +603,7 @@ class Node:
         """The agency voters as a peer reports them (``GET /api/v1/status``);
         empty when no peer answers with any (a cluster that is forming)."""
         for entry in self.peers.values():
-            st = fetch_json(entry.get("http", ""), "/api/v1/status")
+            st = fetch_json(entry.get("http", ""), "/api/v1/status", context=self.http_ssl)
             voters = (st or {}).get("agency", {}).get("voters") if isinstance(st, dict) else None
             if voters:
                 return tuple(sorted(voters))
@@ -572,7 +688,8 @@ class Node:
     def _write_pidfile(self) -> None:
         doc = {"launcher": os.getpid(), "admin": self.admin_pid,
                "client": f"{self.cfg.host}:{self.client_port}", "http": f"{self.cfg.host}:{self.http_port}",
-               "mqtt": f"{self.cfg.host}:{self.mqtt_port}" if self.mqtt_port else ""}
+               "mqtt": f"{self.cfg.host}:{self.mqtt_port}" if self.mqtt_port else "",
+               "tls_ca_file": str(Path(self.trust_file).resolve()) if self.trust_file else ""}
         path = Path(self.cfg.data_dir) / "node.pid"
         path.write_text(json.dumps(doc))
 

@@ -149,12 +149,29 @@ class RealCluster:
         return leftovers
 
     # -------------------------------------------------------------- HTTP
+    def trust_file(self, nid: str) -> str:
+        """The certificate a client of a node with TLS trusts ("" without TLS)."""
+        cfg = self.cfgs[nid]
+        if not cfg.tls:
+            return ""
+        from runtime.tls import SELF_SIGNED_CERT, SELF_SIGNED_DIR
+
+        return cfg.tls_ca_file or cfg.tls_cert_file or str(Path(cfg.data_dir) / SELF_SIGNED_DIR / SELF_SIGNED_CERT)
+
+    def _ssl(self, nid: str) -> Any:
+        from runtime.tls import client_context
+
+        return client_context(self.trust_file(nid)) if self.cfgs[nid].tls else None
+
     def url(self, nid: str, path: str) -> str:
-        return f"http://127.0.0.1:{self.cfgs[nid].http_port}/api/v1{path}"
+        scheme = "https" if self.cfgs[nid].tls else "http"
+        return f"{scheme}://127.0.0.1:{self.cfgs[nid].http_port}/api/v1{path}"
 
     def get(self, nid: str, path: str, timeout_s: float = 10) -> Any:
+        from runtime.tls import urlopen
+
         try:
-            with urllib.request.urlopen(self.url(nid, path), timeout=timeout_s) as r:
+            with urlopen(self.url(nid, path), timeout=timeout_s, context=self._ssl(nid)) as r:
                 return json.loads(r.read())
         except urllib.error.HTTPError as e:
             return json.loads(e.read() or b"{}")
@@ -165,8 +182,10 @@ class RealCluster:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.url(nid, path), data=data, method=method,
                                      headers={"Content-Type": "application/json"})
+        from runtime.tls import urlopen
+
         try:
-            with urllib.request.urlopen(req, timeout=timeout_s) as r:
+            with urlopen(req, timeout=timeout_s, context=self._ssl(nid)) as r:
                 return r.status, json.loads(r.read())
         except urllib.error.HTTPError as e:
             return e.code, json.loads(e.read() or b"{}")
