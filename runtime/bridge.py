@@ -23,12 +23,16 @@ Events the actor receives from :meth:`take`::
     ("closed", conn_id)                             # the connection is gone
     ("admin", token, kind, args)                    # a Gateway call
 
-Limits (``protocol.node.ListenConfig``): frame size; requests in flight per
-connection (reading pauses at the bound, so a client that pipelines too
-much is slowed, not buffered); bytes queued for sending per connection (a
-consumer that does not read is disconnected at ``conn_out_bytes_max``);
-connections per node; idle connections are closed after the session
-timeout.  A protocol error is answered with an ``ErrorResponse`` and the
+Limits (``protocol.node.ListenConfig``): frame size; requests and request
+bytes in flight per connection (reading pauses at either bound, and frames
+already read wait, so a client that pipelines too much is slowed, not
+buffered); bytes queued for sending per connection (a consumer that does
+not read is disconnected at ``conn_out_bytes_max``); connections per node
+(``OVERLOADED``) on the client port, and connections (503) and body size
+(413) on the HTTP port; idle connections are closed after the session
+timeout.  With ``tls_cert_file`` both ports speak TLS only
+(``runtime/tls.py``: each connection's handshake is done before its
+protocol object exists).  A protocol error is answered with an ``ErrorResponse`` and the
 connection closed; an exception while serving one connection closes that
 connection with ``INTERNAL_ERROR`` and the node keeps serving the others.
 """

@@ -15,9 +15,12 @@ Events the actor takes::
 
 Malformed input closes the connection (after a CONNACK with a return code
 where the spec has one: MQTT-3.1.2-2, 3.1.3-9); the node and the other
-connections carry on.  Bounds: connections, packet size, unsent bytes per
-connection (a client that does not read is dropped), and queued packets
-(reading pauses on every connection while the actor is behind).
+connections carry on.  Bounds: connections (CONNACK 3 beyond), packet size, unsent bytes per
+connection (a client that does not read is dropped), QoS 1/2 PUBLISH bytes
+not yet acknowledged per connection (that connection's reading pauses
+until the PUBACK/PUBREC the actor sends make room), and queued packets and
+bytes (reading pauses on every connection while the actor is behind).
+With ``tls_cert_file`` the port speaks TLS only (``runtime/tls.py``).
 """
 from __future__ import annotations
 
