@@ -241,6 +241,12 @@ def run(
     admin_port: Optional[int] = typer.Option(None, "--admin-port", help="cluster (Thespian admin) port [7191]"),
     mqtt_port: Optional[int] = typer.Option(None, "--mqtt-port", help="MQTT 3.1.1 [1883]; -1: no MQTT listener"),
     cluster_id: Optional[str] = typer.Option(None, "--cluster-id", help="refuse data or peers of another cluster"),
+    cluster_secret_file: Optional[str] = typer.Option(
+        None, "--cluster-secret-file",
+        help="the cluster's secret (cluster.secret in a node's data directory): needed to --join, and by each node "
+             "of a new cluster of several --initial-nodes"),
+    cluster_host: Optional[str] = typer.Option(None, "--cluster-host",
+                                               help="address the cluster ports bind to [--host]"),
     initial_nodes: Optional[str] = typer.Option(None, "--initial-nodes",
                                                 help="comma-separated node ids of a new cluster's agency"),
     tls_cert_file: Optional[str] = typer.Option(None, "--tls-cert-file",
@@ -265,6 +271,7 @@ def run(
         cfg = NodeConfig.load(str(config) if config else None, node_id=node_id, data_dir=data_dir, host=host,
                               client_port=client_port, http_port=http_port, admin_port=admin_port,
                               mqtt_port=mqtt_port, cluster_id=cluster_id, peers=peers,
+                              cluster_secret_file=cluster_secret_file, cluster_host=cluster_host,
                               tls_cert_file=tls_cert_file, tls_key_file=tls_key_file, tls_ca_file=tls_ca_file,
                               tls_self_signed=True if tls_self_signed else None,
                               initial_nodes=initial_nodes.split(",") if initial_nodes else None)

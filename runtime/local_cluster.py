@@ -45,9 +45,23 @@ def node_configs(base: NodeConfig, n: int) -> list[NodeConfig]:
                            mqtt_port=base.mqtt_port + off if base.mqtt_port > 0 else base.mqtt_port,
                            initial_nodes=list(ids), peers=[],
                            cluster_id=cluster_id))
+    secret_file = base.cluster_secret_file or shared_secret_file(Path(base.data_dir))
     for cfg in out:
         cfg.peers = [f"{o.host}:{o.http_port}" for o in out if o.node_id != cfg.node_id]
+        cfg.cluster_secret_file = secret_file
     return out
+
+
+def shared_secret_file(base_dir: Path) -> str:
+    """``base_dir/cluster.secret``, made on first use: the one secret of the
+    nodes a launcher starts (each copies it into its data directory)."""
+    from runtime.cluster_auth import SECRET_FILE, new_secret, write_secret
+
+    path = base_dir / SECRET_FILE
+    if not path.exists():
+        base_dir.mkdir(parents=True, exist_ok=True)
+        write_secret(path, new_secret())
+    return str(path)
 
 
 def _existing_cluster_id(data_dir: str, ids: list[str]) -> str | None:

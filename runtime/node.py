@@ -80,6 +80,11 @@ class NodeConfig:
     cluster_id: str = ""  # empty: take the data directory's, or a new one on first start
     data_dir: str = "data"
     host: str = "127.0.0.1"  # every port binds here; keep the cluster port on a private network
+    # the cluster (Thespian) ports bind here and are advertised with it; empty: ``host``
+    cluster_host: str = ""
+    # where a node that joins (or one of a new multi-node cluster) reads the cluster's secret; it is
+    # copied into the data directory (runtime/cluster_auth.py)
+    cluster_secret_file: str = ""
     client_port: int = DEFAULT_CLIENT_PORT
     http_port: int = DEFAULT_HTTP_PORT
     admin_port: int = DEFAULT_ADMIN_PORT
@@ -123,6 +128,11 @@ class NodeConfig:
     def tls(self) -> bool:
         """Whether the client-facing ports speak TLS."""
         return bool(self.tls_cert_file or self.tls_self_signed)
+
+    @property
+    def cluster_addr(self) -> str:
+        """The address the cluster (Thespian) ports bind to and advertise."""
+        return self.cluster_host or self.host
 
     @classmethod
     def load(cls, path: str | None = None, env: dict[str, str] | None = None, **flags: Any) -> "NodeConfig":
@@ -170,6 +180,14 @@ class NodeConfig:
             _split_endpoint(p)
         for p in self.convention_leaders:
             _split_endpoint(p)
+        if self.cluster_host:
+            import ipaddress
+
+            try:
+                ipaddress.IPv4Address(self.cluster_host)
+            except ValueError:
+                raise ValueError(f"cluster_host must be an IPv4 address (the cluster ports bind to it), "
+                                 f"got {self.cluster_host!r}") from None
         _validate_limits(self)
         _validate_tls(self)
         if not self.initial_nodes:
@@ -383,10 +401,12 @@ class Node:
         from protocol.node import DispatcherBoot, ListenConfig, NodeEndpoints
         from runtime.agency_local import (
             _children_of,
-            _install_loopback_bind_patch,
+            _install_bind_patch,
             reap_new_children,
             tune_thespian_transport,
         )
+        from runtime.cluster_auth import SECRET_FILE, node_secret
+        from runtime.cluster_auth import install as install_cluster_auth
 
         cfg = self.cfg
         self.cluster_id = claim_data_dir(cfg)
@@ -394,13 +414,19 @@ class Node:
         self.http_ssl = http_client_ssl(cfg)
         data = Path(cfg.data_dir).resolve()
         (data / "logs").mkdir(exist_ok=True)
-        os.environ["THESPIAN_BASE_IPADDR"] = cfg.host
+        secret, how = node_secret(data, cfg.cluster_secret_file,
+                                  new_cluster=set(cfg.initial_nodes) <= {cfg.node_id} and not cfg.peers)
+        install_cluster_auth(secret)  # before the ActorSystem: its processes inherit it
+        if how == "created":
+            self.say(f"node {cfg.node_id}: new cluster secret in {data / SECRET_FILE}; nodes that join need a copy "
+                     f"(--cluster-secret-file)")
+        os.environ["THESPIAN_BASE_IPADDR"] = cfg.cluster_addr
         os.environ["THESPLOG_FILE"] = str(data / "logs" / "thespian.log")
         os.environ.setdefault("THESPLOG_THRESHOLD", "WARNING")
         from thespian.system import utilis
 
         utilis._thesplog_file = None
-        _install_loopback_bind_patch()
+        _install_bind_patch()
         tune_thespian_transport()
         before = set(_children_of(os.getpid()))
         self.asys = ActorSystem("multiprocTCPBase", {"Admin Port": cfg.admin_port, CAP_NODE: cfg.node_id,
@@ -412,7 +438,7 @@ class Node:
         for name, cls in (("raft", RaftPeer), ("supervisor", Supervisor), ("node", NodeActor),
                           ("dispatcher", Dispatcher), ("mqtt", MqttFront)):
             self.addrs[name] = self.asys.createActor(cls)
-        self.endpoints = NodeEndpoints(cfg.node_id, admin=f"{cfg.host}:{cfg.admin_port}", raft=self.addrs["raft"],
+        self.endpoints = NodeEndpoints(cfg.node_id, admin=f"{cfg.cluster_addr}:{cfg.admin_port}", raft=self.addrs["raft"],
                                        supervisor=self.addrs["supervisor"], node=self.addrs["node"],
                                        dispatcher=self.addrs["dispatcher"], mqtt=self.addrs["mqtt"])
         listen = ListenConfig(host=cfg.host, client_port=cfg.client_port, http_port=cfg.http_port,
@@ -435,7 +461,7 @@ class Node:
         self._publish()
         mqtt = f"mqtt {cfg.host}:{self.mqtt_port}, " if self.mqtt_port else ""
         self.say(f"node {cfg.node_id}: client {cfg.host}:{self.client_port}, http {cfg.host}:{self.http_port}, "
-                 f"{mqtt}cluster {cfg.host}:{cfg.admin_port}, data {data}")
+                 f"{mqtt}cluster {cfg.cluster_addr}:{cfg.admin_port}, data {data}")
         if cfg.tls:
             self.say(f"node {cfg.node_id}: TLS only (1.2 or newer) on the client, MQTT and HTTP ports; "
                      f"certificate {cfg.tls_cert_file}; clients trust {self.trust_file}")
@@ -488,7 +514,7 @@ class Node:
         leaders = list(cfg.convention_leaders)
         if not leaders:
             voters = self.cluster_voters or tuple(sorted(set(cfg.initial_nodes)))
-            mine = f"{cfg.host}:{cfg.admin_port}"
+            mine = f"{cfg.cluster_addr}:{cfg.admin_port}"
             for nid in voters:
                 admin = mine if nid == cfg.node_id else self.peers.get(nid, {}).get("admin")
                 if admin:
@@ -502,7 +528,7 @@ class Node:
     def _mine(self) -> dict:
         cfg = self.cfg
         return {"node_id": cfg.node_id, "client": f"{cfg.host}:{self.client_port}",
-                "http": f"{cfg.host}:{self.http_port}", "admin": f"{cfg.host}:{cfg.admin_port}",
+                "http": f"{cfg.host}:{self.http_port}", "admin": f"{cfg.cluster_addr}:{cfg.admin_port}",
                 "mqtt_listen": f"{cfg.host}:{self.mqtt_port}" if self.mqtt_port else "",
                 **{k: address_to_str(self.addrs[k]) for k in ("raft", "supervisor", "node", "dispatcher", "mqtt")}}
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.agency_local import _children_of, free_port, process_exists
-from runtime.local_cluster import spawn_node
+from runtime.local_cluster import shared_secret_file, spawn_node
 from runtime.node import NodeConfig
 
 
@@ -30,8 +30,10 @@ class RealCluster:
                                         client_port=free_port(), http_port=free_port(), admin_port=free_port(),
                                         mqtt_port=free_port(),
                                         initial_nodes=list(ids), **overrides)
+        self.secret_file = shared_secret_file(self.base_dir)
         for nid, cfg in self.cfgs.items():
             cfg.peers = [f"127.0.0.1:{c.http_port}" for o, c in self.cfgs.items() if o != nid]
+            cfg.cluster_secret_file = self.secret_file
         self.procs: dict[str, subprocess.Popen] = {}
 
     def add_node(self, nid: str, join: str) -> NodeConfig:
@@ -40,7 +42,7 @@ class RealCluster:
         no cluster id, no initial nodes); start it with :meth:`start`."""
         cfg = NodeConfig(node_id=nid, data_dir=str(self.base_dir / nid), client_port=free_port(),
                          http_port=free_port(), admin_port=free_port(), mqtt_port=free_port(),
-                         peers=[f"127.0.0.1:{self.cfgs[join].http_port}"])
+                         peers=[f"127.0.0.1:{self.cfgs[join].http_port}"], cluster_secret_file=self.secret_file)
         self.cfgs[nid] = cfg
         return cfg
 

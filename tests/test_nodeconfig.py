@@ -60,3 +60,15 @@ def test_replicas_tick_every_100_ms_and_report_four_times_per_grace() -> None:
     assert (t.tick_ms, t.state_interval_ms, t.group_commit_ms) == (100, 375, 2.0)
     # a short grace still leaves a report per tick, never less
     assert shard_tuning(NodeConfig.load(env={"CHORUS_FAILOVER_GRACE_MS": "200"})).state_interval_ms == 100
+
+
+def test_cluster_host_is_an_address_the_cluster_ports_bind_to():
+    from runtime.node import NodeConfig
+
+    assert NodeConfig.load(None, env={}).cluster_addr == "127.0.0.1"
+    assert NodeConfig.load(None, env={}, cluster_host="10.1.2.3").cluster_addr == "10.1.2.3"
+    assert NodeConfig.load(None, env={"CHORUS_CLUSTER_SECRET_FILE": "/s"}).cluster_secret_file == "/s"
+    import pytest
+
+    with pytest.raises(ValueError, match="cluster_host must be an IPv4 address"):
+        NodeConfig.load(None, env={}, cluster_host="example.invalid")

@@ -6,6 +6,7 @@ import json
 import socket
 import struct
 import time
+from pathlib import Path
 
 import pytest
 
@@ -286,10 +287,21 @@ def test_nodes_find_each_other_through_a_convention_with_several_leaders(tmp_pat
         d4 = _wait_for("n4's convention", lambda: (
             lambda d: d if {"n2", "n3"} <= set(d["convention"]) else None)(c.get("n4", "/cluster/directory")))
         assert d4["convention_leaders"] == leaders and "n1" not in d4["convention"]
-        # a node of another cluster that registers with our convention is not listed
-        x1 = NodeConfig(node_id="x1", cluster_id="c-other", data_dir=str(tmp_path / "x1"), client_port=free_port(),
+        # a node without the cluster's secret is never heard of: its frames are dropped
+        x2 = NodeConfig(node_id="x2", data_dir=str(tmp_path / "x2"), client_port=free_port(),
                         http_port=free_port(), admin_port=free_port(), mqtt_port=free_port(),
                         convention_leaders=[leaders[1]])
+        c.cfgs["x2"] = x2
+        c.procs["x2"] = spawn_node(x2, tmp_path / "x2.out")
+        n2_log = Path(c.cfgs["n2"].data_dir) / "logs" / "thespian.log"
+        _wait_for("x2's frames dropped by n2", lambda: n2_log.exists() and "wrong signature" in n2_log.read_text())
+        d2 = c.get("n2", "/cluster/directory")
+        assert "x2" not in d2["convention"] and "x2" not in d2["convention_refused"]
+        # a node of another cluster (given this cluster's secret by mistake) that registers with our
+        # convention is refused by its cluster id, and not listed
+        x1 = NodeConfig(node_id="x1", cluster_id="c-other", data_dir=str(tmp_path / "x1"), client_port=free_port(),
+                        http_port=free_port(), admin_port=free_port(), mqtt_port=free_port(),
+                        convention_leaders=[leaders[1]], cluster_secret_file=c.secret_file)
         c.cfgs["x1"] = x1
         c.procs["x1"] = spawn_node(x1, tmp_path / "x1.out")
         _wait_for("x1 refused", lambda: "x1" in c.get("n2", "/cluster/directory")["convention_refused"])
@@ -302,10 +314,22 @@ def test_nodes_find_each_other_through_a_convention_with_several_leaders(tmp_pat
 
 
 def test_a_new_node_with_no_reachable_seed_does_not_start_a_cluster_of_its_own(tmp_path) -> None:
-    from runtime.local_cluster import spawn_node
+    from runtime.local_cluster import shared_secret_file, spawn_node
 
     cfg = NodeConfig(node_id="n9", data_dir=str(tmp_path / "n9"), client_port=free_port(), http_port=free_port(),
-                     admin_port=free_port(), mqtt_port=free_port(), peers=[f"127.0.0.1:{free_port()}"], boot_timeout_s=2)
+                     admin_port=free_port(), mqtt_port=free_port(), peers=[f"127.0.0.1:{free_port()}"], boot_timeout_s=2,
+                     cluster_secret_file=shared_secret_file(tmp_path))
     proc = spawn_node(cfg, tmp_path / "out.txt")
     assert proc.wait(60) != 0
     assert "not starting a cluster of its own" in (tmp_path / "out.txt").read_text()
+
+
+def test_a_node_that_joins_without_the_cluster_secret_is_told_where_to_get_it(tmp_path) -> None:
+    from runtime.local_cluster import spawn_node
+
+    cfg = NodeConfig(node_id="n9", data_dir=str(tmp_path / "n9"), client_port=free_port(), http_port=free_port(),
+                     admin_port=free_port(), mqtt_port=free_port(), peers=[f"127.0.0.1:{free_port()}"])
+    proc = spawn_node(cfg, tmp_path / "out.txt")
+    assert proc.wait(60) != 0
+    out = (tmp_path / "out.txt").read_text()
+    assert "needs the cluster's secret" in out and "--cluster-secret-file" in out
