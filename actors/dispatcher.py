@@ -38,6 +38,7 @@ from thespian.actors import ThespianWatch
 
 from actors.base import ChorusActor
 from actors.dispatcher_mqtt import DispatcherMqtt
+from actors.dispatcher_users import DispatcherUsers
 from actors.supervisor import PLAN_ROOT, walk_plans
 from protocol.agency import (
     AgencyReply,
@@ -88,6 +89,7 @@ from protocol.node import (
 from protocol.records import Record, decode_batch, encode_batch, is_control, read_header
 from protocol.shard import Produce, ProduceReply, ReadShard, ReadShardReply, ShardStatusReply
 from protocol.topics import TOPICS_ROOT, TopicName, TopicSpec
+from protocol.users import USERS_ROOT
 
 NODES_ROOT = "/chorus/nodes"
 NAMESPACES_ROOT = "/chorus/namespaces"
@@ -167,7 +169,7 @@ class _Sub:
         self.last_sent = -1e9
 
 
-class Dispatcher(ChorusActor, DispatcherMqtt):
+class Dispatcher(ChorusActor, DispatcherMqtt, DispatcherUsers):
     def __init__(self) -> None:
         super().__init__()
         self.boot: DispatcherBoot | None = None
@@ -278,7 +280,8 @@ class Dispatcher(ChorusActor, DispatcherMqtt):
 
     # --------------------------------------------------------- agency view
     def _poll(self) -> None:
-        self._agency(Read((TOPICS_ROOT, PLAN_ROOT, NODES_ROOT, NAMESPACES_ROOT), linearizable=False), self._polled)
+        self._agency(Read((TOPICS_ROOT, PLAN_ROOT, NODES_ROOT, NAMESPACES_ROOT, USERS_ROOT), linearizable=False),
+                     self._polled)
         if not self.registered:
             self._register()
 
@@ -318,7 +321,8 @@ class Dispatcher(ChorusActor, DispatcherMqtt):
         if rev < self.revision:
             return
         self.revision = rev
-        topics_tree, plans_tree, nodes_tree, ns_tree = (list(reply.result["values"]) + [None] * 4)[:4]
+        topics_tree, plans_tree, nodes_tree, ns_tree, users_tree = (list(reply.result["values"]) + [None] * 5)[:5]
+        self._users_polled(users_tree)
         self.topics = dict(_walk_topics(topics_tree or {}))
         self.plans = dict(walk_plans(plans_tree or {}))
         self.nodes = {k: v for k, v in (nodes_tree or {}).items() if isinstance(v, dict)}

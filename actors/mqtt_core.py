@@ -63,7 +63,7 @@ STATUS_FILTERS_MAX = 100  # route filters per node shown in the status
 
 
 class _Conn:
-    __slots__ = ("id", "client_id", "session", "last_rx", "pending", "graceful")
+    __slots__ = ("id", "client_id", "session", "last_rx", "pending", "graceful", "user")
 
     def __init__(self, conn_id: Any, now: float) -> None:
         self.id = conn_id
@@ -72,6 +72,7 @@ class _Conn:
         self.last_rx = now
         self.pending: list | None = None  # packets held while the CONNECT waits for a takeover
         self.graceful = False
+        self.user: str | None = None  # the CONNECT's user name (the listener verified its password)
 
 
 class MqttCore:
@@ -116,7 +117,10 @@ class MqttCore:
         self.to_close: set[Any] = set()
         self.sends: list[tuple[str, Any]] = []
         self.txns: list[tuple[Txn, Callable[[Any], None]]] = []
-        self.stats = {"published": 0, "delivered": 0, "forwarded": 0, "dropped": 0}
+        self.stats = {"published": 0, "delivered": 0, "forwarded": 0, "dropped": 0, "denied": 0}
+        # (user, "produce" | "consume", topic or filter) -> allowed?  None: no
+        # permissions (the simulator, or a node with auth off); see protocol/users.py
+        self.access: Callable[[str | None, str, str], bool] | None = None
         self._restore()
 
     # ------------------------------------------------------------ restore
@@ -249,6 +253,7 @@ class MqttCore:
             self.conns.pop(c.id, None)
             return
         c.client_id = cid
+        c.user = p.username
         c.pending = []
         self.req += 1
         self.takeovers[self.req] = {"conn": c.id, "connect": p, "cid": cid, "phase": "", "prev": None, "epoch": 0,
@@ -430,6 +435,13 @@ class MqttCore:
             if s is not None:
                 self._discard(s)
             s = self._new_session(cid, True)
+        elif self.access is not None and any(not self.access(c.user, "consume", f) for f in s.subs):
+            # a session (and its queue) this user may not read: another user's
+            # client id, or a role revoked meanwhile -- it starts afresh
+            self.record("mqtt.session_denied", node=self.node_id, client=cid, user=c.user)
+            self._discard(s)
+            s = self._new_session(cid, p.clean_session)
+            present = False
         s.conn = c.id
         s.will = p.will
         s.keepalive_s = p.keep_alive_s
@@ -483,6 +495,11 @@ class MqttCore:
         fresh = []
         for flt, qos in p.topics:
             if flt not in s.subs and len(s.subs) >= self.t.subscriptions_per_session_max:
+                codes.append(SUBACK_FAILURE)
+                continue
+            if self.access is not None and not self.access(c.user, "consume", flt):
+                self.stats["denied"] += 1
+                self.record("mqtt.denied", node=self.node_id, client=s.client_id, user=c.user, filter=flt)
                 codes.append(SUBACK_FAILURE)
                 continue
             self._add_sub(s, flt, qos)
@@ -653,6 +670,13 @@ class MqttCore:
 
         if p.topic.startswith("$"):
             # MQTT 4.7.2: '$' topics are the server's; a client's publish to one is dropped
+            if qos:
+                settled()
+            return
+        if self.access is not None and not self.access(c.user, "produce", p.topic):
+            # acknowledged and dropped, as MQTT-3.3.5-2 allows; counted and recorded
+            self.stats["denied"] += 1
+            self.record("mqtt.denied", node=self.node_id, client=s.client_id, user=c.user, topic=p.topic)
             if qos:
                 settled()
             return

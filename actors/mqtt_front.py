@@ -45,6 +45,7 @@ from protocol.mqtt_cluster import (
     MqttTakeoverReply,
 )
 from protocol.node import NodesQuery, NodesReply
+from protocol.users import USERS_ROOT, Grants, mqtt_allows
 
 EPOCH_KEY = b"epoch"
 NODES_QUERY_S = 1.0
@@ -97,6 +98,11 @@ class MqttFront(ChorusActor, BridgeShell):
         self.gen = 0
         self.last_nodes_query = 0.0
         self.last_watch = 0.0
+        # with authentication: the users (read once, then followed by a watch),
+        # for the listener's password checks and the core's permission checks
+        self.users_tree: dict | None = None
+        self.users_revision = 0
+        self.grants: dict[str, Grants] = {}
 
     # ---------------------------------------------------------------- boot
     def on_MqttBoot(self, msg: MqttBoot, sender: Any) -> None:
@@ -128,6 +134,9 @@ class MqttFront(ChorusActor, BridgeShell):
                 return
         self.record("mqtt.boot", node=msg.node_id, epoch=epoch,
                     port=self.listener.port if self.listener is not None else None)
+        if msg.listen is not None and msg.listen.auth:
+            self.core.access = self._access
+            self._read_users()
         self._load()
         self._arm()
         if sender is not None:
@@ -159,6 +168,41 @@ class MqttFront(ChorusActor, BridgeShell):
         self.core.agency_loaded((reply.result.get("values") or [None])[0])
         self._watch()
 
+    # -------------------------------------------------------------- users
+    def _read_users(self) -> None:
+        self._agency(Read((USERS_ROOT,), linearizable=False), self._users_read)
+
+    def _users_read(self, reply: AgencyReply) -> None:
+        if reply.status != "ok" or not isinstance(reply.result, dict):
+            return  # the next tick reads again
+        tree = (list(reply.result.get("values") or []) + [None])[0]
+        first = self.users_tree is None
+        self.users_revision = max(self.users_revision, reply.result.get("revision", 0))
+        self._users_are(dict(tree) if isinstance(tree, dict) else {})
+        if first:
+            self._watch_users()
+
+    def _watch_users(self) -> None:
+        self.send(self.boot.agency, Watch(self.watch_id + "-users", USERS_ROOT, self.users_revision))
+
+    def _users_changed(self, msg: WatchEvents) -> None:
+        """A record is stored as many leaves (the agency flattens objects):
+        on any change, read the users again (a local read)."""
+        if msg.compacted or self.users_tree is None or any(rev > self.users_revision for rev, _, _ in msg.events):
+            self._read_users()
+
+    def _users_are(self, tree: dict) -> None:
+        if tree == self.users_tree:
+            return
+        self.users_tree = tree
+        self.grants = {n: Grants.of(dict(r, name=n)) for n, r in tree.items() if isinstance(r, dict)}
+        if self.listener is not None:
+            self.listener.set_users(tree)  # the listener checks passwords at CONNECT
+
+    def _access(self, user: str | None, action: str, name: str) -> bool:
+        g = self.grants.get(user or "")
+        return g is not None and mqtt_allows(g, action, name)
+
     def _watch(self) -> None:
         self.last_watch = self.now()
         self.send(self.boot.agency, Watch(self.watch_id, MQTT_ROOT, self.revision))
@@ -186,6 +230,9 @@ class MqttFront(ChorusActor, BridgeShell):
             waiter[1](msg)
 
     def on_WatchEvents(self, msg: WatchEvents, sender: Any) -> None:
+        if self.core is not None and msg.watch_id == self.watch_id + "-users":
+            self._users_changed(msg)
+            return
         if self.core is None or msg.watch_id != self.watch_id:
             return
         if msg.compacted:
@@ -210,10 +257,14 @@ class MqttFront(ChorusActor, BridgeShell):
         self.core.tick(now)
         self.core.routes.retry(now, self._to_node)
         self._bridges_tick(now)
+        if self.core.access is not None and self.users_tree is None:
+            self._read_users()
         if not self.core.routes_loaded:
             self._load()
         elif now - self.last_watch >= REWATCH_S:
             self._watch()  # idempotent: a restarted agency peer forgot our watch
+            if self.users_tree is not None:
+                self._watch_users()
         if self.boot.supervisor is not None and now - self.last_nodes_query >= NODES_QUERY_S:
             self.last_nodes_query = now
             self.send(self.boot.supervisor, NodesQuery())
@@ -282,6 +333,8 @@ class MqttFront(ChorusActor, BridgeShell):
         if self.core is not None:
             st = self.core.status()
             st["port"] = self.listener.port if self.listener is not None else None
+            if self.core.access is not None and self.listener is not None:
+                st["auth"] = {"users": len(self.grants), **self.listener.auth.stats}
             self.send(sender, MqttStatusReply(self.boot.node_id, st))
 
     # ------------------------------------------------------------ flush

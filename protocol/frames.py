@@ -102,6 +102,7 @@ class ErrorCode(IntEnum):
     SUBSCRIPTION_BUSY = 14  # an exclusive subscription already has a consumer
     HANDSHAKE_REQUIRED = 15  # first frame of a connection was not a Handshake
     INTERNAL_ERROR = 16  # a bug on the server; the connection is closed, the node keeps running
+    PERMISSION_DENIED = 17  # authenticated, but this user may not do this (e.g. another tenant's topic)
 
 
 class Level(StrEnum):

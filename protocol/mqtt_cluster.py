@@ -74,6 +74,9 @@ class MqttListenConfig:
     # TLS (PEM files; runtime/tls.py): when set, the MQTT port speaks TLS only
     tls_cert_file: str = ""
     tls_key_file: str = ""
+    # users and permissions (runtime/authn.py): CONNECT needs a user's password; off for the simulator
+    auth: bool = False
+    user_publishes_per_s_max: float = 100_000.0  # PUBLISH packets per user on this node; 0: no limit
 
 
 @dataclass(frozen=True)

@@ -118,6 +118,9 @@ class ListenConfig:
     # TLS (PEM files; runtime/tls.py): when set, the client and HTTP ports speak TLS only
     tls_cert_file: str = ""
     tls_key_file: str = ""
+    # users and permissions (runtime/authn.py): off here, on for every real node unless configured off
+    auth: bool = False
+    user_requests_per_s_max: float = 10_000.0  # per user on this node (binary requests and HTTP calls); 0: no limit
 
 
 @dataclass(frozen=True)

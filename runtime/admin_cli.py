@@ -13,7 +13,12 @@ verified against the system's CAs) or ``--ca-file PATH`` (verified against
 that certificate or CA; ``$CHORUS_CA_FILE``).  Without them a command finds
 out itself when the node at ``--url`` was started from this directory
 (``./data``, ``$CHORUS_DATA_DIR``): its ``node.pid`` names the certificate
-to trust.  Exit codes: 0 success, 1 the API answered with an
+to trust.  Nodes require a user: every command takes ``--user`` and
+``--password`` (``$CHORUS_USER``, ``$CHORUS_PASSWORD``; the password is
+asked for when only the user is given); without them it logs in as
+``admin`` with the password a node started from this directory wrote in
+``./data/admin.password`` (or ``./data/n*/``; ``--data-dir``,
+``$CHORUS_DATA_DIR``).  Exit codes: 0 success, 1 the API answered with an
 error (its code and message are printed), 2 no node could be reached.
 """
 from __future__ import annotations
@@ -83,7 +88,8 @@ def _reason(exc: BaseException) -> str:
 
 
 def request(url: str, method: str, path: str, *, body: Any = None, query: dict | None = None,
-            timeout: float = DEFAULT_TIMEOUT_S, context: ssl.SSLContext | None = None) -> Any:
+            timeout: float = DEFAULT_TIMEOUT_S, context: ssl.SSLContext | None = None,
+            headers: dict[str, str] | None = None) -> Any:
     """One API call; returns the decoded JSON answer.
 
     Raises :class:`Unreachable` when no HTTP answer came back and
@@ -96,7 +102,8 @@ def request(url: str, method: str, path: str, *, body: Any = None, query: dict |
         raise Unreachable("not an http:// or https:// URL")
     try:
         req = urllib.request.Request(full, data=data, method=method,
-                                     headers={"Accept": "application/json", "Content-Type": "application/json"})
+                                     headers={"Accept": "application/json", "Content-Type": "application/json",
+                                              **(headers or {})})
         with _urlopen(req, timeout=timeout, context=context) as resp:
             status, raw = resp.status, resp.read()
     except urllib.error.HTTPError as exc:
@@ -174,29 +181,75 @@ def _tls_for(url: str, tls: bool, ca_file: str | None) -> tuple[str, ssl.SSLCont
     return url, client_context(ca_file)
 
 
-def with_tls(command: Any) -> Any:
-    """``command`` with the options ``--tls`` and ``--ca-file`` added; they
-    reach :class:`_Ctx` through a context variable, so commands need not
-    pass them along."""
+def with_options(command: Any, var: contextvars.ContextVar, options: dict[str, tuple[Any, Any]]) -> Any:
+    """``command`` with the keyword ``options`` (name -> (annotation,
+    default)) added; their values reach :class:`_Ctx` as a tuple through the
+    context variable ``var``, so commands need not pass them along."""
     sig = inspect.signature(command, eval_str=True)
-    if "ca_file" in sig.parameters:
+    if next(iter(options)) in sig.parameters:
         return command
 
     @functools.wraps(command)
-    def wrapper(*args: Any, tls: bool = False, ca_file: str | None = None, **kwargs: Any) -> Any:
-        token = _TLS_OPTS.set((tls, ca_file))
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        token = var.set(tuple(kwargs.pop(name, default) for name, (_, default) in options.items()))
         try:
             return command(*args, **kwargs)
         finally:
-            _TLS_OPTS.reset(token)
+            var.reset(token)
 
-    extra = [inspect.Parameter("tls", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=TlsOpt),
-             inspect.Parameter("ca_file", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=CaFileOpt)]
+    extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+             for name, (annotation, default) in options.items()]
     params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) if p.kind == inspect.Parameter.POSITIONAL_OR_KEYWORD
               else p for p in sig.parameters.values()]
     wrapper.__signature__ = sig.replace(parameters=params + extra)  # type: ignore[attr-defined]
-    wrapper.__annotations__ = {**getattr(command, "__annotations__", {}), "tls": TlsOpt, "ca_file": CaFileOpt}
+    wrapper.__annotations__ = {**getattr(command, "__annotations__", {}),
+                               **{name: annotation for name, (annotation, _) in options.items()}}
     return wrapper
+
+
+def with_tls(command: Any) -> Any:
+    """``command`` with the options ``--tls`` and ``--ca-file`` added."""
+    return with_options(command, _TLS_OPTS, {"tls": (TlsOpt, False), "ca_file": (CaFileOpt, None)})
+
+
+# --------------------------------------------------------------------------
+# Users: --user / --password / --data-dir on every command (see with_login)
+
+_LOGIN_OPTS: contextvars.ContextVar[tuple] = contextvars.ContextVar("chorus_login", default=(None, None, None))
+UserOpt = Annotated[Optional[str], typer.Option("--user", envvar="CHORUS_USER",
+                                                help="log in as this user [admin, with the password of --data-dir]")]
+PasswordOpt = Annotated[Optional[str], typer.Option("--password", envvar="CHORUS_PASSWORD",
+                                                    help="its password (asked for when --user is given alone)")]
+DataDirOpt = Annotated[Optional[str], typer.Option(
+    "--data-dir", envvar="CHORUS_DATA_DIR",
+    help="without --user: log in as admin with the password a node started here wrote in DATA_DIR/admin.password "
+         "[./data]")]
+
+
+def with_login(command: Any) -> Any:
+    """``command`` with the options ``--user``, ``--password`` and ``--data-dir`` added."""
+    return with_options(command, _LOGIN_OPTS, {"user": (UserOpt, None), "password": (PasswordOpt, None),
+                                               "data_dir": (DataDirOpt, None)})
+
+
+def _login_headers() -> dict[str, str]:
+    """The Authorization header of this invocation: --user/--password, else
+    the admin password a node started from this directory wrote, else none."""
+    import base64
+
+    from runtime.authn import read_admin_password
+
+    user, password, data_dir = _LOGIN_OPTS.get()
+    if not user:
+        password = password or read_admin_password(data_dir or "data")
+        user = "admin" if password else None
+    if not user:
+        return {}
+    if password is None:
+        if not os.isatty(0):
+            _fail(EXIT_API_ERROR, f"--user {user}: give --password (or CHORUS_PASSWORD)")
+        password = typer.prompt(f"password of {user}", hide_input=True)
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
 
 class _Ctx:
@@ -205,14 +258,18 @@ class _Ctx:
     def __init__(self, url: str, timeout: float, as_json: bool) -> None:
         self.timeout, self.as_json = timeout, as_json
         self.url, self.context = _tls_for(url, *_TLS_OPTS.get())
+        self.headers = _login_headers()
 
     def call(self, method: str, path: str, **kw) -> Any:
         try:
-            return request(self.url, method, path, timeout=self.timeout, context=self.context, **kw)
+            return request(self.url, method, path, timeout=self.timeout, context=self.context,
+                           headers=self.headers, **kw)
         except Unreachable as exc:
             _fail(EXIT_UNREACHABLE, f"cannot reach a Chorus node at {self.url}: {exc}", prefix="")
         except ApiError as exc:
-            _fail(EXIT_API_ERROR, f"{exc.code}: {exc.message}", prefix=f"error (HTTP {exc.status}) ")
+            hint = ("; log in with --user/--password (or CHORUS_USER/CHORUS_PASSWORD), or run from the directory "
+                    "whose data/admin.password a node wrote (--data-dir)") if exc.status == 401 else ""
+            _fail(EXIT_API_ERROR, f"{exc.code}: {exc.message}{hint}", prefix=f"error (HTTP {exc.status}) ")
 
     def print_json(self, data: Any) -> None:
         typer.echo(json.dumps(data, indent=2, sort_keys=False))
@@ -438,22 +495,25 @@ def topics_delete(name: NameArg,
 
 
 def _tls_everywhere(*apps: typer.Typer) -> None:
-    """Give every command (and group callback) of ``apps`` ``--tls`` and ``--ca-file``."""
+    """Give every command (and group callback) of ``apps`` ``--tls`` and ``--ca-file``
+    (and ``--user``, ``--password``, ``--data-dir``)."""
     for a in apps:
         for cmd in a.registered_commands:
-            cmd.callback = with_tls(cmd.callback)
+            cmd.callback = with_login(with_tls(cmd.callback))
         if a.registered_callback is not None and a.registered_callback.callback is not None:
-            a.registered_callback.callback = with_tls(a.registered_callback.callback)
+            a.registered_callback.callback = with_login(with_tls(a.registered_callback.callback))
         _tls_everywhere(*(g.typer_instance for g in a.registered_groups if g.typer_instance is not None))
 
 
 def register(app: typer.Typer) -> None:
     """Add ``status``, ``shards`` and the ``nodes``, ``topics`` and ``mqtt`` groups to ``app``."""
-    app.command("status")(with_tls(status))
+    app.command("status")(with_login(with_tls(status)))
     app.add_typer(nodes_app, name="nodes")
-    app.command("shards")(with_tls(shards))
+    app.command("shards")(with_login(with_tls(shards)))
     app.add_typer(topics_app, name="topics")
     from runtime.mqtt_cli import mqtt_app
+    from runtime.users_cli import users_app
 
     app.add_typer(mqtt_app, name="mqtt")
-    _tls_everywhere(nodes_app, topics_app, mqtt_app)
+    app.add_typer(users_app, name="users")
+    _tls_everywhere(nodes_app, topics_app, mqtt_app, users_app)

@@ -157,7 +157,7 @@ class Authenticator:
         records = {n: r for n, r in (tree or {}).items() if isinstance(r, dict)} if isinstance(tree, dict) else {}
         self._grants = {n: Grants.of(dict(r, name=n)) for n, r in records.items()}
         self._records = records
-        self._tree = tree
+        self._tree = dict(tree) if isinstance(tree, dict) else tree  # the caller may change its own later
         self.loaded = True
 
     def record(self, name: str) -> dict | None:

@@ -172,7 +172,7 @@ def run_throughput(base: Path, nodes: int, level: str, n: int, size: int,
     try:
         c.start()
         c.create_topic("n1", topic, shards=max(2, nodes), rf=nodes)
-        r = _produce(c.client("n1"), topic, n, size, level, progress, linger_ms=5, batch_records_max=2000)
+        r = _produce(c.client("n1"), topic, n, size, level, progress, linger_ms=5, batch_records_max=2000, **c.auth)
         r.case = f"{nodes} node{'s' if nodes > 1 else ''}, R={nodes}, {level}"
         return r
     finally:
@@ -201,7 +201,7 @@ def run_e2e(base: Path, rate: int, seconds: float, size: int, progress: Callable
         stop = threading.Event()
 
         def consume() -> None:
-            with Consumer(c.client(consumer_node), topic, "e2e", mode="exclusive") as cons:
+            with Consumer(c.client(consumer_node), topic, "e2e", mode="exclusive", **c.auth) as cons:
                 while not stop.is_set() and got[0] < total:
                     m = cons.poll(timeout_s=0.5)
                     if m is None:
@@ -216,7 +216,7 @@ def run_e2e(base: Path, rate: int, seconds: float, size: int, progress: Callable
         t.start()
         time.sleep(1.0)  # let the subscription attach
         pad = b"." * max(0, size - 8)
-        with Producer(c.client("n1"), level=level, linger_ms=1) as p:
+        with Producer(c.client("n1"), level=level, linger_ms=1, **c.auth) as p:
             pacer = Pacer(rate)
             t_start = pacer.start
             for i in range(total):
@@ -263,7 +263,7 @@ def run_failover(base: Path, size: int, progress: Callable[[int], None]) -> Resu
 
         def produce() -> None:
             bootstrap = [c.client(via)] + [c.client(n) for n in sorted(c.cfgs) if n != via]
-            with Producer(bootstrap, level="quorum", linger_ms=1, delivery_timeout_s=60) as p:
+            with Producer(bootstrap, level="quorum", linger_ms=1, delivery_timeout_s=60, **c.auth) as p:
                 while not stop.is_set():
                     i = len(sent)
                     f = p.send(topic, b"f" * size)
@@ -324,7 +324,8 @@ def run_mqtt(base: Path, case: str, seconds: float, size: int, progress: Callabl
         cfg = LoadConfig(pub_addrs=[c.mqtt("n1")],
                          sub_addrs=[c.mqtt(n) for n in sorted(c.cfgs) if n != "n1"] or [c.mqtt("n1")],
                          qos=qos, size=size, publishers=publishers, subscribers=subscribers, window=window,
-                         seconds=seconds, routes_url=c.url("n1", "/mqtt") if nodes > 1 else None)
+                         seconds=seconds, routes_url=c.url("n1", "/mqtt") if nodes > 1 else None,
+                         username="admin" if c.password else "", password=c.password or "")
         pids = [p for n in sorted(c.cfgs) for p in c.node_pids(n)]
         cpu0, t0 = _cpu_s(pids), time.monotonic()
         res = (run_load if inproc else run_load_process)(cfg, progress)

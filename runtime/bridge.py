@@ -49,6 +49,8 @@ from typing import Any
 
 from protocol.frames import (
     BASE_VERSION,
+    Auth,
+    Delivery,
     REQUEST_TYPES,
     ErrorCode,
     ErrorResponse,
@@ -58,14 +60,18 @@ from protocol.frames import (
     Heartbeat,
     HeartbeatResponse,
     Limits,
+    MetadataResponse,
     ProtocolError,
     encode_frame,
     negotiate_version,
 )
 from protocol.node import ListenConfig
+from protocol.users import denial
+from runtime.authn import Authenticator, Busy, filter_metadata, frame_needs
 from runtime.gateway import GatewayError, timed_out
 
 log = logging.getLogger("chorus.bridge")
+_VISIBLE_TO = (MetadataResponse, Delivery)  # answers and pushes filtered by the user's roles
 
 ADMIN_TIMEOUT_S = 15.0
 
@@ -86,6 +92,7 @@ class _Conn(asyncio.Protocol):
         self.closed = False
         self.refused = False  # over connections_max: answered OVERLOADED, closed after the client's first bytes
         self.last_rx = time.monotonic()
+        self.user: str | None = None  # who authenticated (runtime/authn.py); None while the node does not ask
 
     # ------------------------------------------------------------- asyncio
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -155,10 +162,10 @@ class _Conn(asyncio.Protocol):
             except ProtocolError as err:
                 self._fail(err.code, err.message, f.correlation_id)
                 return
-            self.version = version
-            b = self.bridge
-            self._write(HandshakeOk(node_id=b.node_id, cluster_id=b.cluster_id, version=version,
-                                    limits=b.limits), f.correlation_id, BASE_VERSION)
+            if self.bridge.auth.enabled:
+                self._authenticate(msg, version, f.correlation_id)
+                return
+            self._accepted(version, f.correlation_id)
             return
         if isinstance(msg, Handshake):
             self._fail(ErrorCode.INVALID_REQUEST, "handshake already done", f.correlation_id)
@@ -166,6 +173,11 @@ class _Conn(asyncio.Protocol):
         if isinstance(msg, Heartbeat):
             self._write(HeartbeatResponse(), f.correlation_id)
             return
+        if self.user is not None:
+            refusal = self._refusal(msg)
+            if refusal is not None:  # answered here; the connection stays usable
+                self._write(ErrorResponse(code=refusal[0], message=refusal[1]), f.correlation_id)
+                return
         self.in_flight += 1
         self.in_flight_bytes += f.size
         self._sizes.setdefault(f.correlation_id, []).append(f.size)
@@ -175,6 +187,68 @@ class _Conn(asyncio.Protocol):
             self.paused = True
             self.transport.pause_reading()
         self.bridge._post(("request", self.id, f.correlation_id, msg))
+
+    def _accepted(self, version: int, correlation_id: int) -> None:
+        self.version = version
+        b = self.bridge
+        self._write(HandshakeOk(node_id=b.node_id, cluster_id=b.cluster_id, version=version, limits=b.limits),
+                    correlation_id, BASE_VERSION)
+
+    def _authenticate(self, hello: Handshake, version: int, correlation_id: int) -> None:
+        """Check the handshake's user and password: from the cache at once,
+        else with scrypt in the authenticator's pool while this connection's
+        later frames wait (reading pauses)."""
+        if hello.auth != Auth.PASSWORD or not hello.username:
+            self._fail(ErrorCode.AUTH_FAILED, "this node requires a user name and password: give username= and "
+                                              "password= (or CHORUS_USER / CHORUS_PASSWORD)", correlation_id)
+            return
+        known = self.bridge.auth.check_cached(hello.username, hello.password)
+        if known is not None:
+            self._authenticated(hello.username, known, version, correlation_id)
+            return
+        self.paused = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+        self.bridge.loop.create_task(self._verify(hello.username, hello.password, version, correlation_id))
+
+    async def _verify(self, user: str, password: str, version: int, correlation_id: int) -> None:
+        try:
+            ok = await self.bridge.auth.verify(user, password)
+        except Busy as exc:
+            self._fail(ErrorCode.OVERLOADED, f"{exc} (this node verifies passwords one connection at a time)",
+                       correlation_id)
+            return
+        self._authenticated(user, ok, version, correlation_id)
+        if ok and not self.closed and self.transport is not None:
+            self.paused = False
+            held, self._held = list(self._held), collections.deque()
+            self._serve(held)
+            if not self.paused and not self.closed:
+                self.transport.resume_reading()
+
+    def _authenticated(self, user: str, ok: bool, version: int, correlation_id: int) -> None:
+        if not ok:
+            log.info("connection %s: authentication failed for user %r", self.id, user)
+            self._fail(ErrorCode.AUTH_FAILED, f"user name or password not accepted (user {user!r})", correlation_id)
+            return
+        self.user = user
+        self._accepted(version, correlation_id)
+
+    def _refusal(self, msg: Any) -> tuple[ErrorCode, str] | None:
+        """Why this user may not make this request now, if it may not."""
+        auth = self.bridge.auth
+        grants = auth.grants(self.user or "")
+        if grants is None:
+            return ErrorCode.PERMISSION_DENIED, f"user {self.user!r} no longer exists"
+        wait = auth.throttle(grants.name)
+        if wait:
+            return ErrorCode.OVERLOADED, (f"user {grants.name!r} is over its request rate on this node "
+                                          f"({auth.limiter.rate:g} requests/s); retry in {wait:.2f} s")
+        for action, tenant in frame_needs(msg):
+            if not grants.allows(action, tenant):
+                auth.stats["denied"] += 1
+                return ErrorCode.PERMISSION_DENIED, denial(grants, action, tenant)
+        return None
 
     def _over(self) -> bool:
         cfg = self.bridge.cfg
@@ -330,6 +404,7 @@ class IOBridge(LoopThread):
         self._servers: list[Any] = []
         self._runner: Any = None
         self._tls: list[Any] = []  # runtime.tls.TlsAcceptor of the client and HTTP ports, when TLS is on
+        self.auth = Authenticator(enabled=cfg.auth, requests_per_s=cfg.user_requests_per_s_max)
 
     # ------------------------------------------------------------ lifecycle
     def _started(self) -> None:
@@ -354,7 +429,8 @@ class IOBridge(LoopThread):
             from runtime.http_api import http_protocol_factory, make_app
 
             gateway = self._gateway_factory(self) if self._gateway_factory else BridgeGateway(self)
-            app = make_app(gateway, node_id=self.node_id, body_bytes_max=cfg.http_body_bytes_max)
+            app = make_app(gateway, node_id=self.node_id, body_bytes_max=cfg.http_body_bytes_max,
+                           auth=self.auth if cfg.auth else None)
             self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
             await self._runner.setup()
             http = http_protocol_factory(self._runner.server, cfg.http_connections_max)
@@ -406,6 +482,7 @@ class IOBridge(LoopThread):
             c._close()
         if self._runner is not None:
             await self._runner.cleanup()
+        self.auth.close()
 
     # ------------------------------------------------------- actor <- I/O
     def _post(self, event: tuple) -> None:
@@ -414,6 +491,10 @@ class IOBridge(LoopThread):
     def fileno(self) -> int:
         """The descriptor the actor watches (``ThespianWatch``)."""
         return self._inbox.fileno()
+
+    def set_users(self, tree: Any) -> None:
+        """The users the actor read from the agency (``actors/dispatcher_users.py``)."""
+        self.auth.set_users(tree)
 
     def take(self) -> list[tuple]:
         """Every event posted since the last call (called by the actor)."""
@@ -435,6 +516,10 @@ class IOBridge(LoopThread):
                 conn = self._conns.get(conn_id)
                 if conn is None:
                     continue
+                if conn.user is not None and type(message) in _VISIBLE_TO:
+                    message = self._visible(conn.user, message)
+                    if message is None:  # a push the user may no longer receive: dropped, redelivered elsewhere
+                        continue
                 try:
                     conn._write(message, corr)
                 except Exception:
@@ -456,6 +541,17 @@ class IOBridge(LoopThread):
                         fut.set_result(result)
                     else:
                         fut.set_exception(GatewayError(*result))
+
+    def _visible(self, user: str, message: Any) -> Any:
+        """What of ``message`` the user may see now: metadata of its tenants'
+        topics only; a delivery only while it may still consume (a revoked
+        role stops the pushes of a subscription made before)."""
+        grants = self.auth.grants(user)
+        if grants is None:
+            return None
+        if isinstance(message, MetadataResponse):
+            return filter_metadata(grants, message)
+        return message if grants.allows("consume", message.topic.split("/", 1)[0]) else None
 
     # ----------------------------------------------------------- gateway
     async def call(self, kind: str, args: dict, timeout_s: float = ADMIN_TIMEOUT_S) -> Any:
@@ -531,6 +627,12 @@ class BridgeGateway:
 
     async def subscriptions(self, topic: str) -> list[dict]:
         return await self.bridge.call("subscriptions", {"topic": topic})
+
+    async def users(self) -> dict:
+        return await self.bridge.call("users", {})
+
+    async def change_user(self, op: str, name: str, arg: Any = None) -> dict:
+        return await self.bridge.call("change_user", {"op": op, "name": name, "arg": arg})
 
     async def namespaces(self) -> dict:
         return await self.bridge.call("namespaces", {})

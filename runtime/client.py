@@ -103,6 +103,16 @@ Errors are :class:`ChorusError` with ``code`` (an :class:`ErrorCode` from
 the node, or ``None`` for errors found by the client itself) and a message
 for people; :class:`ChorusConnectionError` (code ``None``) means no node
 could be reached or the connection was lost.
+
+Users: nodes require a user name and password by default.  Every client
+class takes ``username=`` and ``password=``; left empty they come from the
+environment variables ``CHORUS_USER`` and ``CHORUS_PASSWORD``.  Wrong ones
+raise :class:`ChorusAuthError` (``AUTH_FAILED``) at once; a request the user
+may not make (another tenant's topic) raises :class:`ChorusPermissionError`
+(``PERMISSION_DENIED``, the message names the role needed) and the
+connection stays usable::
+
+    with Producer("127.0.0.1:7171", username="alice", password="...") as p: ...
 """
 from __future__ import annotations
 
@@ -128,7 +138,7 @@ from protocol.records import (
 from runtime.tls import client_ssl
 
 __all__ = [
-    "ChorusError", "ChorusConnectionError", "RecordMetadata", "RecordFuture", "Message", "FetchResult",
+    "ChorusError", "ChorusConnectionError", "ChorusAuthError", "ChorusPermissionError", "RecordMetadata", "RecordFuture", "Message", "FetchResult",
     "AsyncClient", "AsyncProducer", "AsyncConsumer", "Client", "Producer", "Consumer",
     "ErrorCode", "Level", "Mode", "Record", "DEFAULT_PORT",
 ]
@@ -185,7 +195,26 @@ class ChorusError(Exception):
 
     def copy(self) -> "ChorusError":
         """A fresh exception with the same code and message (one per waiter)."""
-        return ChorusError(self.code, self.message)
+        return error_for(self.code, self.message)
+
+
+class ChorusAuthError(ChorusError):
+    """The node did not accept the user name and password (``AUTH_FAILED``):
+    check ``username``/``password`` (or ``CHORUS_USER``/``CHORUS_PASSWORD``)."""
+
+
+class ChorusPermissionError(ChorusError):
+    """The user may not do this (``PERMISSION_DENIED``), e.g. produce to
+    another tenant's topic; the message names the role it would need."""
+
+
+_ERROR_CLASSES: dict[ErrorCode | None, type[ChorusError]] = {
+    ErrorCode.AUTH_FAILED: ChorusAuthError, ErrorCode.PERMISSION_DENIED: ChorusPermissionError}
+
+
+def error_for(code: ErrorCode | None, message: str) -> ChorusError:
+    """The :class:`ChorusError` (or its subclass for the code) of a node's answer."""
+    return _ERROR_CLASSES.get(code, ChorusError)(code, message)
 
 
 class ChorusConnectionError(ChorusError):
@@ -409,7 +438,7 @@ class _Connection:
                 raise ChorusConnectionError(f"{self.address} does not speak the Chorus protocol: {e.message}") from None
         first = frames[0].message
         if isinstance(first, fr.ErrorResponse):
-            raise ChorusError(first.code, f"{self.address} refused the handshake: {first.message or first.code.name}")
+            raise error_for(first.code, f"{self.address} refused the handshake: {first.message or first.code.name}")
         if not isinstance(first, fr.HandshakeOk):
             raise ChorusConnectionError(f"{self.address} answered the handshake with {type(first).__name__}")
         if first.version not in fr.SUPPORTED_VERSIONS:
@@ -474,7 +503,7 @@ class _Connection:
         fut = self._pending.pop(frame.correlation_id, None)
         if isinstance(msg, fr.ErrorResponse):
             if fut is not None and not fut.done():
-                fut.set_exception(ChorusError(msg.code, msg.message or msg.code.name))
+                fut.set_exception(error_for(msg.code, msg.message or msg.code.name))
             if msg.code in _CLOSING_CODES:
                 self._fail(ChorusConnectionError(f"{self.address} closed the connection: {msg.code.name}: "
                                                  f"{msg.message}"))
@@ -563,8 +592,9 @@ class _Cluster:
         self.client_id = client_id or f"chorus-python-{os.getpid()}"
         self.connect_timeout_s = float(connect_timeout_s)
         self.request_timeout_s = float(request_timeout_s)
-        self._username = username
-        self._password = password
+        # empty: the environment's CHORUS_USER / CHORUS_PASSWORD (nodes require a user by default)
+        self._username = username or os.environ.get("CHORUS_USER", "")
+        self._password = password or os.environ.get("CHORUS_PASSWORD", "")
         self._conn: _Connection | None = None
         self._connecting: asyncio.Task[_Connection] | None = None
         self._next = 0

@@ -35,6 +35,7 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
+from runtime import http_auth
 from runtime.gateway import Gateway, GatewayError, bad_request
 
 log = logging.getLogger("chorus.http")
@@ -181,7 +182,7 @@ async def get_shards(request: web.Request) -> web.Response:
 
 
 async def list_topics(request: web.Request) -> web.Response:
-    return web.json_response(await _gateway(request).topics())
+    return web.json_response(http_auth.visible_topics(request, await _gateway(request).topics()))
 
 
 async def create_topic(request: web.Request) -> web.Response:
@@ -249,7 +250,7 @@ async def subscriptions(request: web.Request) -> web.Response:
 
 
 async def list_tenants(request: web.Request) -> web.Response:
-    return web.json_response(await _gateway(request).namespaces())
+    return web.json_response(http_auth.visible_tenants(request, await _gateway(request).namespaces()))
 
 
 def _namespace_path(request: web.Request) -> str:
@@ -340,6 +341,8 @@ class Route:
         return re.findall(r"\{(\w+)(?::[^}]*)?\}", self.path)
 
 
+_USER_PARAM = {"name": "The user's name: 1-64 of A-Z a-z 0-9 . _ @ -"}
+_ROLE_DOC = "admin, or produce|consume|manage:TENANT, TENANT a tenant name or *"
 _TOPIC_PARAM = {"name": "The topic's full name, tenant/product/component/topic; its slashes are not escaped."}
 _NS_PARAM = {"path": "'tenant', 'tenant/product' or 'tenant/product/component'."}
 
@@ -391,6 +394,28 @@ ROUTES: tuple[Route, ...] = (
           errors=(400, 404, 409, 503), path_doc={"name": "The bridge's name: 1-64 of A-Z a-z 0-9 . _ -"}),
     Route("DELETE", "/mqtt/bridges/{name}", delete_mqtt_bridge, "Delete a bridge", "mqtt", {"type": "object"},
           errors=(404, 503), path_doc={"name": "The bridge's name"}),
+    Route("GET", "/whoami", http_auth.whoami, "The caller: user name and roles", "users", _ref("Whoami")),
+    Route("GET", "/users", http_auth.list_users, "List users (never their hashes)", "users", _list_of("User"),
+          errors=(503,)),
+    Route("POST", "/users", http_auth.create_user, "Create a user", "users", _ref("User"), status=201,
+          body=_ref("UserSpec"), errors=(409, 503)),
+    Route("GET", "/users/{name}", http_auth.get_user, "Describe a user", "users", _ref("User"), errors=(404, 503),
+          path_doc=_USER_PARAM),
+    Route("PATCH", "/users/{name}", http_auth.set_password, "Change a user's password", "users", _ref("User"),
+          body=_ref("PasswordChange"), errors=(404, 409, 503),
+          path_doc=_USER_PARAM),
+    Route("DELETE", "/users/{name}", http_auth.delete_user, "Delete a user (never the last admin)", "users",
+          {"type": "object"}, errors=(404, 409, 503), path_doc=_USER_PARAM),
+    Route("PUT", "/users/{name}/roles/{role}", http_auth.grant_role, "Grant a role", "users", _ref("User"),
+          errors=(404, 409, 503), path_doc={**_USER_PARAM, "role": _ROLE_DOC}),
+    Route("DELETE", "/users/{name}/roles/{role}", http_auth.revoke_role, "Revoke a role (never the last admin's)",
+          "users", _ref("User"), errors=(404, 409, 503), path_doc={**_USER_PARAM, "role": _ROLE_DOC}),
+    Route("POST", "/users/{name}/tokens", http_auth.create_token,
+          "Make a bearer token for the user; its secret is shown this once", "users",
+          _ref("Token"), status=201, errors=(404, 409, 503),
+          path_doc=_USER_PARAM),
+    Route("DELETE", "/users/{name}/tokens/{token_id}", http_auth.delete_token, "Revoke a bearer token", "users",
+          _ref("User"), errors=(404, 409, 503), path_doc={**_USER_PARAM, "token_id": "The token's id"}),
     Route("GET", "/openapi.json", openapi, "This document", "meta", {"type": "object"}),
 )
 
@@ -465,9 +490,19 @@ SCHEMAS: dict[str, dict] = {
                           "high_watermark": _INT, "lag": _INT, "consumers": {"type": "array"}}),
     "Namespaces": _obj({"tenants": {"type": "object", "additionalProperties": {
         "type": "object", "additionalProperties": _STRS}}}),
+    "User": _obj({"name": _STR, "roles": _STRS, "tokens": {**_STRS, "description": "ids of its bearer tokens"}}),
+    "UserSpec": _obj({"name": _STR, "password": {"type": "string", "minLength": 8},
+                      "roles": {**_STRS, "description": "admin, or produce|consume|manage:TENANT (or :*)"}},
+                     ["name", "password"], closed=True),
+    "PasswordChange": _obj({"password": {"type": "string", "minLength": 8}}, closed=True),
+    "Token": _obj({"name": _STR, "id": _STR, "token": {"type": "string", "description": "shown this once"}}),
+    "Whoami": _obj({"name": {"type": ["string", "null"]}, "roles": _STRS, "admin": {"type": "boolean"},
+                    "auth": {"type": "boolean", "description": "false: this node lets everyone do everything"}}),
 }
 
-_ERROR_TEXT = {400: "Bad request", 404: "Not found", 409: "Conflict", 413: "Request body too large",
+_ERROR_TEXT = {400: "Bad request", 401: "No credentials, or wrong ones", 403: "The user lacks the role needed",
+               404: "Not found", 409: "Conflict", 413: "Request body too large",
+               429: "The user is over its request rate (see Retry-After)",
                500: "Internal error", 503: "Not ready, or no leader", 504: "Timed out"}
 
 
@@ -479,7 +514,8 @@ def openapi_document() -> dict:
                    "description": r.path_doc.get(p, "")} for p in r.path_params]
         params += [{"name": q.name, "in": "query", "required": q.required, "schema": q.schema,
                     "description": q.description} for q in r.query]
-        error_statuses = {400, 500, *r.errors}
+        security, auth_errors = http_auth.openapi_security(r.handler.__name__)
+        error_statuses = {400, 500, *r.errors, *auth_errors}
         if r.body is not None:
             error_statuses.add(413)
         responses: dict[str, Any] = {
@@ -489,7 +525,7 @@ def openapi_document() -> dict:
             responses[str(s)] = {"description": _ERROR_TEXT[s],
                                  "content": {"application/json": {"schema": _ref("Error")}}}
         op: dict[str, Any] = {"operationId": r.handler.__name__, "summary": r.summary, "tags": [r.tag],
-                              "responses": responses}
+                              "responses": responses, "security": security}
         if params:
             op["parameters"] = params
         if r.body is not None:
@@ -502,7 +538,7 @@ def openapi_document() -> dict:
                                 "Every error answers with the Error schema."},
         "servers": [{"url": "/"}],
         "paths": paths,
-        "components": {"schemas": SCHEMAS},
+        "components": {"schemas": SCHEMAS, "securitySchemes": http_auth.SECURITY_SCHEMES},
     }
 
 
@@ -594,13 +630,18 @@ def http_protocol_factory(server: Any, connections_max: int) -> Callable[[], asy
     return factory
 
 
-def make_app(gateway: Gateway, *, node_id: str = "", body_bytes_max: int = 1 << 20) -> web.Application:
+def make_app(gateway: Gateway, *, node_id: str = "", body_bytes_max: int = 1 << 20,
+             auth: Any = None) -> web.Application:
     """The aiohttp application serving :data:`ROUTES` in front of ``gateway``.
 
     ``node_id``, when given, is sent back in a ``Chorus-Node`` header on every
-    response; request bodies larger than ``body_bytes_max`` get a 413."""
-    app = web.Application(middlewares=[_errors_as_json], client_max_size=body_bytes_max)
+    response; request bodies larger than ``body_bytes_max`` get a 413.  With
+    ``auth`` (a :class:`runtime.authn.Authenticator`) every route but the
+    open ones needs credentials and the role ``runtime/http_auth.py`` names."""
+    middlewares = [_errors_as_json] + ([http_auth.auth_middleware(auth)] if auth is not None else [])
+    app = web.Application(middlewares=middlewares, client_max_size=body_bytes_max)
     app[GATEWAY_KEY] = gateway
+    app[http_auth.AUTH_KEY] = auth
     app[NODE_ID_KEY] = node_id
     for r in ROUTES:
         app.router.add_route(r.method, r.full_path, r.handler)

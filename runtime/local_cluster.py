@@ -141,10 +141,23 @@ def _panel(cfgs: list[NodeConfig], procs: list[subprocess.Popen]) -> Any:
             agency = f"{ag.get('role')} (term {ag.get('term')})"
             alive = ", ".join(n["node_id"] for n in st.get("nodes", []) if n.get("alive"))
             replicas = str(st.get("replicas", ""))
+        table.caption = _admin_line(cfgs) or table.caption
         table.add_row(cfg.node_id, str(proc.pid), state, f"{cfg.host}:{cfg.client_port}",
                       f"{cfg.host}:{cfg.http_port}", f"{cfg.host}:{cfg.mqtt_port}" if cfg.mqtt_port > 0 else "-",
                       agency, replicas, alive)
     return table
+
+
+def _admin_line(cfgs: list[NodeConfig]) -> str:
+    """Where the first admin's password is, once the node that made it wrote it."""
+    from runtime.authn import ADMIN_PASSWORD_FILE, read_admin_password
+
+    for cfg in cfgs:
+        password = read_admin_password(cfg.data_dir) if cfg.auth else None
+        if password:
+            return (f"user admin, password {password} ({Path(cfg.data_dir) / ADMIN_PASSWORD_FILE}; brokerctl "
+                    f"commands run from here use it)")
+    return ""
 
 
 def run_local_cluster(base: NodeConfig, n: int, *, live: bool = True) -> int:
@@ -172,8 +185,12 @@ def run_local_cluster(base: NodeConfig, n: int, *, live: bool = True) -> int:
         else:
             console.print(f"started {n} nodes: " + ", ".join(f"{c.node_id} (pid {p.pid}, http {c.host}:"
                                                               f"{c.http_port})" for c, p in zip(cfgs, procs)))
+            shown = not cfgs[0].auth
             while not stop["now"] and any(p.poll() is None for p in procs):
                 time.sleep(0.5)
+                if not shown and _admin_line(cfgs):
+                    shown = True
+                    console.print(_admin_line(cfgs), highlight=False)
     finally:
         for p in procs:
             if p.poll() is None:

@@ -31,6 +31,9 @@ import socket
 from typing import Any
 
 from protocol.mqtt import (
+    REFUSED_BAD_CREDENTIALS,
+    REFUSED_NOT_AUTHORIZED,
+    REFUSED_SERVER_UNAVAILABLE,
     Connack,
     MqttDecoder,
     MqttLimits,
@@ -42,6 +45,8 @@ from protocol.mqtt import (
     encode_publish,
 )
 from protocol.mqtt_cluster import MqttListenConfig
+from protocol.users import mqtt_allows
+from runtime.authn import Authenticator, Busy
 from runtime.bridge import Inbox, LoopThread
 
 log = logging.getLogger("chorus.mqtt")
@@ -66,6 +71,10 @@ class _Conn(asyncio.Protocol):
         self.in_flight_bytes = 0
         self.held = False  # paused for in-flight bytes (not for the listener's inbox)
         self._waiting: list = []  # packets read and not yet posted while held
+        self.user: str | None = None  # who logged in (when the listener authenticates)
+        self.verifying = False  # the CONNECT's password is being checked; what follows waits here
+        self._connecting: list = []
+        self.throttled = False  # paused: its user is over user_publishes_per_s_max
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -89,14 +98,100 @@ class _Conn(asyncio.Protocol):
             packets = self.decoder.feed(data)
         except MqttProtocolError as err:
             log.info("mqtt connection %s: %s", self.id, err.message)
-            if err.packets:  # what came before the bad packet counts (a PUBLISH, a DISCONNECT)
+            if err.packets and (self.user is not None or not self.listener.auth.enabled):
+                # what came before the bad packet counts (a PUBLISH, a DISCONNECT)
                 self.listener._post(("packets", self.id, list(err.packets)), len(err.packets), len(data))
             if err.connack_code is not None and self.transport is not None:
                 self.transport.write(encode(Connack(False, err.connack_code)))
             self.close()
             return
         if packets:
+            if self.user is None and self.listener.auth.enabled:
+                self._login(packets, len(data))
+                return
             self._take_in(packets, len(data))
+
+    # ------------------------------------------------------------ login
+    def _login(self, packets: list, nbytes: int) -> None:
+        """The CONNECT (the decoder lets nothing come first) needs a user
+        and its password: from the cache at once, else with scrypt in the
+        authenticator's pool while reading pauses.  CONNACK 4 for wrong or
+        missing credentials, 5 for a user with no MQTT-usable role (or a
+        will it may not publish), 3 while the users are not loaded yet."""
+        if self.verifying:
+            self._connecting.extend(packets)
+            return
+        auth = self.listener.auth
+        connect = packets[0]
+        user, password = connect.username or "", (connect.password or b"").decode("utf-8", "replace")
+        if not auth.loaded:
+            self._refuse_login(REFUSED_SERVER_UNAVAILABLE, user, "users not loaded yet")
+            return
+        if not user or not password:
+            self._refuse_login(REFUSED_BAD_CREDENTIALS, user, "no user name or password")
+            return
+        known = auth.check_cached(user, password)
+        if known is not None:
+            self._logged_in(user, known, packets, nbytes)
+            return
+        self.verifying = True
+        self._connecting = list(packets)
+        if self.transport is not None:
+            self.transport.pause_reading()
+        self.listener.loop.create_task(self._verify(user, password, nbytes))
+
+    async def _verify(self, user: str, password: str, nbytes: int) -> None:
+        try:
+            ok = await self.listener.auth.verify(user, password)
+        except Busy:
+            self._refuse_login(REFUSED_SERVER_UNAVAILABLE, user, "too many logins being verified")
+            return
+        self.verifying = False
+        packets, self._connecting = self._connecting, []
+        self._logged_in(user, ok, packets, nbytes)
+        self._resume_if_free()
+
+    def _logged_in(self, user: str, ok: bool, packets: list, nbytes: int) -> None:
+        if self.closed:
+            return
+        if not ok:
+            self._refuse_login(REFUSED_BAD_CREDENTIALS, user, "wrong user name or password")
+            return
+        grants = self.listener.auth.grants(user)
+        will = packets[0].will
+        if grants is None or not grants.mqtt_usable:
+            self._refuse_login(REFUSED_NOT_AUTHORIZED, user, "no produce or consume role")
+            return
+        if will is not None and not mqtt_allows(grants, "produce", will.topic):
+            self._refuse_login(REFUSED_NOT_AUTHORIZED, user, f"may not publish its will to {will.topic!r}")
+            return
+        self.user = user
+        self._take_in(packets, nbytes)
+
+    def _refuse_login(self, code: int, user: str, why: str) -> None:
+        log.info("mqtt connection %s: CONNECT of user %r refused with %d: %s", self.id, user, code, why)
+        if self.transport is not None and not self.closed:
+            self.transport.write(encode(Connack(False, code)))
+        self.close()
+
+    def _throttle(self, wait_s: float) -> None:
+        """Its user is over its publish rate: stop reading this connection
+        until the user's bucket is out of debt (no message is lost)."""
+        if self.throttled or self.transport is None or self.closed:
+            return
+        self.throttled = True
+        self.listener.auth.stats["throttled"] += 1
+        self.transport.pause_reading()
+        self.listener.loop.call_later(wait_s, self._unthrottle)
+
+    def _unthrottle(self) -> None:
+        self.throttled = False
+        self._resume_if_free()
+
+    def _resume_if_free(self) -> None:
+        if not (self.held or self.throttled or self.verifying or self.closed or self.listener.paused) \
+                and self.transport is not None:
+            self.transport.resume_reading()
 
     def _take_in(self, packets: list, nbytes: int) -> None:
         """Post ``packets`` to the actor, up to the one that takes the
@@ -106,7 +201,10 @@ class _Conn(asyncio.Protocol):
             self._waiting.extend(packets)
             return
         cap = self.listener.cfg.inflight_bytes_max
+        publishes = 0
         for i, p in enumerate(packets):
+            if type(p) is Publish:
+                publishes += 1
             if type(p) is Publish and p.qos:
                 size = len(p.topic) + len(p.payload) + PUBLISH_OVERHEAD_BYTES
                 self.in_flight_bytes += size - self.unacked.get(p.packet_id, 0)  # a resend replaces
@@ -116,6 +214,10 @@ class _Conn(asyncio.Protocol):
                     packets = packets[:i + 1]
                     break
         self.listener._post(("packets", self.id, packets), len(packets), nbytes)
+        if publishes and self.user is not None:
+            wait_s = self.listener.auth.limiter.debit(self.user, publishes)
+            if wait_s > 0:
+                self._throttle(wait_s)
         if self.in_flight_bytes >= cap and not self.held and self.transport is not None:
             self.held = True
             self.transport.pause_reading()
@@ -131,7 +233,7 @@ class _Conn(asyncio.Protocol):
         waiting, self._waiting = self._waiting, []
         if waiting:
             self._take_in(waiting, 0)
-        if not self.held and not self.listener.paused and self.transport is not None:
+        if not self.held and not self.listener.paused and not self.throttled and self.transport is not None:
             self.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -166,6 +268,7 @@ class MqttListener(LoopThread):
         self._server: Any = None
         self._tls: Any = None  # runtime.tls.TlsAcceptor when TLS is on
         self.port = 0
+        self.auth = Authenticator(enabled=cfg.auth, requests_per_s=cfg.user_publishes_per_s_max)
 
     # ------------------------------------------------------------ lifecycle
     async def _listen(self) -> None:
@@ -207,6 +310,11 @@ class MqttListener(LoopThread):
             self._tls.close()
         for c in list(self._conns.values()):
             c.close()
+        self.auth.close()
+
+    def set_users(self, tree: Any) -> None:
+        """The users the MqttFront read from the agency (called from its thread)."""
+        self.auth.set_users(tree)
 
     # ------------------------------------------------------- actor <- I/O
     def _post(self, event: tuple, count: int = 1, nbytes: int = 0) -> None:
@@ -239,7 +347,8 @@ class MqttListener(LoopThread):
         if self.paused and self._queued <= INBOX_PACKETS_MAX // 2 and self._queued_bytes <= INBOX_BYTES_MAX // 2:
             self.paused = False
             for c in self._conns.values():
-                if c.transport is not None and not c.closed and not c.held:
+                if c.transport is not None and not c.closed and not c.held and not c.throttled \
+                        and not c.verifying:
                     c.transport.resume_reading()
 
     # ------------------------------------------------------- actor -> I/O

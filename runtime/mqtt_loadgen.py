@@ -87,6 +87,8 @@ class LoadConfig:
     routes_url: str | None = None  # wait until this GET /api/v1/mqtt shows the subscribers' filters
     routes_timeout_s: float = 30.0
     prefix: str = "bench"
+    username: str = ""  # nodes require a user (its password goes to a child process in CHORUS_PASSWORD)
+    password: str = ""
 
     def filters(self) -> list[str]:
         return [f"{self.prefix}/{j}/#" for j in range(self.subscribers)]
@@ -129,7 +131,9 @@ class _Client(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        transport.write(encode(Connect(self.name, clean_session=True, keep_alive_s=0)))  # type: ignore[attr-defined]
+        cfg = self.gen.cfg
+        transport.write(encode(Connect(self.name, clean_session=True, keep_alive_s=0,  # type: ignore[attr-defined]
+                                       username=cfg.username or None, password=cfg.password.encode() or None)))
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -326,7 +330,8 @@ class LoadGen:
         seen: set[str] = set()
         while time.monotonic() < deadline:
             try:
-                body = await self.loop.run_in_executor(None, _get_json, self.cfg.routes_url)
+                body = await self.loop.run_in_executor(None, _get_json, self.cfg.routes_url, self.cfg.username,
+                                                       self.cfg.password)
                 seen = {f for flts in (body.get("route_sample") or {}).values() for f in flts}
                 if want <= seen:
                     return
@@ -401,8 +406,12 @@ class LoadGen:
         return self.failed.done()
 
 
-def _get_json(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=5) as r:
+def _get_json(url: str, username: str = "", password: str = "") -> dict:
+    import base64
+
+    headers = {"Authorization": "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()} \
+        if username else {}
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5) as r:
         return json.loads(r.read())
 
 
@@ -425,9 +434,10 @@ def run_load_process(cfg: LoadConfig, progress: Callable[[int], None] = lambda _
     import subprocess
 
     limit = cfg.connect_timeout_s * 3 + cfg.routes_timeout_s + cfg.warmup_s + cfg.seconds + cfg.drain_s + 20
-    cmd = [sys.executable, "-m", "runtime.mqtt_loadgen", "--config", json.dumps(asdict(cfg))]
+    cmd = [sys.executable, "-m", "runtime.mqtt_loadgen", "--config", json.dumps(dict(asdict(cfg), password=""))]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=root)
+    env = dict(os.environ, CHORUS_PASSWORD=cfg.password) if cfg.password else None
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=root, env=env)
     deadline = time.monotonic() + limit
     result: LoadResult | None = None
     try:
@@ -460,6 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     raw["pub_addrs"] = [tuple(a) for a in raw["pub_addrs"]]
     raw["sub_addrs"] = [tuple(a) for a in raw["sub_addrs"]]
     cfg = LoadConfig(**raw)
+    cfg.password = cfg.password or os.environ.get("CHORUS_PASSWORD", "")
 
     def progress(n: int) -> None:
         print(f"progress {n}", flush=True)

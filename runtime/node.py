@@ -59,6 +59,7 @@ DEFAULT_ADMIN_PORT = 7191
 DEFAULT_MQTT_PORT = 1883  # MQTT 3.1.1 (the IANA port)
 LOCAL_PORT_STRIDE = 100  # node k of `run --nodes N` uses the defaults + (k-1) * stride
 DIRECTORY_POLL_S = 1.0
+BOOTSTRAP_WAIT_S = 20.0  # at start-up, for the agency to decide whether this node makes the first admin
 FAILOVER_GRACE_MS_MIN = 200.0  # below this, two replica reports could not fit in the grace
 FAILOVER_GRACE_MS_MAX = 600_000.0
 # Every shard replica is a process with a timer and reports to every
@@ -123,6 +124,13 @@ class NodeConfig:
     mqtt_out_bytes_max: int = 8 << 20
     http_connections_max: int = 256
     http_body_bytes_max: int = 1 << 20
+    # Users and per-tenant permissions on every client port (runtime/authn.py).
+    # On by default: the first start of a new cluster creates user "admin"
+    # with a random password in <data_dir>/admin.password.  Off: anyone who
+    # reaches a port may do anything (a trusted network only).
+    auth: bool = True
+    user_requests_per_s_max: float = 10_000.0  # per user and node: binary requests and HTTP calls; 0: no limit
+    user_mqtt_publishes_per_s_max: float = 100_000.0  # per user and node: MQTT PUBLISH packets; 0: no limit
 
     @property
     def tls(self) -> bool:
@@ -386,6 +394,7 @@ class Node:
         self.cluster_voters: tuple[str, ...] = ()  # the agency voters a peer reported at boot
         self.trust_file = ""  # the certificate (or CA) clients trust, when TLS is on
         self.http_ssl: Any = None  # SSLContext for other nodes' HTTP API, when TLS is on
+        self.admin_bootstrap = ""  # created | exists | undecided (runtime/authn.py)
         self._stop = False
 
     # ---------------------------------------------------------- start
@@ -448,7 +457,8 @@ class Node:
                               inflight_bytes_max=cfg.client_inflight_bytes_max,
                               http_connections_max=cfg.http_connections_max,
                               http_body_bytes_max=cfg.http_body_bytes_max,
-                              tls_cert_file=cfg.tls_cert_file, tls_key_file=cfg.tls_key_file)
+                              tls_cert_file=cfg.tls_cert_file, tls_key_file=cfg.tls_key_file,
+                              auth=cfg.auth, user_requests_per_s_max=cfg.user_requests_per_s_max)
         boot = DispatcherBoot(cfg.node_id, self.cluster_id, self.addrs["node"], self.addrs["raft"],
                               self.addrs["supervisor"], listen, self.endpoints, self.host_cfg, VERSION)
         reply = self.asys.ask(self.addrs["dispatcher"], boot, 20)
@@ -474,9 +484,28 @@ class Node:
         if self.joining:
             self._join_agency()
         self._enter_convention()
+        self._bootstrap_admin(BOOTSTRAP_WAIT_S)
         self._learn_admin_pid()
         self._write_pidfile()
         return self
+
+    def _bootstrap_admin(self, timeout_s: float) -> None:
+        """A new cluster's first admin (runtime/authn.py), made by exactly one
+        node; the others, and every later start, find it there.  Undecided
+        (no agency quorum yet) it is tried again from the directory poll."""
+        if not self.cfg.auth or self.admin_bootstrap in ("created", "exists"):
+            return
+        from runtime.authn import ADMIN_PASSWORD_FILE, bootstrap_admin
+
+        data = Path(self.cfg.data_dir).resolve()
+        self.admin_bootstrap = bootstrap_admin(lambda req, t: self.asys.ask(self.addrs["raft"], req, t),
+                                               self.cfg.node_id, data, timeout_s=timeout_s)
+        if self.admin_bootstrap == "created":
+            path = data / ADMIN_PASSWORD_FILE
+            shown = f"password {path.read_text().strip()} (also in {path}, mode 0600)" if sys.stdout.isatty() \
+                else f"password in {path} (mode 0600)"
+            self.say(f"node {self.cfg.node_id}: new cluster: created user admin (role admin), {shown}; "
+                     f"brokerctl run from this directory uses it")
 
     def _boot_mqtt(self, data: Path) -> None:
         """Start the MQTT front end (it listens unless ``mqtt_port`` is -1)."""
@@ -488,7 +517,9 @@ class Node:
                                   packet_bytes_max=cfg.mqtt_packet_bytes_max,
                                   inflight_bytes_max=cfg.mqtt_inflight_bytes_max,
                                   tls_cert_file=cfg.tls_cert_file,
-                                  tls_key_file=cfg.tls_key_file) if cfg.mqtt_port >= 0 else None
+                                  tls_key_file=cfg.tls_key_file, auth=cfg.auth,
+                                  user_publishes_per_s_max=cfg.user_mqtt_publishes_per_s_max,
+                                  ) if cfg.mqtt_port >= 0 else None
         boot = MqttBoot(cfg.node_id, self.addrs["raft"], self.addrs["supervisor"],
                         ((cfg.node_id, self.addrs["mqtt"]),), listen, host=self.host_cfg,
                         node=self.addrs["node"], dispatcher=self.addrs["dispatcher"])
@@ -729,6 +760,8 @@ class Node:
             if self._stop:
                 break
             try:
+                if self.admin_bootstrap == "undecided":
+                    self._bootstrap_admin(1.0)
                 if self._discover():
                     self._tell_peers()
             except SystemExit:

@@ -2,6 +2,12 @@
 
 Every node is a ``python -m runtime.node`` process (the same as ``brokerctl
 run``) on 127.0.0.1 with free ports and its data under a test directory.
+
+Nodes require users (unless started with ``auth=False``): the harness reads
+the first admin's password from whichever node's data directory has it
+(``admin.password``) and uses it for its HTTP calls; :attr:`RealCluster.auth`
+gives it to clients (``Client(c.client("n1"), **c.auth)``), and
+:meth:`RealCluster.mqtt_login` to paho clients.
 """
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.agency_local import _children_of, free_port, process_exists
+from runtime.authn import read_admin_password
 from runtime.local_cluster import shared_secret_file, spawn_node
 from runtime.node import NodeConfig
 
@@ -35,6 +42,36 @@ class RealCluster:
             cfg.peers = [f"127.0.0.1:{c.http_port}" for o, c in self.cfgs.items() if o != nid]
             cfg.cluster_secret_file = self.secret_file
         self.procs: dict[str, subprocess.Popen] = {}
+        self._password: str | None = None
+
+    # -------------------------------------------------------------- users
+    @property
+    def password(self) -> str | None:
+        """The bootstrap admin's password (None with auth off or before it exists)."""
+        if self._password is None:
+            for cfg in self.cfgs.values():
+                self._password = read_admin_password(cfg.data_dir)
+                if self._password:
+                    break
+        return self._password
+
+    @property
+    def auth(self) -> dict[str, str]:
+        """``username=``/``password=`` of the admin, for the Python client."""
+        return {"username": "admin", "password": self.password} if self.password else {}
+
+    def mqtt_login(self, client: Any) -> Any:
+        """Log a paho client in as the admin; returns it."""
+        if self.password:
+            client.username_pw_set("admin", self.password)
+        return client
+
+    def _headers(self) -> dict[str, str]:
+        import base64
+
+        if not self.password:
+            return {}
+        return {"Authorization": "Basic " + base64.b64encode(f"admin:{self.password}".encode()).decode()}
 
     def add_node(self, nid: str, join: str) -> NodeConfig:
         """Configure a brand-new node that joins the running cluster through
@@ -173,7 +210,8 @@ class RealCluster:
         from runtime.tls import urlopen
 
         try:
-            with urlopen(self.url(nid, path), timeout=timeout_s, context=self._ssl(nid)) as r:
+            req = urllib.request.Request(self.url(nid, path), headers=self._headers())
+            with urlopen(req, timeout=timeout_s, context=self._ssl(nid)) as r:
                 return json.loads(r.read())
         except urllib.error.HTTPError as e:
             return json.loads(e.read() or b"{}")
@@ -183,7 +221,7 @@ class RealCluster:
     def call(self, nid: str, method: str, path: str, body: Any = None, timeout_s: float = 20) -> tuple[int, Any]:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.url(nid, path), data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
+                                     headers={"Content-Type": "application/json", **self._headers()})
         from runtime.tls import urlopen
 
         try:

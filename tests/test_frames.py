@@ -163,7 +163,7 @@ def test_error_codes_are_stable() -> None:
     expected = ["NONE", "UNKNOWN_TYPE", "MALFORMED", "FRAME_TOO_LARGE", "UNSUPPORTED_VERSION", "AUTH_FAILED",
                 "NOT_LEADER", "UNKNOWN_TOPIC", "TIMEOUT", "OVERLOADED", "INVALID_REQUEST", "DUPLICATE_SEQUENCE",
                 "OUT_OF_ORDER_SEQUENCE", "UNKNOWN_SHARD", "SUBSCRIPTION_BUSY", "HANDSHAKE_REQUIRED",
-                "INTERNAL_ERROR"]
+                "INTERNAL_ERROR", "PERMISSION_DENIED"]
     assert [(c.name, c.value) for c in ErrorCode] == [(n, i) for i, n in enumerate(expected)]
 
 

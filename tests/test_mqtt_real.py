@@ -18,6 +18,14 @@ mqtt = pytest.importorskip("paho.mqtt.client")
 pytestmark = pytest.mark.realnet
 
 WAIT_S = 15.0
+LOGINS: dict[int, tuple[str, str]] = {}  # MQTT port -> the admin's (user, password) of its cluster
+
+
+def _logins(c: RealCluster) -> RealCluster:
+    """Remember the cluster's admin login for every node's MQTT port (nodes require a user)."""
+    for nid in c.cfgs:
+        LOGINS[c.mqtt(nid)[1]] = ("admin", c.password or "")
+    return c
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +33,7 @@ def one(tmp_path_factory):
     c = RealCluster(tmp_path_factory.mktemp("mqtt1"), n=1)
     try:
         c.start()
-        yield c
+        yield _logins(c)
     finally:
         assert c.stop_all() == []
 
@@ -36,7 +44,7 @@ def three(tmp_path_factory):
     try:
         c.start()
         c.wait_all_alive()
-        yield c
+        yield _logins(c)
     finally:
         assert c.stop_all() == []
 
@@ -56,6 +64,8 @@ class Client:
         self.c.on_disconnect = lambda _c, _u, _f, rc, _p: self.disconnects.put(rc)
         if will:
             self.c.will_set(*will)
+        if addr[1] in LOGINS:
+            self.c.username_pw_set(*LOGINS[addr[1]])
         deadline = time.monotonic() + WAIT_S
         while True:
             self.c.connect(*addr, keepalive=keepalive)
@@ -177,7 +187,7 @@ def test_will_after_keepalive_timeout(one: RealCluster) -> None:
     s.sub(("ka/#", 0))
     raw = socket.create_connection(one.mqtt("n1"), timeout=10)
     raw.sendall(encode(Connect("ka-raw", True, 1, will=__import__("protocol.mqtt", fromlist=["Will"]).Will(
-        "ka/raw", b"silent"))))
+        "ka/raw", b"silent"), username="admin", password=(one.password or "").encode())))
     t0 = time.monotonic()
     assert s.get(1, timeout_s=10)[0][:2] == ("ka/raw", b"silent")
     assert time.monotonic() - t0 >= 1.0  # 1.5 x the keep-alive of 1 s, not at once
@@ -235,7 +245,7 @@ def test_bad_packets_close_the_connection_and_the_node_keeps_serving(one: RealCl
     assert _raw_answer(addr, bytes(level5)) == ([Connack(False, 1)], True)
     assert _raw_answer(addr, b"\x10\xff\xff\xff\xff\x7f") == ([], True)  # malformed remaining length
     with socket.create_connection(addr, timeout=10) as raw:
-        raw.sendall(encode(Connect("ok-then-bad")))
+        raw.sendall(encode(Connect("ok-then-bad", username="admin", password=(one.password or "").encode())))
         dec = MqttDecoder(server=False)
         assert dec.feed(raw.recv(4096)) == [Connack(False, 0)]
         raw.sendall(b"\x30\x05\x00\x03a/#x")  # a wildcard in a topic name
@@ -303,12 +313,13 @@ def _mosquitto() -> None:
 def test_mosquitto_command_line_clients(one: RealCluster) -> None:
     _mosquitto()
     host, port = one.mqtt("n1")
-    sub = subprocess.Popen(["mosquitto_sub", "-h", host, "-p", str(port), "-t", "cli/#", "-q", "1", "-C", "3",
+    login = ["-u", "admin", "-P", one.password or ""]
+    sub = subprocess.Popen(["mosquitto_sub", "-h", host, "-p", str(port), *login, "-t", "cli/#", "-q", "1", "-C", "3",
                             "-v", "-W", "20"], stdout=subprocess.PIPE, text=True)
     try:
         time.sleep(1.0)
         for i in range(3):
-            subprocess.run(["mosquitto_pub", "-h", host, "-p", str(port), "-t", f"cli/{i}", "-m", f"hello {i}",
+            subprocess.run(["mosquitto_pub", "-h", host, "-p", str(port), *login, "-t", f"cli/{i}", "-m", f"hello {i}",
                             "-q", "1"], check=True, timeout=20)
         out, _ = sub.communicate(timeout=30)
     finally:

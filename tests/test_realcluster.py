@@ -34,10 +34,21 @@ def cluster(tmp_path_factory):
 
 def _read_all(c: RealCluster, via: str, topic: str, shards: int) -> dict[int, list[bytes]]:
     out = {}
-    with Client(c.client(via)) as cl:
+    with Client(c.client(via), **c.auth) as cl:
         for s in range(shards):
             out[s] = [r.payload for r in cl.fetch_all(topic, s)]
     return out
+
+
+def test_exactly_one_node_of_a_new_cluster_made_the_first_admin(cluster: RealCluster) -> None:
+    from pathlib import Path
+
+    made = [nid for nid, cfg in cluster.cfgs.items() if (Path(cfg.data_dir) / "admin.password").exists()]
+    assert len(made) == 1, made
+    assert not [p for cfg in cluster.cfgs.values() for p in Path(cfg.data_dir).glob("admin.password*")
+                if p.name != "admin.password"]
+    for nid in cluster.cfgs:  # and every node knows it
+        assert cluster.get(nid, "/whoami")["name"] == "admin"
 
 
 def test_100k_messages_at_quorum_through_a_node_that_leads_no_shard(cluster: RealCluster) -> None:
@@ -46,7 +57,7 @@ def test_100k_messages_at_quorum_through_a_node_that_leads_no_shard(cluster: Rea
     leaders = {s["leader"] for s in shards}
     via = next(n for n in sorted(cluster.cfgs) if n not in leaders)
     values = [b"%06d" % i + b"." * 94 for i in range(N_BULK)]  # 100-byte messages
-    with Producer(cluster.client(via), level="quorum", linger_ms=5) as p:
+    with Producer(cluster.client(via), level="quorum", linger_ms=5, **cluster.auth) as p:
         futures = [p.send(BULK, v) for v in values]
         p.flush()
         metas = [f.result(timeout=60) for f in futures]
@@ -64,7 +75,7 @@ def test_100k_messages_at_quorum_through_a_node_that_leads_no_shard(cluster: Rea
     # and a durable subscription through that node delivers every record, each shard in offset order
     first_seen: dict[int, list[int]] = {0: [], 1: []}
     got: dict[int, bytes] = {}
-    with Consumer(cluster.client(via), BULK, "audit", mode="exclusive") as cons:
+    with Consumer(cluster.client(via), BULK, "audit", mode="exclusive", **cluster.auth) as cons:
         deadline = time.monotonic() + 120
         while len(got) < N_BULK and time.monotonic() < deadline:
             msg = cons.poll(timeout_s=5)
@@ -93,7 +104,7 @@ def test_kill9_of_a_shard_leader_under_quorum_writes_loses_and_duplicates_nothin
     stop = threading.Event()
 
     def produce() -> None:
-        with Producer(cluster.client(via), level="quorum", linger_ms=2, delivery_timeout_s=60) as p:
+        with Producer(cluster.client(via), level="quorum", linger_ms=2, delivery_timeout_s=60, **cluster.auth) as p:
             i = 0
             while not stop.is_set():
                 v = b"m%07d" % i
@@ -140,7 +151,7 @@ def test_kill9_of_a_shard_leader_under_quorum_writes_loses_and_duplicates_nothin
             break
         time.sleep(0.5)
     assert leader in shard["in_sync"], shard
-    with Client(cluster.client(leader)) as cl:
+    with Client(cluster.client(leader), **cluster.auth) as cl:
         assert [r.payload for r in cl.fetch_all(FAIL, 0)] == sent
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from protocol.frames import (
     FRAME_TYPES,
+    Auth,
     ErrorCode,
     ErrorResponse,
     FrameDecoder,
@@ -39,6 +40,11 @@ def node(tmp_path_factory):
         yield c
     finally:
         c.stop_all()
+
+
+def _hello(c: RealCluster, client_id: str) -> Handshake:
+    """A handshake as the cluster's admin (nodes require a user)."""
+    return Handshake(client_id=client_id, auth=Auth.PASSWORD, username="admin", password=c.password or "")
 
 
 def _connect(c: RealCluster) -> socket.socket:
@@ -78,7 +84,7 @@ def _closed(s: socket.socket, timeout_s: float = 10) -> bool:
 def _healthy(c: RealCluster) -> None:
     """A fresh client still gets served: handshake, metadata, HTTP."""
     with _connect(c) as s:
-        s.sendall(encode_frame(Handshake(client_id="probe"), 1))
+        s.sendall(encode_frame(_hello(c, "probe"), 1))
         s.sendall(encode_frame(MetadataRequest(topics=(TOPIC,)), 2))
         frames, _ = _read_frames(s, 2)
     assert isinstance(frames[0].message, HandshakeOk)
@@ -125,7 +131,7 @@ def test_garbage_oversized_and_half_open_inputs_leave_the_node_serving(node: Rea
         assert closed or _closed(s)
     # a header announcing a 2 GiB frame: refused from the header alone
     with _connect(node) as s:
-        s.sendall(encode_frame(Handshake(client_id="x"), 1))
+        s.sendall(encode_frame(_hello(node, "x"), 1))
         _read_frames(s, 1)
         s.sendall(b"\xc4\x05\x01\x05\x00" + struct.pack(">II", 7, 2 << 30))
         frames, _ = _read_frames(s, 1)
@@ -139,7 +145,7 @@ def test_garbage_oversized_and_half_open_inputs_leave_the_node_serving(node: Rea
     # half-open connections: one silent, one with half a frame, on both ports
     silent = [_connect(node) for _ in range(5)]
     half = _connect(node)
-    half.sendall(encode_frame(Handshake(client_id="half"), 1)[:7])
+    half.sendall(encode_frame(_hello(node, "half"), 1)[:7])
     http_half = socket.create_connection(("127.0.0.1", node.cfgs["n1"].http_port), timeout=10)
     http_half.sendall(b"POST /api/v1/topics HTTP/1.1\r\nContent-Length: 100\r\n\r\n{")
     http_garbage = socket.create_connection(("127.0.0.1", node.cfgs["n1"].http_port), timeout=10)
@@ -220,11 +226,11 @@ def test_a_new_node_joins_a_running_cluster_and_takes_replicas(tmp_path) -> None
         c.create_topic("n1", "t/p/c/after", shards=2, rf=2)
         shards = c.wait_leaders("n2", "t/p/c/after")
         assert all(set(s["replicas"]) == {"n1", "n2"} for s in shards)
-        with Producer(c.client("n2"), level="all") as p:
+        with Producer(c.client("n2"), level="all", **c.auth) as p:
             futures = [p.send("t/p/c/after", b"v%d" % i) for i in range(100)]
             p.flush()
             assert all(f.exception() is None for f in futures)
-        with Client(c.client("n1")) as cl:
+        with Client(c.client("n1"), **c.auth) as cl:
             values = {r.payload for s in (0, 1) for r in cl.fetch_all("t/p/c/after", s)}
         assert values == {b"v%d" % i for i in range(100)}
         # a restart of the joined node keeps its membership
