@@ -231,18 +231,23 @@ class MqttCore:
         self.record("mqtt.disconnected", node=self.node_id, client=s.client_id, graceful=c.graceful)
 
     def _abandon(self, conn_id: Any) -> None:
-        """The client went away before its CONNACK: a connect still on its way
-        to the session stops there, so that it cannot take the session from
-        the node the client tries next (found by the simulator).  A claim
-        already sent to the agency cannot be called back: its outcome stands.
-        A copy installed for a claim that may have committed is kept for the
-        grace and dropped then unless the registry names this node."""
+        """The client went away before its CONNACK: a connect still fetching
+        its session stops there, so that it cannot take the session from the
+        node the client tries next (found by the simulator).  A claim already
+        sent to the agency cannot be called back: its outcome stands, and one
+        whose answer was lost is settled by the registry (``tick``)."""
         for req, tk in list(self.takeovers.items()):
-            if tk["conn"] == conn_id and tk["phase"] in ("fetch", "retry"):
+            if tk["conn"] == conn_id and tk["phase"] == "fetch":
                 del self.takeovers[req]
-                if tk["state"] is not None:
-                    self.doomed.setdefault(tk["cid"], None)
                 self.record("mqtt.abandoned", node=self.node_id, client=tk["cid"], phase=tk["phase"])
+
+    def _committed(self, tk: dict) -> bool:
+        """A claim whose answer was lost (or said "no leader") and the registry
+        names this node at the epoch it claimed: it committed.  (A refused
+        precondition is a definite no: the entry may name this node at that
+        epoch from before, when the claim was made from a view behind it.)"""
+        return tk.get("maybe", False) and tk["epoch"] > 0 and \
+            self.owners.view.get(tk["cid"]) == (self.node_id, tk["epoch"])
 
     # ---------------------------------------------------------- CONNECT
     def _connect(self, c: _Conn, p: Connect, now: float) -> None:
@@ -269,6 +274,11 @@ class MqttCore:
         claim the session in the agency, then connect.  A clean CONNECT
         releases the session instead."""
         tk = self.takeovers[req]
+        if not self.routes_loaded:
+            # the registry is not read yet (a restart): a claim made from an empty view would be wrong,
+            # and its epoch could match an entry already there (found by the simulator)
+            tk["phase"] = "retry"
+            return
         if tk["state"] is not None:  # starting over: what we fetched is not ours to keep
             s = self.sessions.get(tk["cid"])
             if s is not None and s.conn is None:
@@ -305,6 +315,8 @@ class MqttCore:
                 self._claimed(req)
             else:
                 tk["phase"] = "retry"  # not committed, or the entry changed: the next tick starts over
+                # no answer, or no leader: the claim may still have committed (``_committed``)
+                tk["maybe"] = getattr(reply, "status", "") != "ok"
 
         self.txns.append((txn, done))
 
@@ -321,7 +333,10 @@ class MqttCore:
             how = "clean"
         elif tk["state"] is not None:
             how = "handed"  # installed when the state came
-        elif s is not None and not s.clean and tk["prev"] == (self.node_id, s.epoch):
+        elif s is not None and not s.clean and self.node_id in ((tk["prev"] or ("",))[0],
+                                                                (self.owners.view.get(cid) or ("",))[0]):
+            # the registry named this node, so the copy here is that session -- also when the epoch
+            # differs: a claim of ours whose answer was lost committed (found by the simulator)
             how = "kept"
         else:
             how = "fresh"
@@ -836,7 +851,13 @@ class MqttCore:
                 self._abort(c, now)  # MQTT-3.1.2-24
         self.clock = now
         for req, tk in list(self.takeovers.items()):
-            if tk["phase"] == "retry" or tk["phase"] == "fetch" and now >= tk["deadline"]:
+            if tk["phase"] == "retry" and self._committed(tk):
+                self._claimed(req)  # its answer was lost (a leader change), not the claim (found by the simulator)
+            elif tk["phase"] == "retry" and tk["conn"] not in self.conns:
+                # the client left: never claim again for it; wait for the registry to show the outcome
+                if now >= tk["until"]:
+                    self._refuse(req, "the client left and its claim did not commit")
+            elif tk["phase"] == "retry" or tk["phase"] == "fetch" and now >= tk["deadline"]:
                 owner = tk["prev"][0] if tk["prev"] else ""
                 if tk["phase"] == "fetch" and self.unseen.get(owner, 0.0) > self.t.route_dead_after_s:
                     self._claim(req)  # its node is gone for good: what it held is lost; start afresh

@@ -43,6 +43,7 @@ class Net:
         self.closed: set[tuple[str, str]] = set()
         self.cut: set[str] = set(down)  # nodes whose messages are lost
         self.agency_down = False  # every transaction fails (no leader)
+        self.lose_answers = False  # transactions apply, but their answers are lost (a leader change)
         self.cores: dict[str, MqttCore] = {}
         self.epochs = {n: 0 for n in nodes}
         for n in nodes:
@@ -98,7 +99,10 @@ class Net:
                         for other in self.cores.values():
                             for path, value in events or ():
                                 other.agency_event(path, value)
-                        cb(SimpleNamespace(status="ok", result={"ok": events is not None}))
+                        if self.lose_answers:
+                            cb(SimpleNamespace(status="timeout", result=None))
+                        else:
+                            cb(SimpleNamespace(status="ok", result={"ok": events is not None}))
                 sent: list = []
                 core.routes.flush(self.now, lambda node, m: sent.append((node, m)) or True)
                 sent += core.sends
@@ -689,3 +693,23 @@ def test_a_registry_entry_for_a_session_this_node_does_not_have_is_released():
     assert "/chorus/mqtt/sessions/tghost" in net.agency
     net.tick(net.tuning.session_expiry_scan_s)
     assert "/chorus/mqtt/sessions/tghost" not in net.agency
+
+
+def test_a_claim_whose_answer_is_lost_keeps_the_session():
+    """The agency applied the claim, but its answer was lost: the registry
+    names this node at the claimed epoch, so the claim committed; starting
+    over must not make the session anew (found by the simulator: queued
+    messages lost and a "present" CONNACK for an empty session)."""
+    net = Net(("n1", "n2"))
+    net.connect("n1", "s", "dev", clean=False)
+    net.send("n1", "s", Subscribe(1, (("t", 1),)))
+    net.cores["n1"].closed("s", net.now)
+    net.connect("n2", "p", "pub")
+    net.send("n2", "p", Publish("t", b"queued", 1, packet_id=1))
+    net.lose_answers = True
+    assert net.send("n1", "s2", Connect("dev", False, 10)) == []  # claimed; the answer is lost
+    net.lose_answers = False
+    net.tick(net.tuning.tick_s)
+    got = net.take("n1", "s2")
+    assert got[0] == Connack(True, 0)
+    assert pubs(got[1:]) == [("t", b"queued", 1)]

@@ -73,6 +73,9 @@ def test_same_seed_same_trace_hash_in_any_process(tmp_path):
     ("mqtt-partition", 353),  # an abandoned CONNECT went on to take the session from the client's next one
     ("mqtt-partition", 418),  # a route delete lost on its way to the agency leader was never tried again
     ("mqtt-node-crash", 152),  # a restarted node delivered a late copy of a message its store gave back
+    ("mqtt-node-crash", 864),  # a claim whose answer was lost committed; starting over made the session anew
+    ("mqtt-node-crash", 766),  # a claim from a view behind the registry found the node's own entry there
+    ("mqtt-node-crash", 957),  # a connect the client left claimed again after its claim's answer was lost
 ])
 def test_seeds_that_found_bugs_pass(name, seed):
     r = run(scenario(name), seed)
