@@ -214,6 +214,8 @@ LIMITS = {
     "mqtt_out_bytes_max": (4096, 1 << 40),
     "http_connections_max": (1, 1_000_000),
     "http_body_bytes_max": (1024, 1 << 30),
+    "user_requests_per_s_max": (0, 1e9),  # 0: no limit
+    "user_mqtt_publishes_per_s_max": (0, 1e9),
 }
 
 

@@ -66,7 +66,23 @@ class RealCluster:
             client.username_pw_set("admin", self.password)
         return client
 
-    def _headers(self) -> dict[str, str]:
+    def hello(self, client_id: str) -> Any:
+        """A binary-protocol Handshake as the admin."""
+        from protocol.frames import Auth, Handshake
+
+        if not self.password:
+            return Handshake(client_id=client_id)
+        return Handshake(client_id=client_id, auth=Auth.PASSWORD, username="admin", password=self.password)
+
+    def mqtt_connect(self, client_id: str, **kw: Any) -> Any:
+        """An MQTT CONNECT as the admin."""
+        from protocol.mqtt import Connect
+
+        if self.password:
+            kw.update(username="admin", password=self.password.encode())
+        return Connect(client_id=client_id, **kw)
+
+    def auth_headers(self) -> dict[str, str]:
         import base64
 
         if not self.password:
@@ -210,7 +226,7 @@ class RealCluster:
         from runtime.tls import urlopen
 
         try:
-            req = urllib.request.Request(self.url(nid, path), headers=self._headers())
+            req = urllib.request.Request(self.url(nid, path), headers=self.auth_headers())
             with urlopen(req, timeout=timeout_s, context=self._ssl(nid)) as r:
                 return json.loads(r.read())
         except urllib.error.HTTPError as e:
@@ -221,7 +237,7 @@ class RealCluster:
     def call(self, nid: str, method: str, path: str, body: Any = None, timeout_s: float = 20) -> tuple[int, Any]:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.url(nid, path), data=data, method=method,
-                                     headers={"Content-Type": "application/json", **self._headers()})
+                                     headers={"Content-Type": "application/json", **self.auth_headers()})
         from runtime.tls import urlopen
 
         try:

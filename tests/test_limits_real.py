@@ -16,7 +16,6 @@ from protocol.frames import (
     ErrorResponse,
     FetchRequest,
     FetchResponse,
-    Handshake,
     HandshakeOk,
     Heartbeat,
     HeartbeatResponse,
@@ -24,7 +23,7 @@ from protocol.frames import (
     MetadataResponse,
     encode_frame,
 )
-from protocol.mqtt import Connack, Connect, MqttDecoder, Pingreq, Puback, Publish, Subscribe, encode
+from protocol.mqtt import Connack, MqttDecoder, Pingreq, Puback, Publish, Subscribe, encode
 from runtime.realcluster import RealCluster
 from test_realnode import TOPIC, _closed, _connect, _healthy, _read_frames, _wait_for
 
@@ -51,7 +50,7 @@ def node(tmp_path_factory):
 
 def _handshaken(c: RealCluster) -> tuple[socket.socket, list]:
     s = _connect(c)
-    s.sendall(encode_frame(Handshake(client_id="limits"), 1))
+    s.sendall(encode_frame(c.hello("limits"), 1))
     frames, _ = _read_frames(s, 1)
     return s, frames
 
@@ -135,7 +134,7 @@ def test_a_connection_over_its_in_flight_bytes_pauses_until_answers_go_out(node:
 # ------------------------------------------------------------------ MQTT
 def _mqtt(c: RealCluster, cid: str, *, subscribe: str | None = None) -> tuple[socket.socket, MqttDecoder, list]:
     s = socket.create_connection(c.mqtt("n1"), timeout=10)
-    s.sendall(encode(Connect(client_id=cid, clean_session=True, keep_alive_s=60)))
+    s.sendall(encode(c.mqtt_connect(cid, clean_session=True, keep_alive_s=60)))
     dec = MqttDecoder(server=False)
     got = _mqtt_read(s, dec, 1)
     if subscribe and got and isinstance(got[0], Connack) and got[0].return_code == 0:
@@ -290,7 +289,7 @@ def _http_answer(s: socket.socket) -> bytes:
 def test_http_bodies_over_the_limit_get_413_json(node: RealCluster) -> None:
     req = urllib.request.Request(node.url("n1", f"/produce/{TOPIC}"), method="POST",
                                  data=json.dumps({"records": [{"value": "x" * 3000}]}).encode(),
-                                 headers={"Content-Type": "application/json"})
+                                 headers={"Content-Type": "application/json", **node.auth_headers()})
     with pytest.raises(urllib.error.HTTPError) as info:
         urllib.request.urlopen(req, timeout=20)
     assert info.value.code == 413

@@ -105,11 +105,11 @@ def _serves(c: RealCluster, tls: bool) -> None:
     cfg = c.cfgs["n1"]
     assert all(p.poll() is None for p in c.procs.values())
     with _open(c, cfg.client_port, tls) as s:
-        s.sendall(encode_frame(Handshake(client_id="after"), 1) + encode_frame(MetadataRequest(topics=(TOPIC,)), 2))
+        s.sendall(encode_frame(c.hello("after"), 1) + encode_frame(MetadataRequest(topics=(TOPIC,)), 2))
         frames, _ = _read_frames(s, 2)
     assert [type(f.message).__name__ for f in frames] == ["HandshakeOk", "MetadataResponse"]
     with _open(c, cfg.mqtt_port, tls) as s:
-        s.sendall(encode(Connect(client_id="after", clean_session=True, keep_alive_s=30)))
+        s.sendall(encode(c.mqtt_connect("after", clean_session=True, keep_alive_s=30)))
         assert s.recv(4) == b"\x20\x02\x00\x00"  # CONNACK, accepted
     assert c.get("n1", "/status")["node_id"] == "n1"
 

@@ -79,13 +79,13 @@ def tls_socket(c: RealCluster, port: int) -> ssl.SSLSocket:
 def healthy(c: RealCluster) -> None:
     """A well-behaved client is served on every port, over TLS."""
     with tls_socket(c, c.cfgs["n1"].client_port) as s:
-        s.sendall(encode_frame(Handshake(client_id="probe"), 1) + encode_frame(MetadataRequest(topics=(TOPIC,)), 2))
+        s.sendall(encode_frame(c.hello("probe"), 1) + encode_frame(MetadataRequest(topics=(TOPIC,)), 2))
         frames, _ = _read_frames(s, 2)
     assert isinstance(frames[0].message, HandshakeOk)
     assert isinstance(frames[1].message, MetadataResponse) and len(frames[1].message.topics[0].shards) == 2
     assert c.get("n1", "/status")["tls"] is True
     with tls_socket(c, c.cfgs["n1"].mqtt_port) as s:
-        s.sendall(encode(Connect(client_id="probe-mqtt", clean_session=True, keep_alive_s=30)))
+        s.sendall(encode(c.mqtt_connect("probe-mqtt", clean_session=True, keep_alive_s=30)))
         assert s.recv(4)[:2] == b"\x20\x02"  # CONNACK
 
 
@@ -131,11 +131,11 @@ def test_the_cli_made_a_certificate_and_says_what_to_trust(node: RealCluster) ->
 
 
 def test_python_client_produces_and_consumes_over_tls(node: RealCluster) -> None:
-    with Producer(node.client("n1"), ca_file=ca(node), level="one") as p:
+    with Producer(node.client("n1"), ca_file=ca(node), level="one", **node.auth) as p:
         futures = [p.send(TOPIC, b"secret %d" % i, key=b"k") for i in range(20)]
         p.flush()
         assert all(f.exception() is None for f in futures)
-    with Consumer(node.client("n1"), TOPIC, "tls-reader", ca_file=ca(node)) as cons:
+    with Consumer(node.client("n1"), TOPIC, "tls-reader", ca_file=ca(node), **node.auth) as cons:
         got = set()
         while len(got) < 20:
             msg = cons.poll(timeout_s=20)
@@ -144,7 +144,7 @@ def test_python_client_produces_and_consumes_over_tls(node: RealCluster) -> None
             msg.ack()
     assert got == {b"secret %d" % i for i in range(20)}
     ctx = ssl.create_default_context(cafile=ca(node))
-    with Client(node.client("n1"), tls=ctx) as c:  # an SSLContext of one's own
+    with Client(node.client("n1"), tls=ctx, **node.auth) as c:  # an SSLContext of one's own
         assert len(c.metadata(TOPIC).shards) == 2
     with pytest.raises(ChorusConnectionError, match="not trusted"):
         with Client(node.client("n1"), tls=True, connect_timeout_s=5):  # the system's CAs do not know it
@@ -170,7 +170,7 @@ def test_paho_mqtt_over_tls(node: RealCluster) -> None:
     for cid in ("tls-sub", "tls-pub"):
         cl = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cid)
         cl.tls_set(ca_certs=ca(node))
-        clients.append(cl)
+        clients.append(node.mqtt_login(cl))
     sub, pub = clients
     sub.on_message = on_message
     sub.on_subscribe = lambda *a: subscribed.set()
@@ -194,13 +194,14 @@ def test_paho_mqtt_over_tls(node: RealCluster) -> None:
 @pytest.mark.skipif(shutil.which("mosquitto_pub") is None, reason="mosquitto-clients not installed")
 def test_mosquitto_clients_with_cafile(node: RealCluster) -> None:
     port = str(node.cfgs["n1"].mqtt_port)
-    sub = subprocess.Popen(["mosquitto_sub", "-h", "127.0.0.1", "-p", port, "--cafile", ca(node), "-t", "m/#",
+    login = ["-u", "admin", "-P", node.password or ""]
+    sub = subprocess.Popen(["mosquitto_sub", "-h", "127.0.0.1", "-p", port, "--cafile", ca(node), *login, "-t", "m/#",
                             "-q", "1", "-C", "1", "-v", "-W", "30"], stdout=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 30
         out = ""
         while sub.poll() is None and time.monotonic() < deadline:
-            subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", port, "--cafile", ca(node), "-t", "m/x",
+            subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", port, "--cafile", ca(node), *login, "-t", "m/x",
                             "-m", "over tls", "-q", "1"], check=True, timeout=30)
             try:
                 out, _ = sub.communicate(timeout=1)
@@ -221,7 +222,8 @@ def test_curl_with_cacert(node: RealCluster) -> None:
     r = subprocess.run(["curl", "-sS", "--cacert", ca(node), url], capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["tls"] is True
-    r = subprocess.run(["curl", "-sS", "--cacert", ca(node), "-XPOST", "-d", '{"records": [{"value": "by curl"}]}',
+    r = subprocess.run(["curl", "-sS", "--cacert", ca(node), "-u", f"admin:{node.password}", "-XPOST", "-d",
+                        '{"records": [{"value": "by curl"}]}',
                         f"https://127.0.0.1:{node.cfgs['n1'].http_port}/api/v1/produce/{TOPIC}"],
                        capture_output=True, text=True, timeout=30)
     assert json.loads(r.stdout)["count"] == 1, r.stdout
@@ -276,11 +278,11 @@ def test_two_nodes_with_tls_reach_each_other_over_https(tmp_path) -> None:
         c.create_topic("n1", "t/p/c/both", shards=1, rf=2)
         shards = c.wait_leaders("n2", "t/p/c/both")
         assert set(shards[0]["replicas"]) == {"n1", "n2"}
-        with Producer(c.client("n2"), ca_file=cert, level="all") as p:
+        with Producer(c.client("n2"), ca_file=cert, level="all", **c.auth) as p:
             futures = [p.send("t/p/c/both", b"v%d" % i) for i in range(10)]
             p.flush()
             assert all(f.exception() is None for f in futures)
-        with Client(c.client("n1"), ca_file=cert) as cl:
+        with Client(c.client("n1"), ca_file=cert, **c.auth) as cl:
             assert [r.payload for r in cl.fetch_all("t/p/c/both", 0)] == [b"v%d" % i for i in range(10)]
         directory = c.get("n2", "/cluster/directory")
         assert {n["node_id"] for n in directory["nodes"]} == {"n1", "n2"}

@@ -388,3 +388,14 @@ def test_a_crash_between_commit_and_rename_keeps_the_password(tmp_path):
 def test_no_agency_answer_leaves_it_undecided(tmp_path):
     assert bootstrap_admin(lambda req, t: None, "n1", tmp_path, timeout_s=0.5) == "undecided"
     assert not (tmp_path / ADMIN_PASSWORD_FILE).exists()
+
+
+def test_node_configuration_of_users():
+    from runtime.node import NodeConfig
+
+    cfg = NodeConfig.load(None, env={})
+    assert cfg.auth is True and cfg.user_requests_per_s_max == 10_000 and cfg.user_mqtt_publishes_per_s_max == 100_000
+    assert NodeConfig.load(None, env={"CHORUS_AUTH": "false"}).auth is False
+    assert NodeConfig.load(None, env={"CHORUS_USER_REQUESTS_PER_S_MAX": "0"}).user_requests_per_s_max == 0
+    with pytest.raises(ValueError, match="user_requests_per_s_max must be in"):
+        NodeConfig.load(None, env={"CHORUS_USER_REQUESTS_PER_S_MAX": "-1"})
