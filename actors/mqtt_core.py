@@ -30,6 +30,7 @@ from typing import Any, Callable
 
 from actors.mqtt_bridge import LogBridges
 from actors.mqtt_owners import SessionExpiry, SessionOwners
+from actors.mqtt_passing import PassMerge
 from actors.mqtt_routes import RouteTable, Settle, escape, unescape
 from actors.mqtt_session import Msg, Session
 from actors.mqtt_trie import TopicTrie
@@ -94,6 +95,7 @@ class MqttCore:
         self.doomed: dict[str, float | None] = {}  # client id -> when to drop our copy (the registry names another owner)
         self.unseen: dict[str, float] = {}  # node -> seconds since the supervisor heard of it
         self.expiry = SessionExpiry(tuning.session_expiry_s, tuning.session_expiry_scan_s)
+        self.passing = PassMerge(tuning.ack_wait_max_s)
         self.clock = 0.0  # the latest time an input brought (for agency callbacks)
         self.local = TopicTrie()  # real filter -> (client id, group or "")
         self.sessions: dict[str, Session] = {}
@@ -810,13 +812,30 @@ class MqttCore:
         """A batch from another node; returns the sequence to acknowledge (-1: none)."""
         ok, seq = self.routes.accept(m)
         if ok:
+            passing = self.passing
             for f in m.items:
-                # the broken variant also hides the copy from the sessions' duplicate filter
-                mid = f"{f.mid}+{self._mid()}" if self.routes.bugs.no_forward_dedup else f.mid
-                self._deliver_local(f.topic, f.payload, f.qos, mid, f.groups)
                 if len(self.moved) and f.hops < PASS_HOPS_MAX:
                     self._pass_on(f, None)
+                if f.hops:
+                    if self.routes.gaps and passing.passed(f.mid, f, now, self.routes.gaps):
+                        continue  # held until the origin's direct stream here reaches it (actors/mqtt_passing.py)
+                elif passing.held:
+                    for h in passing.direct(f.mid):
+                        self._deliver_forwarded(h)
+                self._deliver_forwarded(f)
+            if passing.held:
+                for h in passing.closed(self.routes.gaps):
+                    self._deliver_forwarded(h)
+            else:
+                last = next((f.mid for f in reversed(m.items) if not f.hops), None)
+                if last is not None:
+                    passing.direct(last)  # one look per batch: the stream is in the origin's order
         return seq
+
+    def _deliver_forwarded(self, f: Fwd) -> None:
+        # the broken variant also hides the copy from the sessions' duplicate filter
+        mid = f"{f.mid}+{self._mid()}" if self.routes.bugs.no_forward_dedup else f.mid
+        self._deliver_local(f.topic, f.payload, f.qos, mid, f.groups)
 
     def _expire(self, now: float) -> None:
         """End the persistent sessions offline for ``session_expiry_s``, and
@@ -876,6 +895,9 @@ class MqttCore:
                 s = self.sessions.get(cid)
                 if s is not None and not s.clean and not self.owners.mine(cid, s.epoch):
                     self._discard(s)
+        if self.passing.held:
+            for f in self.passing.due(now):
+                self._deliver_forwarded(f)
         if self.routes_loaded and self.expiry.due(now):
             self._expire(now)
         while self.moved_until and self.moved_until[0][0] <= now:

@@ -124,6 +124,8 @@ class RouteTable:
         self.rr: dict[tuple[str, str], int] = {}  # (group, filter) -> round-robin counter
         self.dests: dict[str, _Dest] = {}
         self.received: dict[str, tuple[int, int]] = {}  # origin -> (epoch, last delivered seq)
+        # origin -> the highest seq of a batch that came before an earlier one (a gap: the origin resends)
+        self.gaps: dict[str, int] = {}
         self.settles: list[Settle] = []
         self.retries = 0  # resends of unacknowledged forward batches
         self.bugs = MqttBugs()  # set by the shell from MqttBoot.bugs (the simulator's broken variants)
@@ -270,9 +272,14 @@ class RouteTable:
             return False, -1  # a batch of an earlier incarnation of the origin
         if msg.epoch > epoch:
             epoch, last = msg.epoch, 0
+            self.gaps.pop(msg.origin, None)
         if msg.seq == last + 1:
             self.received[msg.origin] = (epoch, msg.seq)
+            if msg.seq >= self.gaps.get(msg.origin, 0):
+                self.gaps.pop(msg.origin, None)
             return True, msg.seq
+        if msg.seq > last + 1:
+            self.gaps[msg.origin] = max(self.gaps.get(msg.origin, 0), msg.seq)  # an earlier batch is missing
         if self.bugs.no_forward_dedup and msg.seq <= last:
             return True, last
         self.received[msg.origin] = (epoch, last)

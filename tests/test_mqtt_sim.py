@@ -72,6 +72,7 @@ def test_same_seed_same_trace_hash_in_any_process(tmp_path):
     ("mqtt-partition", 251),  # a forward passed on to a node the session had left again was dropped there
     ("mqtt-partition", 353),  # an abandoned CONNECT went on to take the session from the client's next one
     ("mqtt-partition", 418),  # a route delete lost on its way to the agency leader was never tried again
+    ("mqtt-partition", 559),  # a passed-on publish overtook a direct one the origin was resending
     ("mqtt-node-crash", 152),  # a restarted node delivered a late copy of a message its store gave back
     ("mqtt-node-crash", 864),  # a claim whose answer was lost committed; starting over made the session anew
     ("mqtt-node-crash", 766),  # a claim from a view behind the registry found the node's own entry there
