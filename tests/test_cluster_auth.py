@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from protocol.agency import AgencyRequest, Mutation, Txn
 from protocol.mqtt_cluster import Fwd, MqttForward
@@ -206,6 +208,7 @@ def _serving(c) -> bool:
     return isinstance(st, dict) and bool(st.get("agency", {}).get("leader"))
 
 
+@pytest.mark.realnet
 def test_cluster_ports_listen_on_loopback_only(node):
     listening = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
@@ -219,6 +222,7 @@ def test_cluster_ports_listen_on_loopback_only(node):
         assert addrs == {"0100007F"}, (name, port, addrs)  # 127.0.0.1, and no 0.0.0.0 / [::]
 
 
+@pytest.mark.realnet
 def test_a_pickle_that_runs_code_reaches_no_cluster_port(node, tmp_path):
     """Sent by a process without the secret, to the admin port and to actor
     processes' ports: nothing runs, each is logged, the node keeps serving."""
@@ -236,6 +240,7 @@ def test_a_pickle_that_runs_code_reaches_no_cluster_port(node, tmp_path):
     assert _serving(node)
 
 
+@pytest.mark.realnet
 def test_a_valid_thespian_frame_without_the_secret_is_dropped(node):
     """A well-formed Thespian envelope asking the admin to exit, from a
     process that speaks Thespian but lacks the secret (or signs with another
@@ -277,3 +282,38 @@ def test_plain_values_and_exceptions_pass_the_allow_list():
     got = restricted_loads(pickle.dumps(value, 5))
     assert {k: v for k, v in got.items() if k != "f"} == {k: v for k, v in value.items() if k != "f"}
     assert type(got["f"]) is ValueError and got["f"].args == ("bad", 3)
+
+
+@pytest.mark.realnet
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])
+@given(data=st.one_of(
+    st.binary(max_size=2000),  # anything, no framing
+    st.binary(max_size=2000).map(lambda b: b"%d>" % len(b) + b),  # framed garbage
+    st.tuples(st.binary(max_size=64), st.integers(0, 200)).map(  # a signed frame of another cluster, mutated
+        lambda t: _mutate(SignedSerializer("x" * 64).dumps(("probe", t[0])), t[1])),
+))
+def test_bad_bytes_on_the_cluster_port_harm_nothing(node, data):
+    port = node.cfgs["n1"].admin_port
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        s.settimeout(5)
+        try:
+            s.recv(100)
+        except (socket.timeout, ConnectionError):
+            pass
+    assert node.procs["n1"].poll() is None
+
+
+def _mutate(frame: bytes, at: int) -> bytes:
+    body = bytearray(frame)
+    body[at % len(body)] ^= 0x5A
+    return b"%d>" % len(body) + bytes(body)
+
+
+@pytest.mark.realnet
+def test_the_node_serves_after_the_fuzzing(node):
+    """Runs after the fuzz test above (file order): everything still works."""
+    assert _serving(node)
+    assert node.create_topic("n1", "acme/fuzz/after/ok", shards=1)
