@@ -82,6 +82,14 @@ class RealCluster:
             kw.update(username="admin", password=self.password.encode())
         return Connect(client_id=client_id, **kw)
 
+    def _logs_in(self, nid: str) -> bool:
+        """Whether the admin can log in at ``nid`` (its listeners read the
+        users a moment after the agency has them); True with auth off."""
+        if not self.password:
+            return True
+        me = self.get(nid, "/whoami", timeout_s=2)
+        return isinstance(me, dict) and me.get("name") == "admin"
+
     def auth_headers(self) -> dict[str, str]:
         import base64
 
@@ -132,7 +140,8 @@ class RealCluster:
             if proc.poll() is not None:
                 raise RuntimeError(f"node {nid} exited with {proc.returncode}: {self.output(nid)[-2000:]}")
             st = self.get(nid, "/status", timeout_s=2)
-            if isinstance(st, dict) and st.get("agency", {}).get("leader") and "ready" in self.output(nid):
+            if isinstance(st, dict) and st.get("agency", {}).get("leader") and "ready" in self.output(nid) \
+                    and self._logs_in(nid):
                 return st
             time.sleep(0.3)
         raise TimeoutError(f"node {nid} not ready in {timeout_s}s: {self.output(nid)[-2000:]}")
