@@ -235,7 +235,8 @@ def run(
     node_id: Optional[str] = typer.Option(None, "--node-id", help="this node's unique name [n1]"),
     join: Optional[str] = typer.Option(None, "--join", help="HOST:PORT (HTTP) of a node of a running cluster"),
     data_dir: Optional[str] = typer.Option(None, "--data-dir", help="where data lives [./data]"),
-    host: Optional[str] = typer.Option(None, "--host", help="address every port binds to [127.0.0.1]"),
+    host: Optional[str] = typer.Option(None, "--host", help="address the client, MQTT and HTTP ports bind to "
+                                                            "(and the cluster ports, without --cluster-host) [127.0.0.1]"),
     client_port: Optional[int] = typer.Option(None, "--client-port", help="binary protocol [7171]"),
     http_port: Optional[int] = typer.Option(None, "--http-port", help="HTTP API [7181]"),
     admin_port: Optional[int] = typer.Option(None, "--admin-port", help="cluster (Thespian admin) port [7191]"),
