@@ -204,6 +204,34 @@ def _parent_pid(pid: int) -> int | None:
     return int(st[1]) if st else None
 
 
+def pid_listening_on(port: int) -> int | None:
+    """The pid of the process with a TCP socket listening on ``port`` (from
+    /proc): how a launcher finds a Thespian admin it has not learned the pid
+    of yet (one that failed early), so that it can stop it."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            if len(f) > 9 and f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{f[9]}]")
+    if not inodes:
+        return None
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            fds = os.listdir(f"/proc/{name}/fd")
+            if any(os.readlink(f"/proc/{name}/fd/{fd}") in inodes for fd in fds):
+                return int(name)
+        except OSError:
+            continue
+    return None
+
+
 def _children_of(ppid: int) -> list[int]:
     out = []
     try:

@@ -781,6 +781,11 @@ class Node:
         if self.asys is None:
             return []
         watched = []
+        if not self.admin_pid and self.cfg.admin_port:  # the start failed before it learned it: who listens there
+            from runtime.agency_local import pid_listening_on
+
+            pid = pid_listening_on(self.cfg.admin_port)
+            self.admin_pid = pid if pid is not None and pid != os.getpid() else None
         if self.admin_pid:
             watched = [self.admin_pid] + _children_of(self.admin_pid)
         try:

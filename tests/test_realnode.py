@@ -328,6 +328,9 @@ def test_a_new_node_with_no_reachable_seed_does_not_start_a_cluster_of_its_own(t
     proc = spawn_node(cfg, tmp_path / "out.txt")
     assert proc.wait(60) != 0
     assert "not starting a cluster of its own" in (tmp_path / "out.txt").read_text()
+    from runtime.agency_local import pid_listening_on
+
+    assert pid_listening_on(cfg.admin_port) is None  # its Thespian admin went with it (it once lived on)
 
 
 def test_a_node_that_joins_without_the_cluster_secret_is_told_where_to_get_it(tmp_path) -> None:
