@@ -384,7 +384,7 @@ class MqttCore:
                                   for pid, (x, stage) in s.inflight.items()],
                      "next_pid": s.next_pid,
                      "queue": [[x.topic, x.payload, x.qos, x.mid, x.retain] for x in s.queue],
-                     "in_qos2": sorted(s.in_qos2), "recent": list(s.recent), "epoch": s.epoch}
+                     "in_qos2": sorted(s.in_qos2), "recent": s.recent_mids(), "epoch": s.epoch}
             for flt in s.subs:
                 group, real = parse_shared(flt)
                 if group is None and self.moved.add(real, (m.client_id, m.node)):

@@ -51,6 +51,7 @@ EPOCH_KEY = b"epoch"
 NODES_QUERY_S = 1.0
 REWATCH_S = 5.0
 AGENCY_WAITERS_MAX = 10_000
+DECISIONS_MAX = 100_000  # cached permission decisions of MQTT publishes and subscriptions
 AGENCY_REPLY_WAIT_S = 5.0  # then a request counts as failed (its outcome is unknown)
 
 
@@ -103,6 +104,7 @@ class MqttFront(ChorusActor, BridgeShell):
         self.users_tree: dict | None = None
         self.users_revision = 0
         self.grants: dict[str, Grants] = {}
+        self.decisions: dict[tuple, bool] = {}  # (user, action, topic) -> allowed, while the users are the same
 
     # ---------------------------------------------------------------- boot
     def on_MqttBoot(self, msg: MqttBoot, sender: Any) -> None:
@@ -196,12 +198,22 @@ class MqttFront(ChorusActor, BridgeShell):
             return
         self.users_tree = tree
         self.grants = {n: Grants.of(dict(r, name=n)) for n, r in tree.items() if isinstance(r, dict)}
+        self.decisions = {}
         if self.listener is not None:
             self.listener.set_users(tree)  # the listener checks passwords at CONNECT
 
     def _access(self, user: str | None, action: str, name: str) -> bool:
-        g = self.grants.get(user or "")
-        return g is not None and mqtt_allows(g, action, name)
+        """Every PUBLISH asks: decisions are kept until the users change
+        (at most DECISIONS_MAX of them)."""
+        key = (user, action, name)
+        ok = self.decisions.get(key)
+        if ok is None:
+            g = self.grants.get(user or "")
+            ok = g is not None and mqtt_allows(g, action, name)
+            if len(self.decisions) >= DECISIONS_MAX:
+                self.decisions.clear()
+            self.decisions[key] = ok
+        return ok
 
     def _watch(self) -> None:
         self.last_watch = self.now()

@@ -478,7 +478,7 @@ def test_the_duplicate_filter_goes_with_the_session():
     got = net.take("n1", "old")
     assert pubs(got) == [("t", b"m", 1)]
     net.send("n1", "old", Puback(got[0].packet_id))
-    mid = list(net.cores["n1"].sessions["dev"].recent)[-1]
+    mid = net.cores["n1"].sessions["dev"].recent_mids()[-1]
     assert net.connect("n2", "new", "dev", clean=False).session_present is True
     assert net.take("n2", "new") == []
     net.cores["n1"]._pass_on(Fwd("t", b"m", 1, mid), None)
@@ -628,7 +628,7 @@ def test_a_restored_session_drops_a_late_copy_of_a_message_it_restored():
     net.cores["n2"].closed("s", net.now)
     net.connect("n1", "p", "pub")
     net.send("n1", "p", Publish("t", b"once", 2, packet_id=1))
-    mid = next(iter(net.cores["n2"].sessions["dev"].recent))
+    mid = net.cores["n2"].sessions["dev"].recent_mids()[0]
     net.boot("n2")
     net.connect("n2", "s2", "dev", clean=False)
     got = net.take("n2", "s2")
@@ -713,3 +713,20 @@ def test_a_claim_whose_answer_is_lost_keeps_the_session():
     got = net.take("n1", "s2")
     assert got[0] == Connack(True, 0)
     assert pubs(got[1:]) == [("t", b"queued", 1)]
+
+
+def test_a_session_drops_copies_of_its_latest_messages_and_forgets_old_ones():
+    from actors.mqtt_session import Msg, Session
+
+    s = Session("c", True, None, inflight_max=100, queue_max=100, recent_max=8)
+    s.conn = "conn"
+    out: list = []
+    for i in range(20):
+        s.offer(Msg("t", b"%d" % i, 0, f"n1.1.{i}"), out)
+    assert len(out) == 20
+    for i in (19, 18, 17, 16):  # the latest recent_max / 2 at least: dropped as copies
+        s.offer(Msg("t", b"%d" % i, 0, f"n1.1.{i}"), out)
+    assert len(out) == 20
+    s.offer(Msg("t", b"0", 0, "n1.1.0"), out)  # long forgotten: delivered again
+    assert len(out) == 21
+    assert s.recent_mids()[-1] == "n1.1.0" and len(s.recent_mids()) <= 8
