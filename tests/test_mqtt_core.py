@@ -623,11 +623,7 @@ def test_a_restored_session_drops_a_late_copy_of_a_message_it_restored():
     from protocol.mqtt_cluster import Fwd
 
     net = Net(("n1", "n2"))
-    net.connect("n2", "s", "dev", clean=False)
-    net.send("n2", "s", Subscribe(1, (("t", 2),)))
-    net.cores["n2"].closed("s", net.now)
-    net.connect("n1", "p", "pub")
-    net.send("n1", "p", Publish("t", b"once", 2, packet_id=1))
+    _queued_while_offline(net, "n2", "n1", b"once", 2)
     mid = net.cores["n2"].sessions["dev"].recent_mids()[0]
     net.boot("n2")
     net.connect("n2", "s2", "dev", clean=False)
@@ -701,11 +697,7 @@ def test_a_claim_whose_answer_is_lost_keeps_the_session():
     over must not make the session anew (found by the simulator: queued
     messages lost and a "present" CONNACK for an empty session)."""
     net = Net(("n1", "n2"))
-    net.connect("n1", "s", "dev", clean=False)
-    net.send("n1", "s", Subscribe(1, (("t", 1),)))
-    net.cores["n1"].closed("s", net.now)
-    net.connect("n2", "p", "pub")
-    net.send("n2", "p", Publish("t", b"queued", 1, packet_id=1))
+    _queued_while_offline(net, "n1", "n2", b"queued", 1)
     net.lose_answers = True
     assert net.send("n1", "s2", Connect("dev", False, 10)) == []  # claimed; the answer is lost
     net.lose_answers = False
@@ -730,3 +722,13 @@ def test_a_session_drops_copies_of_its_latest_messages_and_forgets_old_ones():
     s.offer(Msg("t", b"0", 0, "n1.1.0"), out)  # long forgotten: delivered again
     assert len(out) == 21
     assert s.recent_mids()[-1] == "n1.1.0" and len(s.recent_mids()) <= 8
+
+
+def _queued_while_offline(net: Net, sub_node: str, pub_node: str, payload: bytes, qos: int) -> None:
+    """Client "dev" has a persistent session on ``sub_node`` subscribed to
+    "t", is offline, and one message from ``pub_node`` is queued for it."""
+    net.connect(sub_node, "s", "dev", clean=False)
+    net.send(sub_node, "s", Subscribe(1, (("t", qos),)))
+    net.cores[sub_node].closed("s", net.now)
+    net.connect(pub_node, "p", "pub")
+    net.send(pub_node, "p", Publish("t", payload, qos, packet_id=1))
