@@ -172,10 +172,10 @@ def _tls_for(url: str, tls: bool, ca_file: str | None) -> tuple[str, ssl.SSLCont
     from runtime.tls import client_context
 
     scheme = urllib.parse.urlsplit(url).scheme
+    if ca_file is None:
+        ca_file = _local_trust(url)  # a node started here: also for an https:// URL
     if not (tls or ca_file or scheme == "https"):
-        ca_file = _local_trust(url)
-        if ca_file is None:
-            return url, None
+        return url, None
     if scheme == "http":
         url = "https" + url[len("http"):]
     return url, client_context(ca_file)

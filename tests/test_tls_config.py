@@ -49,3 +49,23 @@ def test_a_local_cluster_shares_one_self_signed_certificate(tmp_path) -> None:
     cfgs = node_configs(NodeConfig(data_dir=str(tmp_path), tls_self_signed=True), 3)
     assert len({c.tls_cert_file for c in cfgs}) == 1 and all(c.tls for c in cfgs)
     assert cfgs[0].tls_cert_file.startswith(str(tmp_path))
+
+
+def test_brokerctl_trusts_the_certificate_of_a_node_started_here_also_for_an_https_url(tmp_path, monkeypatch):
+    import json
+    import subprocess
+
+    from runtime.admin_cli import _tls_for
+
+    data = tmp_path / "data"
+    (data / "tls").mkdir(parents=True)
+    cert, key = data / "tls" / "cert.pem", data / "tls" / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=127.0.0.1"], check=True, capture_output=True)
+    (data / "node.pid").write_text(json.dumps({"http": "127.0.0.1:27181", "tls_ca_file": str(cert)}))
+    monkeypatch.chdir(tmp_path)
+    for url in ("http://127.0.0.1:27181", "https://127.0.0.1:27181"):
+        got, ctx = _tls_for(url, False, None)
+        assert got == "https://127.0.0.1:27181" and ctx is not None
+        assert any(c.get("subject") == ((("commonName", "127.0.0.1"),),) for c in ctx.get_ca_certs()), url
+    assert _tls_for("http://127.0.0.1:9", False, None) == ("http://127.0.0.1:9", None)  # another node: plain
