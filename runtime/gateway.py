@@ -76,7 +76,7 @@ deleting a namespace that still holds topics is a 409.
 """
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Protocol
 
 
 class GatewayError(Exception):
