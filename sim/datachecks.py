@@ -19,6 +19,12 @@ which every fault was healed.
   name the same offset for different records.  (An acknowledgement at
   ``one`` whose record died with its leader frees that offset for the next
   leader; that loss is what ``loss_at_one`` counts.)
+* ``hinted_writes_delivered`` -- every record acknowledged at ``any`` as
+  a hint (``level_met`` ``any``: kept in a coordinating node's hinted-handoff
+  queue) is in the shard leader's final log.  Together with
+  ``no_duplicates`` and ``shard_order``: exactly once and in order per
+  producer.  (A write the leader took directly is acknowledged at ``one``
+  and judged as such.)
 * ``delivered_to_subscriptions`` -- every record acknowledged at quorum or
   all was delivered to every subscription (at-least-once), by the end of
   the settle phase.
@@ -57,8 +63,8 @@ def check_data(
 ) -> tuple[dict[str, list[Violation]], dict[str, Any]]:
     out: dict[str, list[Violation]] = {k: [] for k in (
         "acked_writes_durable", "no_duplicates", "shard_order", "replicas_identical", "offsets_unique",
-        "delivered_to_subscriptions", "delivery_order")}
-    stats: dict[str, Any] = {"loss_at_one": 0, "acked_records": 0}
+        "delivered_to_subscriptions", "delivery_order", "hinted_writes_delivered")}
+    stats: dict[str, Any] = {"loss_at_one": 0, "acked_records": 0, "hinted_records": 0}
     decoded: dict[str, list[tuple[int, bytes]]] = {}
     where: dict[str, dict[bytes, int]] = {}
     for shard, per_node in sorted(logs.items()):
@@ -112,7 +118,14 @@ def check_data(
                         "offsets_unique", f"shard {shard} offset {key[1]} acknowledged for {claimed[key].decode()} "
                         f"and {p.decode()}", {"shard": shard}))
                 claimed[key] = p
-            if off is None or off >= hw:
+            hinted = a["level"] == "any" and a.get("level_met") == "any"
+            stats["hinted_records"] += hinted
+            if hinted and off is None:
+                out["hinted_writes_delivered"].append(Violation(
+                    "hinted_writes_delivered",
+                    f"shard {shard}: {p.decode()} acknowledged at any (kept as a hint) is missing from the "
+                    "leader's log", {"shard": shard, "payload": p.decode()}))
+            elif off is None or off >= hw:
                 if a["level"] in ("quorum", "all"):
                     out["acked_writes_durable"].append(Violation(
                         "acked_writes_durable",

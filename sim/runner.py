@@ -331,7 +331,11 @@ class Harness:
         if f.do == "bridge":
             via = self._resolve(a["via"])
             sa, sb = self._expand([a["a"], a["b"]])
-            sa, sb = [n for n in sa if n != via], [n for n in sb if n != via]
+            sa = [n for n in sa if n != via]
+            sb = [n for n in sb if n != via and n not in sa]
+            if not sa or not sb:
+                self._note(f"bridge {a['a']} <-{a['via']}-> {a['b']}: the sides are one node now, skipped")
+                return None
             w.bridge(sa, sb, via)
             self._note(f"bridge {','.join(sa)} <-{via}-> {','.join(sb)}")
             return self._heal
