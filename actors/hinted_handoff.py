@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 KEY_PREFIX = b"h"
-_HDR = struct.Struct(">qqIdH")  # producer id, sequence, record count, added (wall s), shard length
+_HDR = struct.Struct(">QQIdH")  # producer id (u64), sequence, record count, added (wall s), shard length
 
 
 @dataclass(frozen=True)
@@ -146,10 +146,10 @@ class HandoffCore:
             out.logs.append(f"hinted handoff full ({t.bytes_max} bytes, {t.hints_max} hints): dropped the oldest "
                             f"hint for {old.shard} (producer {old.producer_id} seq {old.sequence})")
         h = Hint(self.next_id, shard, producer_id, sequence, count, batch, now_wall_s)
+        out.puts.append((key_of(h.id), encode(h)))  # first: a hint that cannot be encoded changes nothing
         self.next_id += 1
         self._push(h)
         self.counters["stored"] += 1
-        out.puts.append((key_of(h.id), encode(h)))
         out.sync = not self._bug("hh_ack_before_sync")
         return out, h
 

@@ -27,6 +27,8 @@ def apply(store, out) -> None:
 def test_a_hint_round_trips_through_its_encoding():
     h = Hint(7, A, 1001, 35, 5, b"\x00batch\xff", 12.5)
     assert decode(key_of(7), encode(h)) == h
+    big = Hint(8, A, (1 << 64) - 1, (1 << 32) - 1, 5, b"", 0.0)  # producer ids are u64, sequences u32
+    assert decode(key_of(8), encode(big)) == big
 
 
 def test_a_hint_is_synced_before_it_is_acknowledged_and_survives_a_crash():
