@@ -344,7 +344,8 @@ def _handoff_line(h: dict) -> str:
     return (f"{h.get('hints', 0)} hints queued, {h.get('bytes', 0)} of {_dash(h.get('bytes_max'))} bytes"
             + (f" [{queues}]" if queues else "")
             + f"; stored {h.get('stored', 0)}, drained {h.get('drained', 0)}, dropped "
-              f"{h.get('dropped_bytes', 0)} (full) {h.get('dropped_age', 0)} (age) {h.get('dropped_refused', 0)} (refused)")
+              f"{h.get('dropped_bytes', 0)} (full) {h.get('dropped_age', 0)} (age) "
+              f"{h.get('dropped_refused', 0)} (refused)")
 
 
 def _status_panel(s: dict) -> Panel:
