@@ -7,8 +7,10 @@ A ``Produce`` at level ``any`` from an idempotent producer (producer id not
 * while the shard has hints queued here, the write joins the queue behind
   them (a later write must not overtake earlier ones: the leader would
   refuse it as out of order);
-* otherwise it goes to the leader at level ``one``; an ``ok`` is passed on
-  (``level`` ``one``); a definite refusal (bad batch, out-of-order
+* otherwise it goes to the leader at level ``quorum`` (not ``one``: a write
+  the leader alone took can die with it at a failover, and the gap it
+  leaves in the producer's sequence would block every later hint); an
+  ``ok`` is passed on (``level`` ``quorum``); a definite refusal (bad batch, out-of-order
   sequence) is passed on; no leader known, a leader that does not answer
   within ``hh_direct_timeout_s``, an ``unknown`` outcome or another
   refusal make it a hint;
@@ -83,7 +85,7 @@ class NodeHandoff:
             del self.hh_direct[req]
             self._hh_hint(msg, to)
             return
-        self.send(target, replace(msg, level="one", client=self.client, req_id=req, reply_to=None))
+        self.send(target, replace(msg, level="quorum", client=self.client, req_id=req, reply_to=None))
 
     def _hh_direct_reply(self, req: int, e: list, reply: ProduceReply) -> None:
         msg, to = e[0], e[1]

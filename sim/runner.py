@@ -247,6 +247,10 @@ class Harness:
             return self.leader()
         if target == "shard_leader":
             return self.shard_leader()
+        if target.startswith("shard_leader_not:"):
+            # the leader of the first shard that ``node`` does not lead (e.g. one its writes must reach)
+            node = target.split(":", 1)[1]
+            return next((lead for lead in map(self.shard_leader, self.shards) if lead and lead != node), None)
         if target == "shard_follower":
             lead = self.shard_leader()
             core = self.replica(self.shards[0], lead).core if lead else None

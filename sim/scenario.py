@@ -35,7 +35,9 @@ Fault verbs (``do``): crash, restart, pause, resume, partition (groups),
 partition_oneway (from, to), bridge (a, b, via), heal, clock (target,
 offset_s, drift_ppm), clock_jump (target, delta_s), network (knobs),
 network_reset.  Targets: a node id (``n1``), ``leader``, ``follower``,
-``random`` (a peer), resolved when the fault fires.  In groups, ``rest``
+``random`` (a peer), ``shard_leader``, ``shard_follower`` (of the first
+shard), ``shard_leader_not:<node>`` (the leader of the first shard that
+node does not lead), resolved when the fault fires.  In groups, ``rest``
 stands for every node not named elsewhere (clients included).  A fault with
 ``every_s`` repeats between ``from_s`` and ``to_s``; with
 ``restore_after_s`` each occurrence is undone after that delay (crash ->
