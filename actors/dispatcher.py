@@ -8,7 +8,10 @@ each ``WatchMessage`` and answers through ``bridge.send``.
 
 What it does with them is the same as what the simulator's clients do:
 
-* ``ProduceRequest`` -> ``Produce`` to the local NodeActor, which forwards
+* ``ProduceRequest`` at level ``any`` -> ``Produce`` to the local
+  NodeActor, which coordinates it with hinted handoff
+  (actors/dispatcher_handoff.py, actors/node_handoff.py);
+* other ``ProduceRequest`` -> ``Produce`` to the local NodeActor, which forwards
   it to the shard's leader (node-side routing: any node coordinates any
   request); ``FetchRequest`` -> ``ReadShard``; ``SubscribeRequest`` ->
   one ``Subscribe`` per shard, kept alive every ``KEEPALIVE_S`` while the
@@ -37,6 +40,7 @@ from typing import Any, Callable
 from thespian.actors import ThespianWatch
 
 from actors.base import ChorusActor
+from actors.dispatcher_handoff import DispatcherHandoff
 from actors.dispatcher_mqtt import DispatcherMqtt
 from actors.dispatcher_users import DispatcherUsers
 from actors.supervisor import PLAN_ROOT, walk_plans
@@ -169,7 +173,7 @@ class _Sub:
         self.last_sent = -1e9
 
 
-class Dispatcher(ChorusActor, DispatcherMqtt, DispatcherUsers):
+class Dispatcher(ChorusActor, DispatcherMqtt, DispatcherUsers, DispatcherHandoff):
     def __init__(self) -> None:
         super().__init__()
         self.boot: DispatcherBoot | None = None
@@ -284,6 +288,7 @@ class Dispatcher(ChorusActor, DispatcherMqtt, DispatcherUsers):
                      self._polled)
         if not self.registered:
             self._register()
+        self._hh_poll()
 
     def _agency(self, op: Any, on_reply: Callable[[AgencyReply], None]) -> None:
         self._agency_call(lambda req_id: AgencyRequest(self.client, req_id, op), on_reply)
@@ -486,6 +491,8 @@ class Dispatcher(ChorusActor, DispatcherMqtt, DispatcherUsers):
 
     def _send_pending(self, p: _Pending) -> None:
         p.retry_at = None
+        if self._hh_routes(p.msg):
+            return
         if p.target_hint is None:
             cached = self.replica_at.get(p.shard)
             if cached is not None:
@@ -847,6 +854,7 @@ class Dispatcher(ChorusActor, DispatcherMqtt, DispatcherUsers):
                            "learners": list(st.get("learners", ()))},
                 "nodes": nodes,
                 "replicas": sum(1 for p in self.plans.values() if self.boot.node_id in p.get("replicas", ())),
+                "handoff": self._hh_status_json(),
             })
 
         self._cluster_view(finish)

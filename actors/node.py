@@ -9,6 +9,9 @@
   replicas of the same shard.  At boot it says ``NodeHello`` to every node,
   and each answers with its own replicas' addresses.
 * It heartbeats to every supervisor (node liveness, used to pick spares).
+* A ``Produce`` at level ``any`` is coordinated here with hinted handoff
+  (actors/node_handoff.py): a write whose leader is unreachable is kept
+  in a durable queue and drained to the leader later.
 * Any node coordinates any request: ``Produce``, ``Subscribe`` and
   ``ReadShard`` for a shard go to the replica of the planned leader (local
   when it is here, else through the leader's node), answering to the
@@ -23,6 +26,7 @@ from typing import Any
 from thespian.actors import ActorExitRequest
 
 from actors.base import ChorusActor
+from actors.node_handoff import NodeHandoff
 from actors.shard_replica import ShardReplica
 from actors.supervisor import PLAN_ROOT, walk_plans
 from protocol.agency import AgencyReply, AgencyRequest, Read
@@ -53,7 +57,7 @@ from protocol.shard import (
 REPLICAS_MAX = 10_000
 
 
-class NodeActor(ChorusActor):
+class NodeActor(ChorusActor, NodeHandoff):
     def __init__(self) -> None:
         super().__init__()
         self.boot: NodeBoot | None = None
@@ -79,6 +83,7 @@ class NodeActor(ChorusActor):
         for node in sorted(self.node_addrs):
             if node != msg.node_id:
                 self.send(self.node_addrs[node], NodeHello(msg.node_id, ()))
+        self._hh_boot()
         self._poll()
 
     def _poll(self) -> None:
@@ -94,6 +99,8 @@ class NodeActor(ChorusActor):
     def on_WakeupMessage(self, msg: Any, sender: Any) -> None:
         if msg.payload == ("poll", self.gen):
             self._poll()
+        elif self.boot is not None and msg.payload == ("hh", self.hh_gen):
+            self._hh_tick()
 
     def on_AgencyReply(self, msg: AgencyReply, sender: Any) -> None:
         if msg.status != "ok" or not isinstance(msg.result, dict):
@@ -199,6 +206,9 @@ class NodeActor(ChorusActor):
         self.send(target, replace(msg, reply_to=to))
 
     def on_Produce(self, msg: Produce, sender: Any, hint: str | None = None) -> None:
+        if self._hh_takes(msg):
+            self._hh_produce(msg, sender)  # level any: this node coordinates (actors/node_handoff.py)
+            return
         self._forward(msg, sender, lambda err: ProduceReply(msg.shard, msg.client, msg.req_id, "fail", error=err),
                       hint)
 

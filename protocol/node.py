@@ -199,3 +199,16 @@ class Directory(Brief):
     ``/api/v1/cluster/directory`` (JSON-able; addresses as host:port)."""
 
     doc: dict
+
+
+@dataclass(frozen=True)
+class HandoffQuery:
+    """Ask a NodeActor for its hinted-handoff queue (sizes, counters)."""
+
+    reply_to: Any = None
+
+
+@dataclass(frozen=True)
+class HandoffReply:
+    node: str
+    status: dict

@@ -154,6 +154,9 @@ class ShardBugs:
     accept_stale_epoch: bool = False  # a follower takes pushes from an older epoch
     no_truncation: bool = False  # a follower keeps a divergent suffix
     promote_without_precondition: bool = False  # the supervisor promotes without the epoch check
+    hh_ack_before_sync: bool = False  # hinted handoff acknowledges a hint without syncing it
+    hh_drain_newest_first: bool = False  # hinted handoff drains a shard's queue from its newest hint
+    hh_forget_sequence: bool = False  # hinted handoff drains without the producer id and sequence
 
     def any(self) -> bool:
         return any(getattr(self, f) for f in self.__dataclass_fields__)
@@ -173,6 +176,11 @@ class ShardTuning:
     pending_max: int = 10_000
     group_commit_ms: float = 0.0  # 0: sync each produce at once; >0: one sync for all appends in this window
     state_interval_ms: int = 150  # each replica reports its state to every supervisor this often
+    # hinted handoff on the coordinating node (level any; actors/hinted_handoff.py)
+    hh_bytes_max: int = 64 << 20  # queued batch bytes per node; the oldest hints are dropped beyond
+    hh_age_max_s: float = 3600.0  # hints older than this are dropped
+    hh_drain_bytes_per_s: float = 8 << 20  # drain rate per node
+    hh_direct_timeout_s: float = 1.0  # a write the leader has not answered this long becomes a hint
     bugs: ShardBugs = ShardBugs()
 
 

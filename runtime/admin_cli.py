@@ -337,6 +337,17 @@ def _topics_table(topics: list[dict], title: str = "Topics") -> Table:
     return t
 
 
+def _handoff_line(h: dict) -> str:
+    """Hinted handoff on this node: queued hints and bytes, per shard, and the counters."""
+    queues = ", ".join(f"{shard} {q.get('hints', 0)} ({q.get('bytes', 0)} B)"
+                       for shard, q in (h.get("queues") or {}).items())
+    return (f"{h.get('hints', 0)} hints queued, {h.get('bytes', 0)} of {_dash(h.get('bytes_max'))} bytes"
+            + (f" [{queues}]" if queues else "")
+            + f"; stored {h.get('stored', 0)}, drained {h.get('drained', 0)}, dropped "
+              f"{h.get('dropped_bytes', 0)} (full) {h.get('dropped_age', 0)} (age) "
+              f"{h.get('dropped_refused', 0)} (refused)")
+
+
 def _status_panel(s: dict) -> Panel:
     ag = s.get("agency") or {}
     ep = s.get("endpoints") or {}
@@ -352,6 +363,7 @@ def _status_panel(s: dict) -> Panel:
         ("voters", ", ".join(ag.get("voters") or [])),
         ("learners", ", ".join(ag.get("learners") or []) or "-"),
         ("replicas", s.get("replicas")),
+        ("handoff", _handoff_line(s.get("handoff") or {})),
     ]
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")

@@ -43,7 +43,7 @@ from rich.text import Text
 
 from sim.runner import percentile
 
-CASES = ("single", "quorum", "e2e", "e2e1", "failover", "mqtt-qos0", "mqtt-qos1", "mqtt-cross")
+CASES = ("single", "quorum", "any", "e2e", "e2e1", "failover", "mqtt-qos0", "mqtt-qos1", "mqtt-cross")
 FAILOVER = "failover after kill -9"
 # MQTT cases: (nodes, QoS, target msgs/s)
 MQTT_CASES = {"mqtt-qos0": (1, 0, 60_000), "mqtt-qos1": (1, 1, 12_000), "mqtt-cross": (3, 1, 10_000)}
@@ -174,6 +174,37 @@ def run_throughput(base: Path, nodes: int, level: str, n: int, size: int,
         c.create_topic("n1", topic, shards=max(2, nodes), rf=nodes)
         r = _produce(c.client("n1"), topic, n, size, level, progress, linger_ms=5, batch_records_max=2000, **c.auth)
         r.case = f"{nodes} node{'s' if nodes > 1 else ''}, R={nodes}, {level}"
+        return r
+    finally:
+        c.stop_all()
+
+
+def run_any(base: Path, n: int, size: int, progress: Callable[[int], None]) -> Result:
+    """Level ``any`` with one node down: 3 nodes, a topic of 3 shards with
+    one replica each, n3 killed with SIGKILL, ``n`` records through n1 --
+    the shards whose leader is gone take them as hints (hinted handoff).
+    Then n3 starts again and the time until n1's queue is empty is taken."""
+    from runtime.realcluster import RealCluster
+
+    c = RealCluster(base / "any", n=3)
+    topic = "bench/n3/any/t"
+    try:
+        c.start()
+        c.create_topic("n1", topic, shards=3, rf=1)
+        c.kill9("n3")
+        r = _produce(c.client("n1"), topic, n, size, "any", progress, linger_ms=5, batch_records_max=2000, **c.auth)
+        r.case = "3 nodes, R=1, any, n3 down"
+        hh = (c.get("n1", "/status") or {}).get("handoff") or {}
+        t0 = time.monotonic()
+        c.start("n3")
+        drain_s = None
+        while time.monotonic() - t0 < 120:
+            hh = (c.get("n1", "/status") or {}).get("handoff") or {}
+            if hh.get("hints") == 0:
+                drain_s = round(time.monotonic() - t0, 1)
+                break
+            time.sleep(0.2)
+        r.extra = {"hinted_batches": hh.get("stored", 0), "drained_after_restart_s": drain_s}
         return r
     finally:
         c.stop_all()
@@ -354,7 +385,8 @@ def render(results: list[Result], size: int) -> Any:
         t = Table(title=f"Throughput and latency ({size}-byte messages)")
         cols = [("case", "case"), ("messages", "messages"), ("seconds", "s"), ("msgs_per_s", "msgs/s"),
                 ("mb_per_s", "MB/s"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"), ("p999_ms", "p99.9 ms"),
-                ("delivered", "delivered")]
+                ("delivered", "delivered"), ("hinted_batches", "hinted batches"),
+                ("drained_after_restart_s", "drained s")]
         cols = [(k, h) for k, h in cols if any(k in r for r in rows)]
         for _k, h in cols:
             t.add_column(h, justify="left" if h == "case" else "right", no_wrap=True)
@@ -459,6 +491,9 @@ def run(cases: list[str], messages: int, size: int, rate: int, seconds: float,
             elif case == "quorum":
                 progress = case_task("3 nodes, R=3, quorum", messages, "records", 3)
                 results.append(run_throughput(base, 3, "quorum", messages, size, progress))
+            elif case == "any":
+                progress = case_task("3 nodes, R=1, any, one node down", messages, "records", 3)
+                results.append(run_any(base, messages, size, progress))
             elif case in ("e2e", "e2e1"):
                 nodes = 3 if case == "e2e" else 1
                 progress = case_task(f"end to end at {rate}/s, {nodes} node{'s' if nodes > 1 else ''}",

@@ -299,9 +299,9 @@ def run(
 @app.command()
 def bench(
     case: list[str] = typer.Option(["single", "quorum", "e2e", "e2e1", "failover"], "--case",
-                                   help="single | quorum | e2e (3 nodes) | e2e1 (1 node) | failover | mqtt-qos0 | "
-                                        "mqtt-qos1 (1 node) | mqtt-cross (QoS 1, 3 nodes) (repeatable; the mqtt "
-                                        "cases run only when named)"),
+                                   help="single | quorum | any (3 nodes, one down: hinted handoff) | e2e (3 nodes) "
+                                        "| e2e1 (1 node) | failover | mqtt-qos0 | mqtt-qos1 (1 node) | mqtt-cross "
+                                        "(QoS 1, 3 nodes) (repeatable; any and the mqtt cases run only when named)"),
     messages: int = typer.Option(200_000, "--messages", min=1000, help="messages per throughput case"),
     size: int = typer.Option(100, "--size", min=8, max=1 << 20, help="message size in bytes"),
     rate: int = typer.Option(10_000, "--rate", min=1, help="messages/s of the end-to-end case"),

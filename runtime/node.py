@@ -99,6 +99,11 @@ class NodeConfig:
     # a shard leader silent this long is failed over; stalls shorter than
     # this (a slow fsync, a collector pause) leave leadership where it is
     failover_grace_ms: float = 1500.0
+    # hinted handoff for level any (actors/hinted_handoff.py): queued bytes on this node (the oldest hints
+    # are dropped beyond), the age after which a hint is dropped, the drain rate
+    hh_bytes_max: int = 64 << 20
+    hh_age_max_s: float = 3600.0
+    hh_drain_bytes_per_s: float = 8 << 20
     log_level: str = "WARNING"
     boot_timeout_s: float = 60.0
     # TLS on the client, MQTT and HTTP ports (all three speak TLS only when
@@ -268,7 +273,9 @@ def http_client_ssl(cfg: NodeConfig) -> Any:
 def shard_tuning(cfg: NodeConfig) -> ShardTuning:
     """The ShardTuning of this node's replicas (see SHARD_TICK_MS)."""
     return ShardTuning(group_commit_ms=cfg.group_commit_ms, tick_ms=SHARD_TICK_MS,
-                       state_interval_ms=max(SHARD_TICK_MS, int(cfg.failover_grace_ms / REPORTS_PER_GRACE)))
+                       state_interval_ms=max(SHARD_TICK_MS, int(cfg.failover_grace_ms / REPORTS_PER_GRACE)),
+                       hh_bytes_max=cfg.hh_bytes_max, hh_age_max_s=cfg.hh_age_max_s,
+                       hh_drain_bytes_per_s=cfg.hh_drain_bytes_per_s)
 
 
 def _coerce(name: str, default: Any, value: Any) -> Any:

@@ -19,6 +19,11 @@ which every fault was healed.
   name the same offset for different records.  (An acknowledgement at
   ``one`` whose record died with its leader frees that offset for the next
   leader; that loss is what ``loss_at_one`` counts.)
+* ``hinted_writes_delivered`` -- every record acknowledged at ``any`` --
+  kept as a hint in a coordinating node's queue (``level_met`` ``any``) or
+  taken by the leader at quorum -- is in the shard leader's final log.
+  Together with ``no_duplicates`` and ``shard_order``: exactly once and in
+  order per producer.
 * ``delivered_to_subscriptions`` -- every record acknowledged at quorum or
   all was delivered to every subscription (at-least-once), by the end of
   the settle phase.
@@ -57,8 +62,8 @@ def check_data(
 ) -> tuple[dict[str, list[Violation]], dict[str, Any]]:
     out: dict[str, list[Violation]] = {k: [] for k in (
         "acked_writes_durable", "no_duplicates", "shard_order", "replicas_identical", "offsets_unique",
-        "delivered_to_subscriptions", "delivery_order")}
-    stats: dict[str, Any] = {"loss_at_one": 0, "acked_records": 0}
+        "delivered_to_subscriptions", "delivery_order", "hinted_writes_delivered")}
+    stats: dict[str, Any] = {"loss_at_one": 0, "acked_records": 0, "hinted_records": 0}
     decoded: dict[str, list[tuple[int, bytes]]] = {}
     where: dict[str, dict[bytes, int]] = {}
     for shard, per_node in sorted(logs.items()):
@@ -112,7 +117,15 @@ def check_data(
                         "offsets_unique", f"shard {shard} offset {key[1]} acknowledged for {claimed[key].decode()} "
                         f"and {p.decode()}", {"shard": shard}))
                 claimed[key] = p
-            if off is None or off >= hw:
+            hinted = a["level"] == "any" and a.get("level_met") == "any"
+            stats["hinted_records"] += hinted
+            if a["level"] == "any" and off is None:
+                how = "kept as a hint" if hinted else f"met {a.get('level_met') or '?'}"
+                out["hinted_writes_delivered"].append(Violation(
+                    "hinted_writes_delivered",
+                    f"shard {shard}: {p.decode()} acknowledged at any ({how}) is missing from the "
+                    "leader's log", {"shard": shard, "payload": p.decode()}))
+            elif off is None or off >= hw:
                 if a["level"] in ("quorum", "all"):
                     out["acked_writes_durable"].append(Violation(
                         "acked_writes_durable",

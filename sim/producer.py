@@ -15,7 +15,8 @@ batch that can never succeed.
 History records (for sim/datachecks.py):
 
 * ``produce.invoke`` {producer, shard, seq, count, level}
-* ``produce.done``   {producer, shard, seq, count, level, status, base_offset, duplicate, leader}
+* ``produce.done``   {producer, shard, seq, count, level, status, base_offset, duplicate, leader,
+  level_met} (``level_met`` ``any``: kept as a hint by the coordinating node)
 
 Payloads are ``b"<producer>|<shard>|<seq>"`` so a checker can find every
 acknowledged record in the final logs.
@@ -79,8 +80,8 @@ class ShardProducer(ChorusActor):
                 self._think()
             return
         cur = self.inflight.get(shard)
-        if cur is None or cur[3] != attempt:
-            return
+        if cur is None or (cur[0], cur[3]) != attempt:
+            return  # a timer of an earlier batch or attempt (a batch's first attempt is 1 too)
         if kind == "timeout":
             silent = self.last_target.get(shard)
             if silent is not None:
@@ -122,7 +123,7 @@ class ShardProducer(ChorusActor):
             target = nodes[(attempt - 1) % len(nodes)]
         self.last_target[shard] = target
         self.send(reps[target], req)
-        self.set_timer(self.boot.timeout_s, ("timeout", shard, attempt))
+        self.set_timer(self.boot.timeout_s, ("timeout", shard, (seq, attempt)))
 
     def _retry(self, shard: str, why: str, backoff_s: float = 0.0) -> None:
         seq, count, req, attempt = self.inflight[shard]
@@ -131,7 +132,7 @@ class ShardProducer(ChorusActor):
             return
         self.inflight[shard] = (seq, count, req, attempt + 1)
         if backoff_s:
-            self.set_timer(backoff_s, ("retry", shard, attempt + 1))
+            self.set_timer(backoff_s, ("retry", shard, (seq, attempt + 1)))
         else:
             self._send(shard)
 
@@ -142,7 +143,7 @@ class ShardProducer(ChorusActor):
         if msg.leader:
             self.leader[msg.shard] = msg.leader
         if msg.status == "ok":
-            self._done(msg.shard, "ok", msg.base_offset, msg.duplicate, "")
+            self._done(msg.shard, "ok", msg.base_offset, msg.duplicate, "", msg.level)
         elif msg.status == "fail" and msg.error.startswith("bad batch"):
             self._done(msg.shard, "fail", -1, False, msg.error)
         else:
@@ -150,8 +151,8 @@ class ShardProducer(ChorusActor):
                 self.leader.pop(msg.shard, None)
             self._retry(msg.shard, msg.error or msg.status, backoff_s=0.05)
 
-    def _done(self, shard: str, status: str, base: int, duplicate: bool, error: str) -> None:
+    def _done(self, shard: str, status: str, base: int, duplicate: bool, error: str, level_met: str = "") -> None:
         seq, count, req, _attempt = self.inflight.pop(shard)
         self.record("produce.done", producer=self.boot.producer, shard=shard, seq=seq, count=count,
                     level=self.boot.level, status=status, base_offset=base, duplicate=duplicate,
-                    leader=self.leader.get(shard), error=error)
+                    leader=self.leader.get(shard), error=error, level_met=level_met)

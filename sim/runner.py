@@ -247,6 +247,10 @@ class Harness:
             return self.leader()
         if target == "shard_leader":
             return self.shard_leader()
+        if target.startswith("shard_leader_not:"):
+            # the leader of the first shard that ``node`` does not lead (e.g. one its writes must reach)
+            node = target.split(":", 1)[1]
+            return next((lead for lead in map(self.shard_leader, self.shards) if lead and lead != node), None)
         if target == "shard_follower":
             lead = self.shard_leader()
             core = self.replica(self.shards[0], lead).core if lead else None
@@ -331,7 +335,11 @@ class Harness:
         if f.do == "bridge":
             via = self._resolve(a["via"])
             sa, sb = self._expand([a["a"], a["b"]])
-            sa, sb = [n for n in sa if n != via], [n for n in sb if n != via]
+            sa = [n for n in sa if n != via]
+            sb = [n for n in sb if n != via and n not in sa]
+            if not sa or not sb:
+                self._note(f"bridge {a['a']} <-{a['via']}-> {a['b']}: the sides are one node now, skipped")
+                return None
             w.bridge(sa, sb, via)
             self._note(f"bridge {','.join(sa)} <-{via}-> {','.join(sb)}")
             return self._heal

@@ -35,7 +35,9 @@ Fault verbs (``do``): crash, restart, pause, resume, partition (groups),
 partition_oneway (from, to), bridge (a, b, via), heal, clock (target,
 offset_s, drift_ppm), clock_jump (target, delta_s), network (knobs),
 network_reset.  Targets: a node id (``n1``), ``leader``, ``follower``,
-``random`` (a peer), resolved when the fault fires.  In groups, ``rest``
+``random`` (a peer), ``shard_leader``, ``shard_follower`` (of the first
+shard), ``shard_leader_not:<node>`` (the leader of the first shard that
+node does not lead), resolved when the fault fires.  In groups, ``rest``
 stands for every node not named elsewhere (clients included).  A fault with
 ``every_s`` repeats between ``from_s`` and ``to_s``; with
 ``restore_after_s`` each occurrence is undone after that delay (crash ->
@@ -72,7 +74,7 @@ CHECKS = (
 )
 DATA_CHECKS = (
     "acked_writes_durable", "no_duplicates", "shard_order", "replicas_identical", "offsets_unique",
-    "data_liveness", "delivered_to_subscriptions", "delivery_order",
+    "data_liveness", "delivered_to_subscriptions", "delivery_order", "hinted_writes_delivered",
 )
 MQTT_CHECKS = (
     "mqtt_at_least_once", "mqtt_exactly_once", "mqtt_single_session", "mqtt_order", "mqtt_routes_converge", "mqtt_retained_converge",
@@ -80,7 +82,8 @@ MQTT_CHECKS = (
 )
 ALL_CHECKS = CHECKS + DATA_CHECKS + MQTT_CHECKS
 SHARD_TUNING_KEYS = ("tick_ms", "push_batches_max", "push_bytes_max", "inflight_max", "isr_timeout_s",
-                     "request_timeout_s", "group_commit_ms", "state_interval_ms")
+                     "request_timeout_s", "group_commit_ms", "state_interval_ms", "hh_bytes_max", "hh_age_max_s",
+                     "hh_drain_bytes_per_s", "hh_direct_timeout_s")
 LEVEL_NAMES = ("any", "one", "quorum", "all")
 TUNING_KEYS = tuple(f for f in RaftTuning.__dataclass_fields__ if f != "bugs")
 OPTION_KEYS = tuple(SimOptions.__dataclass_fields__)

@@ -20,6 +20,12 @@ def fake_cases(monkeypatch, calls: list):
         calls.append(("throughput", nodes, level, n))
         return Result(f"{nodes} nodes, {level}", n, 1.0, n * size, [1.0, 2.0])
 
+    def any_down(base, n, size, progress):
+        progress(0)
+        progress(n)
+        calls.append(("any", n))
+        return Result("3 nodes, any", n, 1.0, n * size, [1.0], {"hinted_batches": 3})
+
     def e2e(base, rate, seconds, size, progress, nodes=3):
         progress(0)
         progress(int(rate * seconds))
@@ -42,6 +48,7 @@ def fake_cases(monkeypatch, calls: list):
     monkeypatch.setattr(bench, "run_mqtt", mqtt)
     monkeypatch.setattr(bench, "run_throughput", throughput)
     monkeypatch.setattr(bench, "run_e2e", e2e)
+    monkeypatch.setattr(bench, "run_any", any_down)
     monkeypatch.setattr(bench, "run_failover", failover)
     monkeypatch.setattr(bench, "_quiet_disk", lambda path: None)
 
@@ -51,9 +58,10 @@ def test_run_returns_and_writes_what_the_cases_return(monkeypatch, tmp_path: Pat
     fake_cases(monkeypatch, calls)
     out = tmp_path / "bench.json"
     results = bench.run(list(bench.CASES), 4000, 100, 1000, 2.0, str(out))
-    assert calls == [("throughput", 1, "one", 4000), ("throughput", 3, "quorum", 4000), ("e2e", 3), ("e2e", 1),
+    assert calls == [("throughput", 1, "one", 4000), ("throughput", 3, "quorum", 4000), ("any", 4000), ("e2e", 3),
+                     ("e2e", 1),
                      ("failover",), ("mqtt", "mqtt-qos0"), ("mqtt", "mqtt-qos1"), ("mqtt", "mqtt-cross")]
-    assert [r.case for r in results] == ["1 nodes, one", "3 nodes, quorum", "end to end", "end to end",
+    assert [r.case for r in results] == ["1 nodes, one", "3 nodes, quorum", "3 nodes, any", "end to end", "end to end",
                                          bench.FAILOVER, "MQTT mqtt-qos0", "MQTT mqtt-qos1", "MQTT mqtt-cross"]
     assert json.loads(out.read_text()) == [r.row() for r in results]
 
