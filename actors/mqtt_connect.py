@@ -33,7 +33,7 @@ class ConnectFlow:
         names this node at the epoch it claimed: it committed.  (A refused
         precondition is a definite no: the entry may name this node at that
         epoch from before, when the claim was made from a view behind it.)"""
-        return tk.get("maybe", False) and tk["epoch"] > 0 and \
+        return tk["maybe"] and tk["epoch"] > 0 and \
             self.owners.view.get(tk["cid"]) == (self.node_id, tk["epoch"])
 
     # ---------------------------------------------------------- CONNECT
@@ -49,7 +49,7 @@ class ConnectFlow:
         c.pending = []
         self.req += 1
         self.takeovers[self.req] = {"conn": c.id, "connect": p, "cid": cid, "phase": "", "prev": None, "epoch": 0,
-                                    "state": None, "deadline": 0.0, "how": "",
+                                    "state": None, "deadline": 0.0, "how": "", "maybe": False,
                                     # a client that gave up waiting (1.5 x its keep-alive) takes nothing
                                     "until": now + min(self.t.claim_wait_s, p.keep_alive_s * self.t.keepalive_factor
                                                        or self.t.claim_wait_s)}

@@ -140,13 +140,15 @@ class Session:
             self.store.delete(queue_prefix(self.client_id) + m.n.to_bytes(8, "big"))
 
     # -------------------------------------------------------------- delivery
-    def remember(self, mid: str) -> None:
+    def remember(self, mid: str) -> bool:
         """A message this session has had (the latest ``recent_max / 2`` to
-        ``recent_max`` of them are kept)."""
-        if mid not in self.recent and mid not in self._older:
-            self.recent[mid] = None
-            if len(self.recent) >= self._recent_half:
-                self._older, self.recent = self.recent, {}
+        ``recent_max`` of them are kept); False if it had it already."""
+        if mid in self.recent or mid in self._older:
+            return False
+        self.recent[mid] = None
+        if len(self.recent) >= self._recent_half:
+            self._older, self.recent = self.recent, {}
+        return True
 
     def recent_mids(self) -> list[str]:
         """The ids remembered, oldest first (handed over with the session)."""
@@ -155,12 +157,8 @@ class Session:
     def offer(self, m: Msg, out: list) -> None:
         """A message for this session at its effective QoS; ``out`` collects
         packets for the connection."""
-        mid = m.mid
-        if mid in self.recent or mid in self._older:
+        if not self.remember(m.mid):
             return
-        self.recent[mid] = None
-        if len(self.recent) >= self._recent_half:
-            self._older, self.recent = self.recent, {}
         if m.qos == 0:
             if self.conn is not None:
                 out.append(_qos0_publish(m))
