@@ -38,6 +38,7 @@ from thespian.actors import ThespianWatch
 
 from actors.base import ChorusActor
 from actors.dispatcher_mqtt import DispatcherMqtt
+from actors.dispatcher_query import DispatcherQuery
 from actors.dispatcher_users import DispatcherUsers
 from actors.supervisor import PLAN_ROOT, walk_plans
 from protocol.agency import (
@@ -169,7 +170,7 @@ class _Sub:
         self.last_sent = -1e9
 
 
-class Dispatcher(ChorusActor, DispatcherMqtt, DispatcherUsers):
+class Dispatcher(ChorusActor, DispatcherMqtt, DispatcherUsers, DispatcherQuery):
     def __init__(self) -> None:
         super().__init__()
         self.boot: DispatcherBoot | None = None
