@@ -66,6 +66,7 @@ from protocol.frames import (
     MetadataResponse,
     ProduceRequest,
     ProduceResponse,
+    QueryRequest,
     ShardMetadata,
     SubscribeRequest,
     SubscribeResponse,
@@ -383,6 +384,8 @@ class Dispatcher(ChorusActor, DispatcherMqtt, DispatcherUsers, DispatcherQuery):
             self._subscribe(conn, corr, m)
         elif isinstance(m, AckRequest):
             self._ack(conn, corr, m)
+        elif isinstance(m, QueryRequest):
+            self._query_frame(conn, corr, m)
         elif isinstance(m, CommitRequest):
             raise Refusal(ErrorCode.INVALID_REQUEST, 400, "bad_request",
                           "CommitRequest is not supported yet: acknowledge records with AckRequest")

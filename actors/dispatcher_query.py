@@ -28,7 +28,7 @@ from actors.query import (
     query_id,
     shards_for_range,
 )
-from protocol.frames import ErrorCode
+from protocol.frames import ErrorCode, QueriedRecord, QueryHeader, QueryRequest, QueryResponse
 from protocol.query import QueryShard, QueryShardReply
 from protocol.records import Record
 
@@ -75,6 +75,33 @@ class DispatcherQuery:
                        args.get("after"), done, lambda status, slug, text: fail(status, slug, text))
         except QueryError as exc:
             fail(400, "bad_request", str(exc))
+
+    def _query_frame(self, conn: int, corr: int, m: QueryRequest, first: bool = True) -> None:
+        spec = self.topics.get(m.topic)
+        if spec is None:
+            if first:
+                self._after_poll(conn, corr, lambda: self._query_frame(conn, corr, m, False))
+                return
+            self._error(conn, corr, ErrorCode.UNKNOWN_TOPIC, f"topic {m.topic!r} does not exist")
+            return
+
+        def done(out: list[tuple[int, Record]], token: str | None) -> None:
+            recs = tuple(QueriedRecord(shard=i, offset=r.offset, timestamp_ms=r.producer_ts_ms,
+                                       broker_timestamp_ms=r.broker_ts_ms, has_key=r.key is not None,
+                                       key=r.key or b"", value=r.payload,
+                                       headers=tuple(QueryHeader(name=k, value=v) for k, v in r.headers))
+                         for i, r in out)
+            self._frame(conn, corr, QueryResponse(records=recs, next_token=token or ""))
+
+        def failed(status: int, slug: str, text: str) -> None:
+            code = {504: ErrorCode.TIMEOUT, 503: ErrorCode.OVERLOADED}.get(status, ErrorCode.INVALID_REQUEST)
+            self._error(conn, corr, code, text)
+
+        try:
+            self.query(m.topic, spec, m.from_ms, m.to_ms, m.key if m.has_key else None, m.limit, m.after or None,
+                       done, failed)
+        except QueryError as exc:
+            self._error(conn, corr, ErrorCode.INVALID_REQUEST, str(exc))
 
     def query(self, topic: str, spec: dict, from_ms: Any, to_ms: Any, key: Any, limit: Any, after: Any,
               ok: Callable[[list[tuple[int, Record]], str | None], None],
@@ -158,7 +185,8 @@ class DispatcherQuery:
     def _query_finish(self, q: _Query) -> None:
         q.done = True
         self.queries_live.discard(id(q))
-        out = merge(q.cursor, q.pages, q.params.limit, PAGE_BYTES_MAX)
+        page_bytes = min(PAGE_BYTES_MAX, self.boot.listen.frame_bytes_max // 2)  # leaves room for framing
+        out = merge(q.cursor, q.pages, q.params.limit, page_bytes)
         q.ok(out, None if q.cursor.finished else q.cursor.encode())
 
     def _query_fail(self, q: _Query, status: int, slug: str, text: str) -> None:
