@@ -194,23 +194,28 @@ class ShardReplica(ChorusActor):
         refuses, and the coordinator asks another replica."""
         to = msg.reply_to or sender
         c = self.core
-        if c is None or c.role not in ("leader", "follower"):
-            self.send(to, QueryShardReply(msg.shard, msg.client, msg.req_id, "fail",
-                                          node=c.id if c else "", error="replica is not serving"))
+        if c is None or c.role not in ("leader", "follower") or (c.role == "leader" and c.hw <= c.epoch_start):
+            # a leader that has not committed in its epoch yet (just promoted
+            # or restarted) may have a watermark below acknowledged writes
+            self.send(to, QueryShardReply(msg.shard, msg.client, msg.req_id, "fail", node=c.id if c else "",
+                                          leader=c.leader if c else None, error="replica is not serving yet"))
             return
         if msg.hw_max > c.hw:
-            self.send(to, QueryShardReply(msg.shard, msg.client, msg.req_id, "fail", node=c.id,
+            self.send(to, QueryShardReply(msg.shard, msg.client, msg.req_id, "fail", node=c.id, leader=c.leader,
                                           error=f"replica behind: high watermark {c.hw} < {msg.hw_max}"))
             return
         hw = c.hw if msg.hw_max < 0 else msg.hw_max
         after = None if msg.after_offset < 0 else (msg.after_ts_ms, msg.after_offset)
+        if after is not None and c.tuning.bugs.query_drops_ties:
+            after = (after[0], 1 << 62)  # deliberately broken: every record tied with the last one is skipped
         try:
             recs, more = scan(self._committed_batches(hw), hw, msg.from_ms, msg.to_ms, msg.key, after,
                               msg.max_records, msg.max_bytes)
         except ValueError as exc:  # too much to scan, or a log position gone (retention)
             self.send(to, QueryShardReply(msg.shard, msg.client, msg.req_id, "fail", node=c.id, error=str(exc)))
             return
-        self.send(to, QueryShardReply(msg.shard, msg.client, msg.req_id, "ok", tuple(recs), hw, more, c.id))
+        self.send(to, QueryShardReply(msg.shard, msg.client, msg.req_id, "ok", tuple(recs), hw, more, c.id,
+                                      c.leader))
 
     def _committed_batches(self, hw: int) -> Any:
         """The log's batches below ``hw``, read 1 MiB at a time, at most

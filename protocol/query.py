@@ -10,7 +10,7 @@ after_offset)`` (``after_offset == -1``: from the start), at most
 never an uncommitted suffix.  ``hw_max == -1`` pins nothing (the first page
 of a query pins the watermark it got for the next pages).
 
-The reply carries ``(timestamp, offset, record)`` triples, the watermark it
+The reply carries the records, the watermark it
 read below (``hw``) and ``more``: True when records after the last one
 returned may exist (the reply was cut by ``max_records`` or ``max_bytes``).
 """
@@ -49,4 +49,5 @@ class QueryShardReply(Brief):
     hw: int = 0
     more: bool = False
     node: str = ""
+    leader: str | None = None  # the leader the replica knows (itself when it leads)
     error: str = ""

@@ -154,6 +154,7 @@ class ShardBugs:
     accept_stale_epoch: bool = False  # a follower takes pushes from an older epoch
     no_truncation: bool = False  # a follower keeps a divergent suffix
     promote_without_precondition: bool = False  # the supervisor promotes without the epoch check
+    query_drops_ties: bool = False  # a history query's next page skips records tied with the last one's timestamp
 
     def any(self) -> bool:
         return any(getattr(self, f) for f in self.__dataclass_fields__)
