@@ -71,7 +71,7 @@ class DispatcherQuery:
             ok({"topic": topic, "records": recs, "next": token})
 
         try:
-            self.query(topic, spec, args.get("from"), args.get("to"), args.get("key"), args.get("limit"),
+            self._query_page(topic, spec, args.get("from"), args.get("to"), args.get("key"), args.get("limit"),
                        args.get("after"), done, lambda status, slug, text: fail(status, slug, text))
         except QueryError as exc:
             fail(400, "bad_request", str(exc))
@@ -98,12 +98,12 @@ class DispatcherQuery:
             self._error(conn, corr, code, text)
 
         try:
-            self.query(m.topic, spec, m.from_ms, m.to_ms, m.key if m.has_key else None, m.limit, m.after or None,
+            self._query_page(m.topic, spec, m.from_ms, m.to_ms, m.key if m.has_key else None, m.limit, m.after or None,
                        done, failed)
         except QueryError as exc:
             self._error(conn, corr, ErrorCode.INVALID_REQUEST, str(exc))
 
-    def query(self, topic: str, spec: dict, from_ms: Any, to_ms: Any, key: Any, limit: Any, after: Any,
+    def _query_page(self, topic: str, spec: dict, from_ms: Any, to_ms: Any, key: Any, limit: Any, after: Any,
               ok: Callable[[list[tuple[int, Record]], str | None], None],
               fail: Callable[[int, str, str], None]) -> None:
         """Run one page of a query; ``ok(records, next token or None)``.
@@ -111,7 +111,8 @@ class DispatcherQuery:
         params = check_params(from_ms, to_ms, key, limit)
         qid = query_id(topic, params)
         cursor = Cursor.decode(after, qid) if after else Cursor(qid)
-        if len(getattr(self, "queries_live", ())) >= QUERIES_MAX:
+        live = self.__dict__.setdefault("queries_live", set())  # ids of this node's queries in flight
+        if len(live) >= QUERIES_MAX:
             fail(503, "overloaded", f"{QUERIES_MAX} history queries in flight on this node; retry later")
             return
         q = _Query(topic, params, cursor, self.now() + self.boot.listen.request_timeout_s, ok, fail)
@@ -123,9 +124,7 @@ class DispatcherQuery:
         if not q.waiting:
             ok([], None)
             return
-        if not hasattr(self, "queries_live"):
-            self.queries_live = set()
-        self.queries_live.add(id(q))
+        live.add(id(q))
         for index in sorted(q.waiting):
             self._query_shard(q, index)
 
@@ -206,5 +205,3 @@ def _record_json(r: Record) -> dict:
 
     return as_json(r)
 
-
-__all__ = ["DispatcherQuery", "ErrorCode", "QUERY_REPLICA_TIMEOUT_S"]

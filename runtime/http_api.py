@@ -249,14 +249,14 @@ async def fetch(request: web.Request) -> web.Response:
 async def query(request: web.Request) -> web.Response:
     q = request.query
     try:
-        p = check_params(q.get("from"), q.get("to"), q.get("key"), q.get("limit") or None)
+        p = check_params(q.get("from"), q.get("to"), q.get("key") or None, q.get("limit") or None)
     except QueryError as exc:
         raise bad_request(str(exc)) from None
     after = q.get("after") or None
     if after is not None and len(after) > TOKEN_CHARS_MAX:
         raise bad_request("'after' is not a continuation token")
     return web.json_response(await _gateway(request).query(
-        request.match_info["name"], p.from_ms, p.to_ms, key=q.get("key"), limit=p.limit or LIMIT_DEFAULT,
+        request.match_info["name"], p.from_ms, p.to_ms, key=q.get("key") or None, limit=p.limit or LIMIT_DEFAULT,
         after=after))
 
 
