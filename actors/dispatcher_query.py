@@ -5,11 +5,13 @@ timestamp, shard, offset) and answer with a continuation token.
 The sans-IO parts (validation, the per-replica scan, the merge and the
 token) are in ``actors/query.py``; this module only sends ``QueryShard``
 messages and waits for their answers.  For each shard that may hold
-records of the range (``shards_for_range``) it asks the planned leader
-first, then the other replicas in plan order: a replica that does not
-answer within ``QUERY_REPLICA_TIMEOUT_S``, or refuses (starting, fenced,
-behind the watermark the first page pinned), is replaced by the next one,
-round the replica list, until the query's deadline
+records of the range (``shards_for_range``) it asks the current planned
+leader first (after a failover, the new one), then the other replicas in
+plan order, each at most once a round: a replica that does not answer
+within ``QUERY_REPLICA_TIMEOUT_S``, or refuses (starting, fenced, behind
+the watermark the first page pinned), is replaced by the next one (a
+planned leader that refuses because it has not committed in its epoch yet
+is asked again after ``QUERY_RETRY_S``), until the query's deadline
 (``ListenConfig.request_timeout_s``).  Queries in flight on a node are
 bounded (``QUERIES_MAX``).
 """
@@ -38,7 +40,8 @@ QUERIES_MAX = 256              # history queries in flight on one node
 
 
 class _Query:
-    __slots__ = ("topic", "params", "cursor", "pages", "waiting", "deadline", "ok", "fail", "done", "attempts")
+    __slots__ = ("topic", "params", "cursor", "pages", "waiting", "deadline", "ok", "fail", "done", "attempts",
+                 "served", "failed")
 
     def __init__(self, topic: str, params: QueryParams, cursor: Cursor, deadline: float,
                  ok: Callable, fail: Callable) -> None:
@@ -47,6 +50,8 @@ class _Query:
         self.pages: dict[int, ShardPage] = {}
         self.waiting: set[int] = set()
         self.attempts: dict[int, int] = {}
+        self.served: dict[int, dict] = {}  # shard index -> the replica that answered and its watermark
+        self.failed: dict[int, set[str]] = {}  # shard index -> replicas that timed out or refused this round
         self.done = False
 
 
@@ -61,14 +66,15 @@ class DispatcherQuery:
         if spec is None:
             return
 
-        def done(out: list[tuple[int, Record]], token: str | None) -> None:
+        def done(out: list[tuple[int, Record]], token: str | None, served: dict[int, dict]) -> None:
             recs = []
             for index, r in out:
                 j = _record_json(r)
                 j["shard"] = index
                 j["broker_timestamp_ms"] = r.broker_ts_ms
                 recs.append(j)
-            ok({"topic": topic, "records": recs, "next": token})
+            ok({"topic": topic, "records": recs, "next": token,
+                "served_by": {str(i): v for i, v in sorted(served.items())}})
 
         try:
             self._query_page(topic, spec, args.get("from"), args.get("to"), args.get("key"), args.get("limit"),
@@ -85,7 +91,7 @@ class DispatcherQuery:
             self._error(conn, corr, ErrorCode.UNKNOWN_TOPIC, f"topic {m.topic!r} does not exist")
             return
 
-        def done(out: list[tuple[int, Record]], token: str | None) -> None:
+        def done(out: list[tuple[int, Record]], token: str | None, _served: dict[int, dict]) -> None:
             recs = tuple(QueriedRecord(shard=i, offset=r.offset, timestamp_ms=r.producer_ts_ms,
                                        broker_timestamp_ms=r.broker_ts_ms, has_key=r.key is not None,
                                        key=r.key or b"", value=r.payload,
@@ -104,7 +110,7 @@ class DispatcherQuery:
             self._error(conn, corr, ErrorCode.INVALID_REQUEST, str(exc))
 
     def _query_page(self, topic: str, spec: dict, from_ms: Any, to_ms: Any, key: Any, limit: Any, after: Any,
-              ok: Callable[[list[tuple[int, Record]], str | None], None],
+              ok: Callable[[list[tuple[int, Record]], str | None, dict[int, dict]], None],
               fail: Callable[[int, str, str], None]) -> None:
         """Run one page of a query; ``ok(records, next token or None)``.
         Raises QueryError on bad input."""
@@ -122,7 +128,7 @@ class DispatcherQuery:
                 continue
             q.waiting.add(index)
         if not q.waiting:
-            ok([], None)
+            ok([], None, {})
             return
         live.add(id(q))
         for index in sorted(q.waiting):
@@ -160,21 +166,30 @@ class DispatcherQuery:
                 retry(ErrorCode.NOT_LEADER, reply.error)
                 return
             q.pages[index] = ShardPage(reply.records, reply.hw, reply.more)
+            q.served[index] = {"node": reply.node, "hw": reply.hw, "records": len(reply.records),
+                               "more": reply.more, "attempts": q.attempts[index]}
             q.waiting.discard(index)
             if not q.waiting:
                 self._query_finish(q)
 
+        # the current planned leader first (after a failover: the new one),
+        # then the other replicas; each at most once a round
+        failed = q.failed.setdefault(index, set())
+        untried = [n for n in candidates if n not in failed]
+        if not untried:
+            failed.clear()
+            untried = candidates
+        target = untried[0] if untried else None
+
         def retry(code: Any, text: str) -> None:
             if q.done:
                 return
-            # a refusal after every replica was asked once: wait a little
-            # before the next round (a failover or a follower catching up)
-            refused = code is not ErrorCode.TIMEOUT
-            self._query_shard(q, index, QUERY_RETRY_S if refused and (attempt + 1) % max(1, len(candidates)) == 0
-                              else 0.0)
+            if target is not None and (code is ErrorCode.TIMEOUT or target != candidates[0]):
+                failed.add(target)  # a leader that refused (not serving yet) is asked again shortly
+            self._query_shard(q, index, 0.0 if code is ErrorCode.TIMEOUT else QUERY_RETRY_S)
 
         p = _Pending(req_id, msg, min(q.deadline, now + delay_s + QUERY_REPLICA_TIMEOUT_S), got, retry, shard)
-        p.target_hint = candidates[attempt % len(candidates)] if candidates else None
+        p.target_hint = target
         if delay_s > 0 and len(self.pending) < PENDING_MAX:
             self.pending[req_id] = p
             p.retry_at = now + delay_s
@@ -186,7 +201,7 @@ class DispatcherQuery:
         self.queries_live.discard(id(q))
         page_bytes = min(PAGE_BYTES_MAX, self.boot.listen.frame_bytes_max // 2)  # leaves room for framing
         out = merge(q.cursor, q.pages, q.params.limit, page_bytes)
-        q.ok(out, None if q.cursor.finished else q.cursor.encode())
+        q.ok(out, None if q.cursor.finished else q.cursor.encode(), q.served)
 
     def _query_fail(self, q: _Query, status: int, slug: str, text: str) -> None:
         if not q.done:

@@ -24,7 +24,8 @@ def cluster(tmp_path_factory):
         assert leftovers == [], f"processes outlived SIGTERM: {leftovers}"
 
 
-def _http_pages(c: RealCluster, nid: str, topic: str, params: dict, limit: int) -> list[tuple[int, int]]:
+def _http_pages(c: RealCluster, nid: str, topic: str, params: dict, limit: int,
+                served: list | None = None) -> list[tuple[int, int]]:
     out, after, pages = [], None, 0
     while True:
         q = {**params, "limit": limit, **({"after": after} if after else {})}
@@ -32,6 +33,8 @@ def _http_pages(c: RealCluster, nid: str, topic: str, params: dict, limit: int) 
         assert status == 200, body
         assert len(body["records"]) <= limit
         out += [(r["shard"], r["offset"]) for r in body["records"]]
+        if served is not None:
+            served.append(body["served_by"])
         pages += 1
         after = body["next"]
         if after is None:
@@ -81,6 +84,8 @@ def test_query_by_time_through_http_and_the_client_then_after_a_kill9(cluster: R
     victim = next(s["leader"] for s in shards if s["index"] == 0)
     via = next(n for n in sorted(cluster.cfgs) if n != victim)
     cluster.kill9(victim)
-    assert _http_pages(cluster, via, TOPIC, {"from": lo, "to": hi}, 500) == expected
+    served: list = []
+    got = _http_pages(cluster, via, TOPIC, {"from": lo, "to": hi}, 500, served)
+    assert got == expected, (victim, served, len(got), len(expected))
     with Client(cluster.client(via), **cluster.auth) as cl:
         assert [(r.shard, r.offset) for r in cl.query_iter(TOPIC, lo, hi, page=200)] == expected
