@@ -42,6 +42,7 @@ from thespian.actors import ThespianWatch
 from actors.base import ChorusActor
 from actors.dispatcher_handoff import DispatcherHandoff
 from actors.dispatcher_mqtt import DispatcherMqtt
+from actors.dispatcher_query import DispatcherQuery
 from actors.dispatcher_users import DispatcherUsers
 from actors.supervisor import PLAN_ROOT, walk_plans
 from protocol.agency import (
@@ -69,6 +70,7 @@ from protocol.frames import (
     MetadataResponse,
     ProduceRequest,
     ProduceResponse,
+    QueryRequest,
     ShardMetadata,
     SubscribeRequest,
     SubscribeResponse,
@@ -173,7 +175,7 @@ class _Sub:
         self.last_sent = -1e9
 
 
-class Dispatcher(ChorusActor, DispatcherMqtt, DispatcherUsers, DispatcherHandoff):
+class Dispatcher(ChorusActor, DispatcherMqtt, DispatcherUsers, DispatcherHandoff, DispatcherQuery):
     def __init__(self) -> None:
         super().__init__()
         self.boot: DispatcherBoot | None = None
@@ -387,6 +389,8 @@ class Dispatcher(ChorusActor, DispatcherMqtt, DispatcherUsers, DispatcherHandoff
             self._subscribe(conn, corr, m)
         elif isinstance(m, AckRequest):
             self._ack(conn, corr, m)
+        elif isinstance(m, QueryRequest):
+            self._query_frame(conn, corr, m)
         elif isinstance(m, CommitRequest):
             raise Refusal(ErrorCode.INVALID_REQUEST, 400, "bad_request",
                           "CommitRequest is not supported yet: acknowledge records with AckRequest")

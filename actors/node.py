@@ -44,6 +44,7 @@ from protocol.node import (
     ShardInfo,
     TopicReply,
 )
+from protocol.query import QueryShard, QueryShardReply
 from protocol.shard import (
     Produce,
     ProduceReply,
@@ -220,9 +221,15 @@ class NodeActor(ChorusActor, NodeHandoff):
         self._forward(msg, sender, lambda err: ReadShardReply(msg.shard, msg.client, msg.req_id, "fail", error=err),
                       hint)
 
+    def on_QueryShard(self, msg: QueryShard, sender: Any, hint: str | None = None) -> None:
+        """A history query's read, to the replica on node ``hint`` (any
+        replica serves it; the leader when no hint)."""
+        self._forward(msg, sender, lambda err: QueryShardReply(msg.shard, msg.client, msg.req_id, "fail",
+                                                               error=err), hint)
+
     def on_Routed(self, msg: Routed, sender: Any) -> None:
         handler = {Produce: self.on_Produce, ReadShard: self.on_ReadShard, Subscribe: self.on_Subscribe,
-                   ShardInfo: self.on_ShardInfo}.get(type(msg.inner))
+                   ShardInfo: self.on_ShardInfo, QueryShard: self.on_QueryShard}.get(type(msg.inner))
         if handler is not None:
             handler(msg.inner, sender, msg.leader)
 

@@ -12,9 +12,11 @@ from __future__ import annotations
 from typing import Any
 
 from actors.base import ChorusActor
+from actors.query import scan
 from actors.replication import ShardCore
 from actors.shard_subscriptions import ShardSubscriptions, cursor_record
 from protocol.consume import AckRecords, Subscribe, SubscribeReply, Unsubscribe
+from protocol.query import QueryShard, QueryShardReply
 from protocol.shard import (
     Assign,
     Fence,
@@ -31,7 +33,10 @@ from protocol.shard import (
     ShardTuning,
     SupervisorsAre,
 )
+from protocol.records import read_header
 from storage.shardlog import ShardLog
+
+QUERY_SCAN_BYTES_MAX = 512 << 20  # log bytes one query page may scan on one replica
 
 
 class ShardReplica(ChorusActor):
@@ -180,6 +185,54 @@ class ShardReplica(ChorusActor):
             return
         batches = c.read(msg.from_offset, msg.max_bytes)
         self.send(to, ReadShardReply(msg.shard, msg.client, msg.req_id, "ok", tuple(batches), c.hw, c.id))
+
+    def on_QueryShard(self, msg: QueryShard, sender: Any) -> None:
+        """A history query's read of this shard (see actors/query.py).  The
+        leader and followers serve it, only below their high watermark (a
+        follower's trails the leader's by at most one push); a replica whose
+        watermark is below the one the query pinned on its first page
+        refuses, and the coordinator asks another replica."""
+        to = msg.reply_to or sender
+        c = self.core
+        if c is None or c.role not in ("leader", "follower") or (c.role == "leader" and c.hw <= c.epoch_start):
+            # a leader that has not committed in its epoch yet (just promoted
+            # or restarted) may have a watermark below acknowledged writes
+            self.send(to, QueryShardReply(msg.shard, msg.client, msg.req_id, "fail", node=c.id if c else "",
+                                          leader=c.leader if c else None, error="replica is not serving yet"))
+            return
+        if msg.hw_max > c.hw:
+            self.send(to, QueryShardReply(msg.shard, msg.client, msg.req_id, "fail", node=c.id, leader=c.leader,
+                                          error=f"replica behind: high watermark {c.hw} < {msg.hw_max}"))
+            return
+        hw = c.hw if msg.hw_max < 0 else msg.hw_max
+        after = None if msg.after_offset < 0 else (msg.after_ts_ms, msg.after_offset)
+        if after is not None and c.tuning.bugs.query_drops_ties:
+            after = (after[0], 1 << 62)  # deliberately broken: every record tied with the last one is skipped
+        try:
+            recs, more = scan(self._committed_batches(hw), hw, msg.from_ms, msg.to_ms, msg.key, after,
+                              msg.max_records, msg.max_bytes)
+        except ValueError as exc:  # too much to scan, or a log position gone (retention)
+            self.send(to, QueryShardReply(msg.shard, msg.client, msg.req_id, "fail", node=c.id, error=str(exc)))
+            return
+        self.send(to, QueryShardReply(msg.shard, msg.client, msg.req_id, "ok", tuple(recs), hw, more, c.id,
+                                      c.leader))
+
+    def _committed_batches(self, hw: int) -> Any:
+        """The log's batches below ``hw``, read 1 MiB at a time, at most
+        ``QUERY_SCAN_BYTES_MAX`` (there is no time index yet: a query scans
+        the shard; time-bucketed shard groups will bound that)."""
+        pos, scanned = self.log.start_offset, 0
+        while pos < hw:
+            batches = self.log.read(pos, 1 << 20, max_offset=hw - 1)
+            if not batches:
+                return
+            for b in batches:
+                scanned += len(b)
+                if scanned > QUERY_SCAN_BYTES_MAX:
+                    raise ValueError(f"the query would scan more than {QUERY_SCAN_BYTES_MAX} bytes of "
+                                     f"shard {self.core.shard}; narrow it")
+                yield b
+            pos = read_header(batches[-1], check_body=False).end_offset
 
     # ------------------------------------------------------- subscriptions
     def on_Subscribe(self, msg: Subscribe, sender: Any) -> None:

@@ -61,6 +61,7 @@ __all__ = [
     "Handshake", "HandshakeOk", "MetadataRequest", "MetadataResponse", "ProduceRequest", "ProduceResponse",
     "FetchRequest", "FetchResponse", "SubscribeRequest", "SubscribeResponse", "AckRequest", "AckResponse",
     "CommitRequest", "CommitResponse", "Heartbeat", "HeartbeatResponse", "ErrorResponse",
+    "QueryRequest", "QueryResponse", "QueriedRecord", "QueryHeader",
     "DeliveredRecord", "Delivery",
     "FRAME_TYPES", "REQUEST_TYPES", "RESPONSE_TYPES",
     "encode_frame", "decode_message", "decode_frame", "negotiate_version", "FrameDecoder",
@@ -642,6 +643,45 @@ class Heartbeat(Message):
 @_frame(0x10)
 class HeartbeatResponse(Message):
     pass
+
+
+@_frame(0x11)
+class QueryRequest(Message):
+    """One page of a history query: records of every shard of ``topic``
+    whose producer timestamp is in [``from_ms``, ``to_ms``), in (timestamp,
+    shard, offset) order (docs/ARCHITECTURE.md, history queries)."""
+
+    topic: str = wire(STR)
+    from_ms: int = wire(U64)
+    to_ms: int = wire(U64)
+    has_key: bool = wire(BOOL, False)
+    key: bytes = wire(BYTES, b"")  # only records with this key, when has_key
+    limit: int = wire(U32, 1000)  # 1..10000 records per page
+    after: str = wire(STR, "")  # the previous page's next_token ("": first page)
+
+
+@_structure
+class QueryHeader(_Struct):
+    name: str = wire(STR)
+    value: bytes = wire(BYTES)
+
+
+@_structure
+class QueriedRecord(_Struct):
+    shard: int = wire(U32)
+    offset: int = wire(U64)
+    timestamp_ms: int = wire(U64)  # the producer's timestamp (the one queried)
+    broker_timestamp_ms: int = wire(U64)
+    has_key: bool = wire(BOOL, False)
+    key: bytes = wire(BYTES, b"")
+    value: bytes = wire(BYTES)
+    headers: tuple[QueryHeader, ...] = wire(_List(_Nested(QueryHeader)), ())
+
+
+@_frame(0x12)
+class QueryResponse(Message):
+    records: tuple[QueriedRecord, ...] = wire(_List(_Nested(QueriedRecord)), ())
+    next_token: str = wire(STR, "")  # "": the query is complete
 
 
 @_structure

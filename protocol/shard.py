@@ -157,6 +157,7 @@ class ShardBugs:
     hh_ack_before_sync: bool = False  # hinted handoff acknowledges a hint without syncing it
     hh_drain_newest_first: bool = False  # hinted handoff drains a shard's queue from its newest hint
     hh_forget_sequence: bool = False  # hinted handoff drains without the producer id and sequence
+    query_drops_ties: bool = False  # a history query's next page skips records tied with the last one's timestamp
 
     def any(self) -> bool:
         return any(getattr(self, f) for f in self.__dataclass_fields__)

@@ -625,6 +625,11 @@ class BridgeGateway:
         return await self.bridge.call("fetch", {"topic": topic, "shard": shard, "offset": offset,
                                                 "max_bytes": max_bytes})
 
+    async def query(self, topic: str, from_ms: int, to_ms: int, key: str | None = None, limit: int = 1000,
+                    after: str | None = None) -> dict:
+        return await self.bridge.call("query", {"topic": topic, "from": from_ms, "to": to_ms, "key": key,
+                                                "limit": limit, "after": after})
+
     async def subscriptions(self, topic: str) -> list[dict]:
         return await self.bridge.call("subscriptions", {"topic": topic})
 

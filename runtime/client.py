@@ -120,7 +120,7 @@ import asyncio
 import concurrent.futures
 import threading
 import time
-from typing import Any, Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 
 from protocol import frames as fr
 from protocol.frames import ErrorCode, Level, Mode
@@ -131,6 +131,9 @@ from runtime.client_conn import (
 )
 from runtime.client_consumer import AsyncConsumer
 from runtime.client_producer import AsyncProducer, _Batch
+
+if TYPE_CHECKING:
+    from runtime.client_query import QueriedRecord, QueryResult
 
 __all__ = [
     "ChorusError", "ChorusConnectionError", "ChorusAuthError", "ChorusPermissionError", "RecordMetadata", "RecordFuture", "Message", "FetchResult",
@@ -256,6 +259,22 @@ class Client(_Blocking):
     def fetch_all(self, topic: str, shard: int, start: int = 0) -> list[Record]:
         """See :meth:`AsyncClient.fetch_all`."""
         return self._thread.run(self._client.fetch_all(topic, shard, start))
+
+    def query(self, topic: str, from_ts: int, to_ts: int, *, key: bytes | str | None = None, limit: int = 1000,
+              after: str | None = None) -> "QueryResult":
+        """See :meth:`AsyncClient.query`."""
+        return self._thread.run(self._client.query(topic, from_ts, to_ts, key=key, limit=limit, after=after))
+
+    def query_iter(self, topic: str, from_ts: int, to_ts: int, *, key: bytes | str | None = None,
+                   page: int = 1000) -> Iterator["QueriedRecord"]:
+        """Every record of the query, fetched a page at a time."""
+        after = None
+        while True:
+            res = self.query(topic, from_ts, to_ts, key=key, limit=page, after=after)
+            yield from res.records
+            if res.next_token is None:
+                return
+            after = res.next_token
 
 
 class RecordFuture:

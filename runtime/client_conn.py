@@ -10,12 +10,15 @@ import os
 import random
 import ssl
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Self, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterable, Mapping, Self, Sequence, TypeVar
 
 from protocol import frames as fr
 from protocol.frames import ErrorCode, Level
 from protocol.records import CorruptBatch, Record, decode_batch, is_control
 from runtime.tls import client_ssl
+
+if TYPE_CHECKING:
+    from runtime.client_query import QueriedRecord, QueryResult
 
 log = logging.getLogger("runtime.client")  # one logger for the whole client library
 
@@ -718,6 +721,30 @@ class AsyncClient(_AsyncContext):
             records.extend(r for r in batch if r.offset >= offset and (include_control or not is_control(r)))
             end = max(end, header.end_offset)
         return FetchResult(topic, shard, offset, resp.high_watermark, records, end)
+
+    async def query(self, topic: str, from_ts: int, to_ts: int, *, key: bytes | str | None = None,
+                    limit: int = 1000, after: str | None = None) -> "QueryResult":
+        """One page of a history query: the records of every shard of
+        ``topic`` whose producer timestamp (ms since the epoch) is in
+        ``[from_ts, to_ts)`` (only key ``key`` if given), in (timestamp,
+        shard, offset) order, at most ``limit`` (1..10000).  Pass the
+        result's ``next_token`` as ``after`` for the next page (None: done)."""
+        from runtime import client_query
+
+        req = client_query.request(topic, from_ts, to_ts, key, limit, after)
+        return client_query.result(topic, await self._cluster.call(req))
+
+    async def query_iter(self, topic: str, from_ts: int, to_ts: int, *, key: bytes | str | None = None,
+                         page: int = 1000) -> AsyncIterator["QueriedRecord"]:
+        """Every record of the query, page after page."""
+        after = None
+        while True:
+            res = await self.query(topic, from_ts, to_ts, key=key, limit=page, after=after)
+            for r in res.records:
+                yield r
+            if res.next_token is None:
+                return
+            after = res.next_token
 
     async def fetch_all(self, topic: str, shard: int, start: int = 0, *, max_bytes: int = 1 << 20) -> list[Record]:
         """Every record of the shard from ``start`` up to its high watermark, in

@@ -65,6 +65,12 @@ by ``key`` (murmur3, as the client does) or round-robin.
 "timestamp_ms"}]}`` with keys and values decoded as UTF-8 where they are
 valid UTF-8, else base64 with ``"encoding": "base64"`` on that record.
 
+``query(topic, from_ms, to_ms, key=None, limit=1000, after=None)``: one
+page of a history query (``actors/query.py``): ``{"topic", "records":
+[{"shard", "offset", "key", "value", "headers", "timestamp_ms",
+"broker_timestamp_ms"}], "next": token or null}`` in (timestamp, shard,
+offset) order; ``next`` continues the query (``after``).
+
 ``subscriptions(topic)``: list of ``{"subscription", "mode", "shard",
 "committed", "high_watermark", "lag", "consumers": [...]}``.
 
@@ -129,6 +135,9 @@ class Gateway(Protocol):
                       shard: int | None = None) -> dict: ...
 
     async def fetch(self, topic: str, shard: int, offset: int = 0, max_bytes: int = 1 << 20) -> dict: ...
+
+    async def query(self, topic: str, from_ms: int, to_ms: int, key: str | None = None, limit: int = 1000,
+                    after: str | None = None) -> dict: ...
 
     async def subscriptions(self, topic: str) -> list[dict]: ...
 

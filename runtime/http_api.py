@@ -35,6 +35,7 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
+from actors.query import LIMIT_DEFAULT, LIMIT_MAX, TOKEN_CHARS_MAX, QueryError, check_params
 from runtime import http_auth
 from runtime.gateway import Gateway, GatewayError, bad_request
 
@@ -245,6 +246,20 @@ async def fetch(request: web.Request) -> web.Response:
         request.match_info["name"], shard, offset=offset, max_bytes=max_bytes))
 
 
+async def query(request: web.Request) -> web.Response:
+    q = request.query
+    try:
+        p = check_params(q.get("from"), q.get("to"), q.get("key") or None, q.get("limit") or None)
+    except QueryError as exc:
+        raise bad_request(str(exc)) from None
+    after = q.get("after") or None
+    if after is not None and len(after) > TOKEN_CHARS_MAX:
+        raise bad_request("'after' is not a continuation token")
+    return web.json_response(await _gateway(request).query(
+        request.match_info["name"], p.from_ms, p.to_ms, key=q.get("key") or None, limit=p.limit or LIMIT_DEFAULT,
+        after=after))
+
+
 async def subscriptions(request: web.Request) -> web.Response:
     return web.json_response(await _gateway(request).subscriptions(request.match_info["name"]))
 
@@ -375,6 +390,19 @@ ROUTES: tuple[Route, ...] = (
                  Param("max_bytes", {"type": "integer", "minimum": 1, "maximum": FETCH_BYTES_MAX,
                                      "default": FETCH_BYTES_DEFAULT}, "stop after about this many bytes")),
           errors=(404, 503, 504), path_doc=_TOPIC_PARAM),
+    Route("GET", "/query/{name:.+}", query,
+          "History query: a topic's records by producer timestamp, merged across its shards", "data",
+          _ref("QueryResult"),
+          query=(Param("from", {"type": "integer", "minimum": 0}, "start of the range, ms since the epoch "
+                       "(inclusive)", required=True),
+                 Param("to", {"type": "integer", "minimum": 0}, "end of the range, ms since the epoch "
+                       "(exclusive); from <= to", required=True),
+                 Param("key", {"type": "string"}, "only records with this key"),
+                 Param("limit", {"type": "integer", "minimum": 1, "maximum": LIMIT_MAX, "default": LIMIT_DEFAULT},
+                       "at most this many records (and about 4 MiB) per page"),
+                 Param("after", {"type": "string"}, "the 'next' token of the previous page: continue "
+                       "exactly after it (same from, to and key)")),
+          errors=(404, 503, 504), path_doc=_TOPIC_PARAM),
     Route("GET", "/subscriptions/{name:.+}", subscriptions, "Subscriptions of a topic and their lag", "data",
           _list_of("Subscription"), errors=(404,), path_doc=_TOPIC_PARAM),
     Route("GET", "/tenants", list_tenants, "Tenants, products and components", "namespaces",
@@ -486,6 +514,14 @@ SCHEMAS: dict[str, dict] = {
                           ["offset", "key", "value", "headers", "timestamp_ms"]),
     "FetchResult": _obj({"topic": _STR, "shard": _INT, "high_watermark": _INT,
                          "records": _list_of("FetchedRecord")}),
+    "QueryResult": _obj({"topic": _STR, "records": _list_of("QueriedRecord"),
+                         "next": {"type": ["string", "null"],
+                                  "description": "continuation token for the next page; null: no more"}}),
+    "QueriedRecord": _obj({"shard": _INT, "offset": _INT, "key": {"type": ["string", "null"]}, "value": _STR,
+                           "headers": _HEADERS, "timestamp_ms": _INT, "broker_timestamp_ms": _INT,
+                           "encoding": {"type": "string", "enum": ["base64"],
+                                        "description": "present when key and value are base64"}},
+                          ["shard", "offset", "key", "value", "headers", "timestamp_ms"]),
     "Subscription": _obj({"subscription": _STR, "mode": _STR, "shard": _INT, "committed": _INT,
                           "high_watermark": _INT, "lag": _INT, "consumers": {"type": "array"}}),
     "Namespaces": _obj({"tenants": {"type": "object", "additionalProperties": {

@@ -64,6 +64,7 @@ ACCESS: dict[str, tuple[str, str]] = {
     "list_topics": (USER, ""), "create_topic": ("manage", "body:name"), "get_topic": (DESCRIBE, "path:name"),
     "alter_topic": ("manage", "path:name"), "delete_topic": ("manage", "path:name"),
     "lookup": (DESCRIBE, "path:name"), "produce": ("produce", "path:name"), "fetch": ("consume", "path:name"),
+    "query": ("consume", "path:name"),
     "subscriptions": (DESCRIBE, "path:name"),
     "list_tenants": (USER, ""), "create_tenant": ("manage", "path:path"), "delete_tenant": ("manage", "path:path"),
     "mqtt_status": (ADMIN, ""), "list_mqtt_bridges": (ADMIN, ""), "put_mqtt_bridge": (ADMIN, ""),

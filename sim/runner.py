@@ -159,6 +159,15 @@ class Harness:
                                 timeout_s=d.timeout_s,
                                 stop_after_s=scn.duration_s + scn.settle_s / 2)
             self.world.spawn(p, ShardProducer, "producer", boot)
+        from sim.querier import QuerierBoot, ShardQuerier
+
+        for k in range(1, d.queriers + 1):
+            node = f"query-{k}"
+            self.world.add_node(node)
+            t = d.topics[0]
+            self.world.spawn(node, ShardQuerier, "querier", QuerierBoot(
+                node, t.name, t.shards, node_addrs, every_s=d.query_every_s, limit=d.query_limit,
+                stop_after_s=scn.duration_s + 0.5 * scn.settle_s))
         self.consumers: list[str] = []
         for name, mode, count, nack in d.subscriptions:
             for k in range(1, count + 1):
@@ -613,6 +622,11 @@ def judge_data(h: Harness, scn: Scenario, checks: set[str]) -> dict[str, list[Vi
     found, stats = check_data(w.history, logs, leaders, [sd[0] for sd in scn.data.subscriptions])
     h.data_stats = stats
     out = {k: v for k, v in found.items() if k in checks}
+    if "query_exact" in checks:
+        from sim.querychecks import check_queries, committed
+
+        final = {s: committed(logs[s][leaders[s][0]], leaders[s][1]) for s in h.shards if s in leaders}
+        out["query_exact"], stats["queries"] = check_queries(w.history, final, scn.data.topics[0].name)
     if "data_liveness" in checks:
         late = [r for r in w.history if r.kind == "produce.done" and r.t >= scn.duration_s
                 and r.fields["status"] == "ok"]

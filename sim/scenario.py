@@ -75,6 +75,7 @@ CHECKS = (
 DATA_CHECKS = (
     "acked_writes_durable", "no_duplicates", "shard_order", "replicas_identical", "offsets_unique",
     "data_liveness", "delivered_to_subscriptions", "delivery_order", "hinted_writes_delivered",
+    "query_exact",
 )
 MQTT_CHECKS = (
     "mqtt_at_least_once", "mqtt_exactly_once", "mqtt_single_session", "mqtt_order", "mqtt_routes_converge", "mqtt_retained_converge",
@@ -134,6 +135,9 @@ class DataPlane:
     grace_s: float = 0.6
     tuning: dict = field(default_factory=dict)
     subscriptions: tuple[tuple[str, str, int, float], ...] = ()  # (name, mode, consumers, nack_ratio)
+    queriers: int = 0  # history-query clients (sim/querier.py) on the first topic
+    query_every_s: float = 0.5
+    query_limit: int = 7  # records per page: small, so that every query pages
 
 
 @dataclass(frozen=True)
@@ -309,7 +313,7 @@ def parse(doc: Any, source: str = "<scenario>") -> Scenario:
 
 def _data(v: _V, d: Any, nodes: int) -> DataPlane:
     d = v.mapping("data", d, ("topics", "producers", "rate_per_s", "records_per_batch", "level", "timeout_s",
-                              "grace_s", "tuning", "subscriptions"))
+                              "grace_s", "tuning", "subscriptions", "queriers", "query_every_s", "query_limit"))
     subs = []
     for i, sd in enumerate(d.get("subscriptions", []) or []):
         sd = v.mapping(f"data.subscriptions[{i}]", sd, ("name", "mode", "consumers", "nack_ratio"))
@@ -350,6 +354,9 @@ def _data(v: _V, d: Any, nodes: int) -> DataPlane:
         grace_s=v.number("data.grace_s", d.get("grace_s", 0.6), 0.05, 600),
         tuning=dict(tun),
         subscriptions=tuple(subs),
+        queriers=v.integer("data.queriers", d.get("queriers", 0), 0, 16),
+        query_every_s=v.number("data.query_every_s", d.get("query_every_s", 0.5), 0.01, 600),
+        query_limit=v.integer("data.query_limit", d.get("query_limit", 7), 1, 10_000),
     )
 
 

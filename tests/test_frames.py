@@ -31,6 +31,10 @@ from protocol.frames import (
     CommitResponse,
     DeliveredRecord,
     Delivery,
+    QueriedRecord,
+    QueryHeader,
+    QueryRequest,
+    QueryResponse,
     ErrorCode,
     ErrorResponse,
     FetchRequest,
@@ -109,6 +113,11 @@ MESSAGES = {
     Delivery: st.builds(Delivery, topic=text, shard=u32, subscription=text,
                         records=tuples(st.builds(DeliveredRecord, offset=u64, redelivery=st.booleans(),
                                                  payload=blobs), 4)),
+    QueryRequest: st.builds(QueryRequest, topic=text, from_ms=u64, to_ms=u64, has_key=st.booleans(), key=blobs,
+                            limit=u32, after=text),
+    QueryResponse: st.builds(QueryResponse, next_token=text, records=tuples(st.builds(
+        QueriedRecord, shard=u32, offset=u64, timestamp_ms=u64, broker_timestamp_ms=u64, has_key=st.booleans(),
+        key=blobs, value=blobs, headers=tuples(st.builds(QueryHeader, name=text, value=blobs), 2)), 3)),
 }
 any_message = st.one_of(*MESSAGES.values())
 framed = st.tuples(any_message, u32)  # (message, correlation id)
@@ -362,7 +371,7 @@ def test_unsupported_version(version: int) -> None:
     assert err.correlation_id == 42
 
 
-@pytest.mark.parametrize("ftype", [0x00, 0x11, 0x7F, 0xFD, 0xFF])
+@pytest.mark.parametrize("ftype", [0x00, 0x13, 0x7F, 0xFD, 0xFF])
 def test_unknown_type(ftype: int) -> None:
     err = expect_error(raw_frame(ftype, b"", 9), ErrorCode.UNKNOWN_TYPE, rf"unknown frame type 0x{ftype:02x}")
     assert err.correlation_id == 9
@@ -398,6 +407,9 @@ SAMPLES = [
     ErrorResponse(code=ErrorCode.TIMEOUT, message="slow"),
     Delivery(topic="t", shard=2, subscription="s",
              records=(DeliveredRecord(offset=7, payload=b"x"), DeliveredRecord(offset=8, redelivery=True, payload=b""))),
+    QueryRequest(topic="t", from_ms=1, to_ms=9, has_key=True, key=b"k", limit=5, after="tok"),
+    QueryResponse(records=(QueriedRecord(shard=1, offset=2, timestamp_ms=3, broker_timestamp_ms=4, value=b"v",
+                                         headers=(QueryHeader(name="h", value=b"x"),)),), next_token="n"),
 ]
 
 
@@ -643,7 +655,8 @@ def doc_section(title: str) -> str:
     return m.group(1)
 
 
-@pytest.mark.parametrize("cls", [*FRAME_TYPES.values(), Limits, TopicMetadata, ShardMetadata, DeliveredRecord],
+@pytest.mark.parametrize("cls", [*FRAME_TYPES.values(), Limits, TopicMetadata, ShardMetadata, DeliveredRecord,
+                                 QueriedRecord, QueryHeader],
                          ids=lambda c: c.__name__)
 def test_docs_list_every_field_in_order(cls) -> None:
     title = f"0x{cls.TYPE:02X} {cls.__name__}" if cls in FRAME_TYPES.values() else cls.__name__

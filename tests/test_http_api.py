@@ -167,6 +167,11 @@ class FakeGateway:
         log = self.logs[(topic, shard)]
         return {"topic": topic, "shard": shard, "high_watermark": len(log), "records": log[offset:]}
 
+    async def query(self, topic: str, from_ms: int, to_ms: int, key: str | None = None, limit: int = 1000,
+                    after: str | None = None) -> dict:
+        self._call("query", topic, from_ms, to_ms, key, limit, after)
+        return {"topic": topic, "records": [], "next": None}
+
     async def subscriptions(self, topic: str) -> list[dict]:
         self._call("subscriptions", topic)
         self._topic(topic)
@@ -571,3 +576,29 @@ def test_openapi_describes_exactly_the_served_routes():
     fetch = doc["paths"]["/api/v1/fetch/{name}"]["get"]
     assert {p["name"]: p["required"] for p in fetch["parameters"] if p["in"] == "query"} == {
         "shard": True, "offset": False, "max_bytes": False}
+
+
+@pytest.mark.parametrize("query, needle", [
+    ({"to": "5"}, "required"),
+    ({"from": "9", "to": "5"}, "after 'to'"),
+    ({"from": "x", "to": "5"}, "integer"),
+    ({"from": "1.5", "to": "5"}, "integer"),
+    ({"from": "-1", "to": "5"}, "must be in"),
+    ({"from": "1", "to": "5", "limit": "0"}, "'limit'"),
+    ({"from": "1", "to": "5", "limit": "10001"}, "'limit'"),
+])
+def test_query_validation(query, needle):
+    async def s(c, gw):
+        msg = await error(c, "GET", f"/api/v1/query/{TOPIC}", params=query, status=400, code="bad_request")
+        assert needle in msg
+        assert not any(x[0] == "query" for x in gw.calls)
+    serve(s)
+
+
+def test_query_passes_the_range_key_limit_and_token_on():
+    async def s(c, gw):
+        body = await call(c, "GET", f"/api/v1/query/{TOPIC}", status=200,
+                          params={"from": "10", "to": "20", "key": "k", "limit": "3", "after": "tok"})
+        assert body == {"topic": TOPIC, "records": [], "next": None}
+        assert gw.calls[-1] == ("query", TOPIC, 10, 20, "k", 3, "tok")
+    serve(s)
