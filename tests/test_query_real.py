@@ -45,8 +45,11 @@ def _http_pages(c: RealCluster, nid: str, topic: str, params: dict, limit: int,
 def test_query_by_time_through_http_and_the_client_then_after_a_kill9(cluster: RealCluster) -> None:
     cluster.create_topic("n1", TOPIC, shards=3, rf=3)
     with Producer(cluster.client("n1"), level="quorum", linger_ms=2, **cluster.auth) as p:
-        futs = [p.send(TOPIC, b"v%04d" % i, key=b"k%d" % (i % 7)) for i in range(N)]
-        p.flush()
+        futs = []
+        for i in range(N):  # flushed every 50 records so that timestamps spread over many milliseconds
+            futs.append(p.send(TOPIC, b"v%04d" % i, key=b"k%d" % (i % 7)))
+            if i % 50 == 49:
+                p.flush()
         assert all(f.result(30) for f in futs)
     truth = []  # (timestamp, shard, offset, key)
     with Client(cluster.client("n2"), **cluster.auth) as cl:
@@ -57,7 +60,7 @@ def test_query_by_time_through_http_and_the_client_then_after_a_kill9(cluster: R
         lo, hi = truth[100][0], truth[500][0]
         expected = [(s, o) for ts, s, o, _k in truth if lo <= ts < hi]
         keyed = [(s, o) for ts, s, o, k in truth if lo <= ts < hi and k == b"k3"]
-        assert 300 <= len(expected) <= N
+        assert 100 <= len(expected) < N
 
         # the Python client: the iterator with small pages, and one page by hand
         assert [(r.shard, r.offset) for r in cl.query_iter(TOPIC, lo, hi, page=37)] == expected
