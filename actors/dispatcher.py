@@ -242,6 +242,14 @@ class Dispatcher(ChorusActor, DispatcherMqtt, DispatcherUsers, DispatcherHandoff
             return ThespianWatch([self.bridge.fileno()])
         return None
 
+    def on_ActorExitRequest(self, msg: Any, sender: Any) -> None:
+        """The node shuts down: close the client and HTTP sockets now, so
+        clients see their connections close at once and move to another
+        node, instead of waiting on a node that is going away."""
+        if self.bridge is not None:
+            self.bridge.stop()
+            self.bridge = None
+
     def _arm(self) -> None:
         self.gen += 1
         self.set_timer(TICK_S, ("tick", self.gen))
@@ -363,6 +371,12 @@ class Dispatcher(ChorusActor, DispatcherMqtt, DispatcherUsers, DispatcherHandoff
         new leader recognises a retry) are sent again."""
         for shard in shards:
             self.replica_at.pop(shard, None)
+        now = self.now()
+        for s in list(self.subs.values()):  # consumers too: their keep-alives went to the old leader
+            if s.shard in shards:
+                s.replica = None
+                s.hint = self.plan_leaders.get(s.shard)
+                self._send_subscribe(s, now)
         for p in list(self.pending.values()):
             if p.shard in shards and p.retry_at is None and (
                     isinstance(p.msg, ReadShard) or (isinstance(p.msg, Produce) and p.msg.producer_id)):

@@ -120,6 +120,7 @@ class ShardSubscriptions:
             return
         self.consumers[key] = (reply_to, now_s)
         if fresh:
+            self._take_over(m.subscription, m.consumer, now_s, read)
             effects = core.attach(m.consumer, now_s)
             refused = [e for e in effects if isinstance(e, Refused)]
             if refused:
@@ -129,6 +130,23 @@ class ShardSubscriptions:
                 return
             self.out.append((reply_to, SubscribeReply(m.shard, m.subscription, m.consumer, "ok")))
             self._effects(m.subscription, effects, now_s, read)
+
+    def _take_over(self, subscription: str, consumer: str, now_s: float, read: Any) -> None:
+        """A consumer that comes back over another connection (a node
+        restarted, the client reconnected elsewhere) is attached under a new
+        ``<consumer_id>@<node>.<connection>`` name.  Its old attachment is
+        detached at once instead of after ``consumer_timeout_s``: otherwise
+        an exclusive subscription refuses the consumer its own place, and
+        what the old attachment held in flight waits for the timeout."""
+        base, at, _where = consumer.rpartition("@")
+        if not at:
+            return
+        stale = [c for (s, c) in self.consumers if s == subscription and c != consumer
+                 and c.rpartition("@")[0] == base]
+        core = self.cores[subscription]
+        for c in sorted(stale):
+            del self.consumers[(subscription, c)]
+            self._effects(subscription, core.detach(c, now_s), now_s, read)
 
     def ack(self, m: AckRecords, now_s: float, read: Any) -> None:
         core = self.cores.get(m.subscription)

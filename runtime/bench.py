@@ -43,8 +43,10 @@ from rich.text import Text
 
 from sim.runner import percentile
 
-CASES = ("single", "quorum", "any", "e2e", "e2e1", "failover", "mqtt-qos0", "mqtt-qos1", "mqtt-cross")
+CASES = ("single", "quorum", "any", "e2e", "e2e1", "failover", "rolling-restart", "mqtt-qos0", "mqtt-qos1",
+         "mqtt-cross")
 FAILOVER = "failover after kill -9"
+ROLLING = "rolling restart"
 # MQTT cases: (nodes, QoS, target msgs/s)
 MQTT_CASES = {"mqtt-qos0": (1, 0, 60_000), "mqtt-qos1": (1, 1, 12_000), "mqtt-cross": (3, 1, 10_000)}
 MQTT_SIZE = 128
@@ -380,7 +382,7 @@ def render(results: list[Result], size: int) -> Any:
     from rich.table import Table
 
     tables = []
-    rows = [r.row() for r in results if r.case != FAILOVER and r.extra.get("kind") != MQTT]
+    rows = [r.row() for r in results if r.case not in (FAILOVER, ROLLING) and r.extra.get("kind") != MQTT]
     if rows:
         t = Table(title=f"Throughput and latency ({size}-byte messages)")
         cols = [("case", "case"), ("messages", "messages"), ("seconds", "s"), ("msgs_per_s", "msgs/s"),
@@ -413,6 +415,17 @@ def render(results: list[Result], size: int) -> Any:
             t.add_column(h, justify="right", no_wrap=True)
         t.add_row(str(r["killed"]), str(r["new_leader"]), str(r["outage_s"]), str(r["leader_seen_s"]),
                   str(r["messages"]), str(r["failed"]))
+        tables.append(t)
+    for r in (r.row() for r in results if r.case == ROLLING):
+        t = Table(title="Rolling restart of 3 nodes (SIGTERM, start, back in sync) under load: "
+                        "producer at quorum, consumer acknowledging")
+        for h in ("node", "stop s", "start to in sync s", "producer stall s", "consumer stall s"):
+            t.add_column(h, justify="right", no_wrap=True)
+        for x in r["restarts"]:
+            t.add_row(x["node"], str(x["stop_s"]), str(x["start_s"]), str(x["producer_stall_s"]),
+                      str(x["consumer_stall_s"]))
+        t.caption = (f"{r['acked']:,} records acknowledged, {r['failed']} failed; lost: {r['lost_in_log']} "
+                     f"from the log, {r['lost_to_consumer']} to the consumer; {r['redelivered']} redelivered")
         tables.append(t)
     return Group(*tables)
 
@@ -502,6 +515,12 @@ def run(cases: list[str], messages: int, size: int, rate: int, seconds: float,
             elif case == "failover":
                 progress = case_task("failover after kill -9", 2, "steps", 3, FAILOVER_EXPECTED_S)
                 results.append(run_failover(base, size, progress))
+            elif case == "rolling-restart":
+                from runtime.rolling import run_rolling_restart
+
+                progress = case_task("rolling restart under load", 3, "nodes", 3, 45)
+                rr = run_rolling_restart(base, size=size, progress=progress)
+                results.append(Result(ROLLING, rr.acked, rr.seconds, 0, [], rr.row()))
             elif case in MQTT_CASES:
                 nodes, qos, target = MQTT_CASES[case]
                 opts = dict(mqtt or {})

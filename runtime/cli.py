@@ -300,8 +300,9 @@ def run(
 def bench(
     case: list[str] = typer.Option(["single", "quorum", "e2e", "e2e1", "failover"], "--case",
                                    help="single | quorum | any (3 nodes, one down: hinted handoff) | e2e (3 nodes) "
-                                        "| e2e1 (1 node) | failover | mqtt-qos0 | mqtt-qos1 (1 node) | mqtt-cross "
-                                        "(QoS 1, 3 nodes) (repeatable; any and the mqtt cases run only when named)"),
+                                        "| e2e1 (1 node) | failover | rolling-restart (3 nodes restarted in turn under load) "
+                                        "| mqtt-qos0 | mqtt-qos1 (1 node) | mqtt-cross (QoS 1, 3 nodes) (repeatable; "
+                                        "any, rolling-restart and the mqtt cases run only when named)"),
     messages: int = typer.Option(200_000, "--messages", min=1000, help="messages per throughput case"),
     size: int = typer.Option(100, "--size", min=8, max=1 << 20, help="message size in bytes"),
     rate: int = typer.Option(10_000, "--rate", min=1, help="messages/s of the end-to-end case"),

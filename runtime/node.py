@@ -796,6 +796,13 @@ class Node:
         if self.admin_pid:
             watched = [self.admin_pid] + _children_of(self.admin_pid)
         try:
+            # the client-facing actors first: their sockets close at once and
+            # clients move to another node while the rest shuts down
+            from thespian.actors import ActorExitRequest
+
+            for name in ("dispatcher", "mqtt"):
+                if name in self.addrs:
+                    self.asys.tell(self.addrs[name], ActorExitRequest())
             self.asys.shutdown()
         except Exception as exc:
             log.warning("ActorSystem shutdown: %r", exc)
