@@ -134,17 +134,18 @@ def set_process_fields(**fields: str) -> None:
         _process_fields.setdefault(k, v)
 
 
-def adopt_forwarding() -> int:
+def adopt_forwarding(modules: Any = None) -> int:
     """Attach the loggers made before this process was forked to the current
     root logger; returns how many were moved.
 
     Thespian replaces ``logging.root`` and the logger manager in every actor
     process; a module-level ``logging.getLogger(...)`` that ran in the parent
     keeps the parent's root -- the launcher's stderr.  Each such logger is
-    re-registered with the current manager and hangs off the current root."""
+    re-registered with the current manager and hangs off the current root.
+    ``modules``: where to look (default: every imported module)."""
     root, manager = logging.root, logging.Logger.manager
     moved = 0
-    for mod in list(sys.modules.values()):
+    for mod in list(sys.modules.values() if modules is None else modules):
         for value in list(getattr(mod, "__dict__", {}).values()):
             if isinstance(value, logging.Logger) and not isinstance(value, logging.RootLogger) \
                     and value.manager is not manager:
