@@ -39,7 +39,7 @@ class DispatcherMetrics:
     def _metrics_init(self) -> None:
         self.leader_changes = 0
         self.leader_log: deque[dict] = deque(maxlen=LEADER_LOG_MAX)
-        self.failover_waiters: list[Callable[[dict], None]] = []
+        self.failover_waiters: dict[int, Callable[[dict], None]] = {}
 
     def _observe_leaders(self, leaders: dict[str, str | None]) -> None:
         """After a poll, before ``plan_leaders`` is replaced: log leader changes."""
@@ -55,9 +55,9 @@ class DispatcherMetrics:
                                         "to": new or "", "epoch": int((self.plans.get(shard) or {}).get("epoch", 0))})
 
     def on_FailoverStatsReply(self, msg: FailoverStatsReply, sender: Any) -> None:
-        waiters, self.failover_waiters = self.failover_waiters, []
-        for cb in waiters:
-            cb({"active": msg.active, **(msg.stats or {})})
+        cb = self.failover_waiters.pop(msg.req_id, None)
+        if cb is not None:
+            cb({"node": msg.node, "active": msg.active, **(msg.stats or {})})
 
     def _metrics_parts(self, parts: dict[str, Callable[[Callable[[Any], None]], None]],
                        done: Callable[[dict, list[str]], None]) -> None:
@@ -102,8 +102,12 @@ class DispatcherMetrics:
             self._cluster_view(lambda st, seen, members: cb((st, seen, members)))
 
         def failovers(cb: Callable[[Any], None]) -> None:
-            self.failover_waiters.append(cb)
-            self.send(self.boot.supervisor, FailoverStatsQuery())
+            req_id = self._next_req()
+            if len(self.failover_waiters) >= 100:  # unanswered ones: forget the oldest
+                del self.failover_waiters[min(self.failover_waiters)]
+            self.failover_waiters[req_id] = cb
+            # the dashboard wants the active supervisor's failovers; /metrics this node's own
+            self.send(self.boot.supervisor, FailoverStatsQuery(req_id, active_only=scope != "node"))
 
         def mqtt(cb: Callable[[Any], None]) -> None:
             self.mqtt_waiters.append(cb)

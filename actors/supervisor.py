@@ -641,8 +641,14 @@ class Supervisor(ChorusActor):
     on_CreateTopic = on_AlterTopic = on_DeleteTopic = _topic_request
 
     def on_FailoverStatsQuery(self, msg: Any, sender: Any) -> None:
-        if self.core is not None:
-            self.send(sender, FailoverStatsReply(self.core.node, self.core.active, self.core.watch.stats()))
+        if self.core is None:
+            return
+        to, leader = msg.reply_to or sender, self.core.agency_leader
+        if msg.active_only and msg.reply_to is None and not self.core.active and leader in self.sup_addrs \
+                and leader != self.boot.node_id:
+            self.send(self.sup_addrs[leader], replace(msg, reply_to=to))
+            return
+        self.send(to, FailoverStatsReply(self.core.node, self.core.active, self.core.watch.stats(), msg.req_id))
 
     def on_NodesQuery(self, msg: Any, sender: Any) -> None:
         if self.core is not None:

@@ -192,7 +192,14 @@ class NodesQuery:
 
 @dataclass(frozen=True)
 class FailoverStatsQuery:
-    """Ask a Supervisor for the failovers it ran (actors/failover_watch.py)."""
+    """Ask a Supervisor for the failovers it ran (actors/failover_watch.py);
+    ``active_only``: a supervisor that is not the active one passes the
+    question on to the active one (the agency leader's), which answers
+    ``reply_to``."""
+
+    req_id: int = 0
+    active_only: bool = False
+    reply_to: Any = None
 
 
 @dataclass(frozen=True)
@@ -200,6 +207,7 @@ class FailoverStatsReply:
     node: str
     active: bool  # this supervisor is the active one (its node leads the agency)
     stats: Any  # FailoverWatch.stats(): counters, duration histogram, recent failovers (JSON-able)
+    req_id: int = 0
 
 
 @dataclass(frozen=True)
