@@ -67,11 +67,38 @@ def produce(c: RealCluster, n: int, tag: str) -> None:
             f.result(timeout=30)
 
 
+def mqtt_publish(c: RealCluster, nid: str, n: int) -> None:
+    """QoS 1 PUBLISHes with paho (each waits for its PUBACK)."""
+    import paho.mqtt.client as mqtt
+
+    cl = c.mqtt_login(mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="observe-pub",
+                                  protocol=mqtt.MQTTv311))
+    deadline = time.monotonic() + 60
+    while True:  # a node refuses (CONNACK 3) until it can settle sessions; retry like a client
+        try:
+            cl.connect(*c.mqtt(nid))
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    cl.loop_start()
+    try:
+        for i in range(n):
+            info = cl.publish(f"sensors/{i}", b"21.5", qos=1)
+            info.wait_for_publish(30)
+            assert info.is_published()
+    finally:
+        cl.loop_stop()
+        cl.disconnect()
+
+
 def test_every_node_serves_metrics_that_add_up(cluster: RealCluster) -> None:
     c = cluster
     status, headers, _ = c.http_raw("n1", "/metrics", auth=False)
     assert status == 401 and "Basic" in headers.get("WWW-Authenticate", "")
     produce(c, 200, "m")
+    mqtt_publish(c, "n3", 5)
     with Consumer(c.client("n2"), TOPIC, "billing", **c.auth) as con:
         got = [con.poll(timeout_s=10) for _ in range(20)]
         assert all(m is not None for m in got)
@@ -102,6 +129,7 @@ def test_every_node_serves_metrics_that_add_up(cluster: RealCluster) -> None:
     wait_for("replication lag back to 0", lambda: sum(
         total(scrape(c, n), "chorus_shard_replication_lag_records", topic=TOPIC) for n in sorted(c.cfgs)) == 0)
     assert total(fams["n1"], "chorus_request_duration_seconds_count", interface="binary") > 0
+    assert total(fams["n3"], "chorus_request_duration_seconds_count", interface="mqtt") == 5
     assert total(fams["n2"], "chorus_connections", interface="binary") >= 1  # the consumer's
     lags = [s for f in fams.values() for s in f.get("chorus_subscription_lag_records", ())
             if s.labels.get("subscription") == "billing"]
