@@ -24,6 +24,7 @@ from collections import deque
 from typing import Any
 
 RECENT_MAX = 20
+LOGS_MAX = 200  # lines queued for the actor to write (a core run without its actor keeps the newest)
 # upper bounds of the duration histogram, seconds (plus +Inf)
 DURATION_BUCKETS_S = (0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0)
 
@@ -51,7 +52,7 @@ class FailoverWatch:
         self.counters = {"started": 0, "completed": 0, "abandoned": 0, "replacements": 0}
         self.bucket_counts = [0] * (len(DURATION_BUCKETS_S) + 1)
         self.duration_sum_s = 0.0
-        self.logs: list[tuple[str, str, dict]] = []  # (level, message, fields)
+        self.logs: deque[tuple[str, str, dict]] = deque(maxlen=LOGS_MAX)  # (level, message, fields)
 
     def detected(self, shard: str, epoch: int, old_leader: str, reason: str, silent_s: float | None,
                  now_s: float, wall_s: float) -> None:
@@ -103,7 +104,8 @@ class FailoverWatch:
         return fo
 
     def take_logs(self) -> list[tuple[str, str, dict]]:
-        out, self.logs = self.logs, []
+        out = list(self.logs)
+        self.logs.clear()
         return out
 
     def stats(self) -> dict:
