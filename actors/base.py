@@ -9,7 +9,13 @@ An actor gets everything that is not pure logic from its *host*:
 * ``host.rng`` -- a ``random.Random``-like object, seeded by the host;
 * ``host.open_store(name)`` -- a :class:`storage.base.Store`, durable only
   after ``sync()``;
-* ``host.record(kind, **fields)`` -- an observation for checkers and logs;
+* ``host.record(kind, **fields)`` -- an observation for checkers (and the
+  debug log);
+* ``host.log(level, msg, **fields)`` -- one structured log line (level
+  ``debug|info|warning|error``; the host adds node id and pid, the base
+  class the actor's name; see docs/ARCHITECTURE.md, "Observability").
+  Actors never import ``logging`` themselves: a logger created before
+  Thespian forks an actor process would write to the launcher's stderr;
 * ``host.node_id`` -- the name of the node the actor lives on.
 
 In the simulator the host is supplied by the simulated ``_myRef``
@@ -80,6 +86,9 @@ class ChorusActor(Actor):
             return
         module = importlib.import_module(config.host_module)
         self._host = module.make_host(config)
+        serving = getattr(self._host, "serving", None)
+        if serving is not None:
+            serving(type(self).__name__)
 
     def now(self) -> float:
         return self.host.monotonic()
@@ -96,6 +105,11 @@ class ChorusActor(Actor):
 
     def record(self, kind: str, /, **fields: Any) -> None:
         self.host.record(kind, **fields)
+
+    def log_event(self, level: str, msg: str, /, **fields: Any) -> None:
+        """One structured log line through the host, tagged with this
+        actor's class (pass ``shard=`` where there is one)."""
+        self.host.log(level, msg, actor=type(self).__name__, **fields)
 
     # -------------------------------------------------------------- timers
     def set_timer(self, delay_s: float, payload: Any) -> None:

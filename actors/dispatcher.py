@@ -41,6 +41,7 @@ from thespian.actors import ThespianWatch
 
 from actors.base import ChorusActor
 from actors.dispatcher_handoff import DispatcherHandoff
+from actors.dispatcher_metrics import DispatcherMetrics
 from actors.dispatcher_mqtt import DispatcherMqtt
 from actors.dispatcher_query import DispatcherQuery
 from actors.dispatcher_users import DispatcherUsers
@@ -175,7 +176,7 @@ class _Sub:
         self.last_sent = -1e9
 
 
-class Dispatcher(ChorusActor, DispatcherMqtt, DispatcherUsers, DispatcherHandoff, DispatcherQuery):
+class Dispatcher(ChorusActor, DispatcherMqtt, DispatcherUsers, DispatcherHandoff, DispatcherQuery, DispatcherMetrics):
     def __init__(self) -> None:
         super().__init__()
         self.boot: DispatcherBoot | None = None
@@ -191,6 +192,7 @@ class Dispatcher(ChorusActor, DispatcherMqtt, DispatcherUsers, DispatcherHandoff
         self.info_waiters: dict[str, list[Callable[[dict], None]]] = {}
         self.topics: dict[str, dict] = {}
         self.plans: dict[str, dict] = {}
+        self._metrics_init()
         self.nodes: dict[str, dict] = {}
         self.namespaces: set[str] = set()
         self.revision = -1
@@ -357,6 +359,7 @@ class Dispatcher(ChorusActor, DispatcherMqtt, DispatcherUsers, DispatcherHandoff
         stale = {shard for shard, leader in leaders.items()
                  if shard in self.plan_leaders and self.plan_leaders[shard] != leader}
         stale |= set(self.plan_leaders) - set(leaders)
+        self._observe_leaders(leaders)
         self.plan_leaders = leaders
         for shard, (node, started, _addr) in self.replica_at.items():
             if self.nodes.get(node, {}).get("started") != started:

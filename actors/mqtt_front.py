@@ -345,6 +345,9 @@ class MqttFront(ChorusActor, BridgeShell):
         if self.core is not None:
             st = self.core.status()
             st["port"] = self.listener.port if self.listener is not None else None
+            latency = getattr(self.listener, "latency", None)
+            if latency is not None:
+                st["latency"] = latency.snapshot()
             if self.core.access is not None and self.listener is not None:
                 st["auth"] = {"users": len(self.grants), **self.listener.auth.stats}
             self.send(sender, MqttStatusReply(self.boot.node_id, st))

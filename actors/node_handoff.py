@@ -28,7 +28,6 @@ recognised.
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import replace
 from typing import Any
 
@@ -39,7 +38,6 @@ from storage.base import WriteBatch
 
 TICK_S = 0.05
 HOPS_MAX = 3
-log = logging.getLogger("chorus.handoff")
 
 
 class NodeHandoff:
@@ -167,7 +165,7 @@ class NodeHandoff:
         if out.sync:
             self.hh_store.sync()
         for line in out.logs:
-            log.warning("%s", line)
+            self.log_event("warning", line)
             self.record("handoff.dropped", node=self.boot.node_id, text=line)
         for h in out.send:
             self._hh_send(h)

@@ -14,8 +14,9 @@ from typing import Any
 from actors.base import ChorusActor
 from actors.query import scan
 from actors.replication import ShardCore
+from actors.shard_stats import ShardStats, follower_positions
 from actors.shard_subscriptions import ShardSubscriptions, cursor_record
-from protocol.consume import AckRecords, Subscribe, SubscribeReply, Unsubscribe
+from protocol.consume import AckRecords, Delivery, Subscribe, SubscribeReply, Unsubscribe
 from protocol.query import QueryShard, QueryShardReply
 from protocol.shard import (
     Assign,
@@ -51,6 +52,7 @@ class ShardReplica(ChorusActor):
         self.leading = False
         self.lead_epoch = 0
         self.last_hw = -1
+        self.stats = ShardStats()
 
     def on_ShardBoot(self, msg: ShardBoot, sender: Any) -> None:
         for node, addr in msg.addresses:
@@ -129,6 +131,8 @@ class ShardReplica(ChorusActor):
 
     def _flush_subs(self) -> None:
         for to, m in self.subs.take():
+            if type(m) is Delivery:
+                self.stats.delivered(m.records)
             self.send(to, m)
 
     def _handle_ready(self, rd: Any) -> None:
@@ -155,6 +159,8 @@ class ShardReplica(ChorusActor):
         if msg.reply_to is None:
             msg = Produce(msg.shard, msg.client, msg.req_id, msg.batch, msg.count, msg.level, msg.producer_id,
                           msg.sequence, sender)
+        if self.core.role == "leader":
+            self.stats.produced(msg.count, len(msg.batch))
         self._handle(self.core.produce(msg, self.now()))
 
     def on_Push(self, msg: Push, sender: Any) -> None:
@@ -184,6 +190,7 @@ class ShardReplica(ChorusActor):
                                          leader=c.leader if c else None, error="not the leader"))
             return
         batches = c.read(msg.from_offset, msg.max_bytes)
+        self.stats.fetched(batches)
         self.send(to, ReadShardReply(msg.shard, msg.client, msg.req_id, "ok", tuple(batches), c.hw, c.id))
 
     def on_QueryShard(self, msg: QueryShard, sender: Any) -> None:
@@ -263,4 +270,6 @@ class ShardReplica(ChorusActor):
         if self.core is not None:
             status = self.core.status()
             status["subscriptions"] = self.subs.describe() if self.leading else []
+            status["stats"] = self.stats.as_dict()
+            status["followers"] = follower_positions(self.core)
             self.send(msg.reply_to or sender, ShardStatusReply(self.core.shard, self.core.id, status))

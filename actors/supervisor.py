@@ -42,6 +42,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from actors.base import ChorusActor
+from actors.failover_watch import FailoverWatch, why_failed
 from actors.placement import choose_replacement, cluster_load, place_topic
 from protocol.agency import (
     AgencyReply,
@@ -57,6 +58,7 @@ from protocol.node import (
     AlterTopic,
     CreateTopic,
     DeleteTopic,
+    FailoverStatsReply,
     NodeHeartbeat,
     NodesReply,
     ReplicaAddress,
@@ -141,6 +143,8 @@ class SupervisorCore:
         self.refresh_s = 1.0  # re-read the plans: another supervisor may have changed them
         self.out: list[tuple] = []  # ("agency", op, req_id) / ("replica", shard, node, msg) / ("reply", to, msg)
         self.records: list[tuple[str, dict]] = []
+        self.watch = FailoverWatch()  # why and how long (logs, metrics); no checker records
+        self.wall_s = 0.0  # the host's wall clock at the last tick, for the watch's timestamps
 
     def take(self) -> tuple[list, list]:
         out, rec = self.out, self.records
@@ -163,6 +167,9 @@ class SupervisorCore:
     # ----------------------------------------------------------- activity
     def set_active(self, active: bool, leader: str | None, now_s: float) -> None:
         self.agency_leader = leader
+        if not active and self.active:
+            for shard in list(self.watch.open):
+                self.watch.abandoned(shard, "this supervisor is no longer active (agency leadership moved)")
         if active and not self.active:
             self.active = True
             self.active_since = now_s
@@ -176,6 +183,8 @@ class SupervisorCore:
     def replica_state(self, st: ReplicaState, now_s: float) -> None:
         self.seen[(st.shard, st.node)] = (now_s, st)
         self.node_seen[st.node] = now_s
+        if self.watch.open:
+            self.watch.leader_report(st.shard, st.node, st.role, st.epoch, now_s)
 
     def heartbeat(self, hb: NodeHeartbeat, now_s: float) -> None:
         self.node_seen[hb.node] = now_s
@@ -365,6 +374,7 @@ class SupervisorCore:
                 # precondition failed or outcome unknown: start over from the agency's plan
                 self.records.append(("supervisor.txn_failed", {"shard": shard, "step": kind, "status": r.status}))
                 del self.failovers[shard]
+                self.watch.abandoned(shard, f"the {kind} transaction failed ({r.status}); plans reloaded")
                 self._reload()
                 return
             plan = self.plans[shard]
@@ -380,6 +390,7 @@ class SupervisorCore:
                 del self.failovers[shard]
                 self.records.append(("supervisor.promoted", {"shard": shard, "epoch": fo.epoch, "leader": leader,
                                                              "old_leader": fo.old_leader}))
+                self.watch.promoted(shard, leader, fo.epoch, now_s)
                 for n in plan.replicas:
                     self._to_replica(shard, n, Assign(shard, fo.epoch, leader, plan.replicas))
             else:
@@ -429,6 +440,8 @@ class SupervisorCore:
         fo = _Failover("fencing", plan.epoch + 1, plan.leader, now_s)
         self.failovers[shard] = fo
         path = plan_path(shard)
+        reason, silent = why_failed(plan.leader, self.seen.get((shard, plan.leader)), plan.epoch, now_s)
+        self.watch.detected(shard, plan.epoch, plan.leader, reason, silent, now_s, self.wall_s)
         self.records.append(("supervisor.failover", {"shard": shard, "epoch": plan.epoch, "leader": plan.leader}))
         if self.bugs.promote_without_precondition:
             # Broken variant: no fencing round and no preconditions -- promote
@@ -471,6 +484,7 @@ class SupervisorCore:
         self.failovers[shard] = fo
         path = plan_path(shard)
         self.records.append(("supervisor.replace", {"shard": shard, "dead": dead[0], "spare": spare}))
+        self.watch.replaced(shard, dead[0], spare)
         fo.req_id = self._agency("replace", shard, Txn(
             (Mutation(path + "/epoch", "set", fo.epoch), Mutation(path + "/replicas", "set", list(new))),
             (Precondition(path + "/epoch", "equals", plan.epoch),)))
@@ -496,6 +510,7 @@ class SupervisorCore:
             if fo is not None:
                 if now_s - fo.started_s > 10 * self.grace_s:
                     del self.failovers[shard]  # give up this round; a later tick starts again
+                    self.watch.abandoned(shard, f"not done within {10 * self.grace_s:g} s ({fo.phase})")
                 elif fo.phase == "collecting" and now_s - fo.last_send_s >= 0.5:
                     self._send_fences(shard, fo, now_s)
                 continue
@@ -575,6 +590,7 @@ class Supervisor(ChorusActor):
         if msg.payload != ("tick", self.gen) or self.core is None:
             return
         self.send(self.boot.agency, StatusQuery())
+        self.core.wall_s = self.wall()
         self.core.tick(self.now())
         self._flush()
         self._arm()
@@ -624,6 +640,16 @@ class Supervisor(ChorusActor):
 
     on_CreateTopic = on_AlterTopic = on_DeleteTopic = _topic_request
 
+    def on_FailoverStatsQuery(self, msg: Any, sender: Any) -> None:
+        if self.core is None:
+            return
+        to, leader = msg.reply_to or sender, self.core.agency_leader
+        if msg.active_only and msg.reply_to is None and not self.core.active and leader in self.sup_addrs \
+                and leader != self.boot.node_id:
+            self.send(self.sup_addrs[leader], replace(msg, reply_to=to))
+            return
+        self.send(to, FailoverStatsReply(self.core.node, self.core.active, self.core.watch.stats(), msg.req_id))
+
     def on_NodesQuery(self, msg: Any, sender: Any) -> None:
         if self.core is not None:
             now = self.now()
@@ -659,3 +685,5 @@ class Supervisor(ChorusActor):
                     self.send(addr, m)
         for kind, fields in records:
             self.record(kind, **fields)
+        for level, text, fields in self.core.watch.take_logs():
+            self.log_event(level, text, **fields)

@@ -121,6 +121,9 @@ class ListenConfig:
     # users and permissions (runtime/authn.py): off here, on for every real node unless configured off
     auth: bool = False
     user_requests_per_s_max: float = 10_000.0  # per user on this node (binary requests and HTTP calls); 0: no limit
+    # GET /metrics needs a user (when auth is on); label sets per kind of series (runtime/metrics.py)
+    metrics_auth: bool = True
+    metrics_series_max: int = 200
 
 
 @dataclass(frozen=True)
@@ -185,6 +188,26 @@ class Routed(Brief):
 @dataclass(frozen=True)
 class NodesQuery:
     """Ask a Supervisor when it last heard from each node."""
+
+
+@dataclass(frozen=True)
+class FailoverStatsQuery:
+    """Ask a Supervisor for the failovers it ran (actors/failover_watch.py);
+    ``active_only``: a supervisor that is not the active one passes the
+    question on to the active one (the agency leader's), which answers
+    ``reply_to``."""
+
+    req_id: int = 0
+    active_only: bool = False
+    reply_to: Any = None
+
+
+@dataclass(frozen=True)
+class FailoverStatsReply:
+    node: str
+    active: bool  # this supervisor is the active one (its node leads the agency)
+    stats: Any  # FailoverWatch.stats(): counters, duration histogram, recent failovers (JSON-able)
+    req_id: int = 0
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,7 @@ from protocol.node import ListenConfig
 from protocol.users import denial
 from runtime.authn import Authenticator, Busy, filter_metadata, frame_needs
 from runtime.gateway import GatewayError, timed_out
+from runtime.latency import PENDING_MAX, LatencyHistogram
 
 log = logging.getLogger("chorus.bridge")
 _VISIBLE_TO = (MetadataResponse, Delivery)  # answers and pushes filtered by the user's roles
@@ -87,6 +88,7 @@ class _Conn(asyncio.Protocol):
         self.in_flight = 0
         self.in_flight_bytes = 0  # bytes of the requests posted and not yet answered
         self._sizes: dict[int, list[int]] = {}  # correlation id -> sizes of its requests not yet answered
+        self._started: dict[int, list[float]] = {}  # correlation id -> when its requests were read (latency)
         self._held: collections.deque = collections.deque()  # frames read while paused, served on resume
         self.paused = False
         self.closed = False
@@ -181,6 +183,8 @@ class _Conn(asyncio.Protocol):
         self.in_flight += 1
         self.in_flight_bytes += f.size
         self._sizes.setdefault(f.correlation_id, []).append(f.size)
+        if len(self._started) < PENDING_MAX:
+            self._started.setdefault(f.correlation_id, []).append(time.monotonic())
         if self._over() and not self.paused and self.transport:
             # Stop reading (and serving what was read): a client that
             # pipelines more than the bounds is slowed down, not buffered.
@@ -256,6 +260,11 @@ class _Conn(asyncio.Protocol):
 
     def answered(self, correlation_id: int) -> None:
         self.in_flight = max(0, self.in_flight - 1)
+        started = self._started.get(correlation_id)
+        if started:
+            self.bridge.latency.observe(time.monotonic() - started.pop())
+            if not started:
+                del self._started[correlation_id]
         sizes = self._sizes.get(correlation_id)
         if sizes:
             self.in_flight_bytes -= sizes.pop()
@@ -405,6 +414,13 @@ class IOBridge(LoopThread):
         self._runner: Any = None
         self._tls: list[Any] = []  # runtime.tls.TlsAcceptor of the client and HTTP ports, when TLS is on
         self.auth = Authenticator(enabled=cfg.auth, requests_per_s=cfg.user_requests_per_s_max)
+        self.latency = LatencyHistogram()  # binary requests, read to answered
+
+    def io_stats(self) -> dict:
+        """Connections and request latency of this I/O thread's ports (for /metrics)."""
+        http = len(self._runner.server.connections) if self._runner is not None and self._runner.server else 0
+        return {"connections": {"binary": len(self._conns), "http": http},
+                "latency": {"binary": self.latency.snapshot()}}
 
     # ------------------------------------------------------------ lifecycle
     def _started(self) -> None:
@@ -430,7 +446,8 @@ class IOBridge(LoopThread):
 
             gateway = self._gateway_factory(self) if self._gateway_factory else BridgeGateway(self)
             app = make_app(gateway, node_id=self.node_id, body_bytes_max=cfg.http_body_bytes_max,
-                           auth=self.auth if cfg.auth else None)
+                           auth=self.auth if cfg.auth else None, metrics_auth=cfg.metrics_auth and cfg.auth,
+                           metrics_series_max=cfg.metrics_series_max, io_stats=self.io_stats)
             self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
             await self._runner.setup()
             http = http_protocol_factory(self._runner.server, cfg.http_connections_max)
@@ -579,6 +596,9 @@ class BridgeGateway:
 
     async def directory(self) -> dict:
         return await self.bridge.call("directory", {})
+
+    async def metrics(self, scope: str = "node") -> dict:
+        return await self.bridge.call("metrics", {"scope": scope})
 
     async def promote_node(self, node_id: str) -> dict:
         return await self.bridge.call("promote_node", {"node_id": node_id})

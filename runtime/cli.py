@@ -260,6 +260,9 @@ def run(
     tls_self_signed: bool = typer.Option(False, "--tls-self-signed",
                                          help="TLS with a self-signed certificate for 127.0.0.1/localhost, made "
                                               "in DATA_DIR/tls on first use (needs openssl)"),
+    log_level: Optional[str] = typer.Option(None, "--log-level",
+                                            help="debug | info | warning | error: logfmt lines in "
+                                                 "DATA_DIR/logs/actors.log (and the node's stderr) [warning]"),
 ) -> None:
     """Run a node (or, with --nodes N, a local cluster) until Ctrl-C / SIGTERM.
 
@@ -275,7 +278,8 @@ def run(
                               cluster_secret_file=cluster_secret_file, cluster_host=cluster_host,
                               tls_cert_file=tls_cert_file, tls_key_file=tls_key_file, tls_ca_file=tls_ca_file,
                               tls_self_signed=True if tls_self_signed else None,
-                              initial_nodes=initial_nodes.split(",") if initial_nodes else None)
+                              initial_nodes=initial_nodes.split(",") if initial_nodes else None,
+                              log_level=log_level)
     except (OSError, ValueError) as exc:
         console.print(f"[red]configuration error:[/] {exc}")
         raise typer.Exit(2)
@@ -283,6 +287,9 @@ def run(
         from runtime.local_cluster import run_local_cluster
 
         raise typer.Exit(run_local_cluster(cfg, nodes))
+    from runtime.logfmt import configure_stderr
+
+    configure_stderr(cfg.log_level, cfg.node_id)
     try:
         code = run_node(cfg, say=lambda text: console.print(text, highlight=False))
     except SystemExit as exc:

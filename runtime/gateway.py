@@ -23,6 +23,10 @@ Shapes of what is returned (all keys always present):
                 "http": "127.0.0.1:7181", "last_seen_s": 0.1}, ...],
      "replicas": 6}                      # shard replicas on this node
 
+``metrics(scope)``: the snapshot behind ``/metrics`` (scope ``node``: the
+shards this node leads) and the dashboard (scope ``cluster``: every shard);
+see actors/dispatcher_metrics.py for its shape.
+
 ``directory()``: how nodes find each other's actors (see runtime/node.py)::
 
     {"cluster_id": "c-...", "nodes": [{"node_id", "client", "http", "admin",
@@ -104,6 +108,8 @@ class GatewayError(Exception):
 
 class Gateway(Protocol):
     async def status(self) -> dict: ...
+
+    async def metrics(self, scope: str = "node") -> dict: ...
 
     async def directory(self) -> dict: ...
 

@@ -13,6 +13,8 @@ from protocol.host import HostConfig
 from storage.rocks import RocksStore
 
 log = logging.getLogger("chorus")
+actor_log = logging.getLogger("chorus.actor")
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
 class ProductionHost:
@@ -24,6 +26,12 @@ class ProductionHost:
         self.rng = random.Random(seed)
         self.pid = os.getpid()
         self._stores: dict[str, RocksStore] = {}
+        # this process's loggers write to its Thespian logger process (actors.log), not
+        # to the launcher's stderr; every record names the node
+        from runtime.logfmt import adopt_forwarding, set_process_fields
+
+        adopt_forwarding()
+        set_process_fields(node=config.node_id)
         # Everything the process holds by now -- imported modules, the
         # transport's state, some 40,000 objects -- lives as long as the
         # process: keep it out of the collector's full passes, each of which
@@ -59,8 +67,20 @@ class ProductionHost:
         self._mqtt = MqttListener(listen).start()
         return self._mqtt
 
+    def serving(self, actor: str) -> None:
+        """The actor this process runs: every log line of the process names it."""
+        from runtime.logfmt import set_process_fields
+
+        set_process_fields(actor=actor)
+
     def record(self, kind: str, /, **fields: Any) -> None:
         log.debug("%s %s %s", self.node_id, kind, fields)
+
+    def log(self, level: str, msg: str, /, **fields: Any) -> None:
+        """One structured line (runtime/logfmt.py) in the node's actors.log."""
+        lvl = _LEVELS.get(level, logging.INFO)
+        if actor_log.isEnabledFor(lvl):
+            actor_log.log(lvl, "%s", msg, extra={"kv": {"node": self.node_id, **fields}})
 
     @property
     def records_wanted(self) -> bool:

@@ -36,7 +36,7 @@ from typing import Any, Awaitable, Callable
 from aiohttp import web
 
 from actors.query import LIMIT_DEFAULT, LIMIT_MAX, TOKEN_CHARS_MAX, QueryError, check_params
-from runtime import http_auth
+from runtime import http_auth, http_observe
 from runtime.gateway import Gateway, GatewayError, bad_request
 
 log = logging.getLogger("chorus.http")
@@ -573,7 +573,7 @@ def openapi_document() -> dict:
                  "description": "Cluster status, topics, produce and fetch on a Chorus node. "
                                 "Every error answers with the Error schema."},
         "servers": [{"url": "/"}],
-        "paths": paths,
+        "paths": {**paths, **http_observe.openapi_paths()},
         "components": {"schemas": SCHEMAS, "securitySchemes": http_auth.SECURITY_SCHEMES},
     }
 
@@ -667,20 +667,23 @@ def http_protocol_factory(server: Any, connections_max: int) -> Callable[[], asy
 
 
 def make_app(gateway: Gateway, *, node_id: str = "", body_bytes_max: int = 1 << 20,
-             auth: Any = None) -> web.Application:
+             auth: Any = None, metrics_auth: bool = True, metrics_series_max: int = 200,
+             io_stats: Callable[[], dict] | None = None) -> web.Application:
     """The aiohttp application serving :data:`ROUTES` in front of ``gateway``.
 
     ``node_id``, when given, is sent back in a ``Chorus-Node`` header on every
     response; request bodies larger than ``body_bytes_max`` get a 413.  With
     ``auth`` (a :class:`runtime.authn.Authenticator`) every route but the
-    open ones needs credentials and the role ``runtime/http_auth.py`` names."""
-    middlewares = [_errors_as_json] + ([http_auth.auth_middleware(auth)] if auth is not None else [])
+    open ones needs credentials and the role ``runtime/http_auth.py`` names.
+    ``/metrics`` and the dashboard: runtime/http_observe.py."""
+    middlewares = [http_observe.timed, _errors_as_json] + ([http_auth.auth_middleware(auth)] if auth is not None else [])
     app = web.Application(middlewares=middlewares, client_max_size=body_bytes_max)
     app[GATEWAY_KEY] = gateway
     app[http_auth.AUTH_KEY] = auth
     app[NODE_ID_KEY] = node_id
     for r in ROUTES:
         app.router.add_route(r.method, r.full_path, r.handler)
+    http_observe.register(app, metrics_auth=metrics_auth, series_max=metrics_series_max, io_stats=io_stats)
 
     async def _headers(request: web.Request, response: web.StreamResponse) -> None:
         response.headers["Server"] = f"chorus/{VERSION}"

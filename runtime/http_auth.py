@@ -72,6 +72,8 @@ ACCESS: dict[str, tuple[str, str]] = {
     "whoami": (USER, ""), "list_users": (ADMIN, ""), "create_user": (ADMIN, ""), "get_user": (ADMIN, ""),
     "delete_user": (ADMIN, ""), "set_password": (ADMIN, ""), "grant_role": (ADMIN, ""), "revoke_role": (ADMIN, ""),
     "create_token": (ADMIN, ""), "delete_token": (ADMIN, ""),
+    # runtime/http_observe.py: series of topics are filtered to the user's tenants
+    "metrics": (USER, ""), "metrics_open": (OPEN, ""), "dashboard_page": (USER, ""), "dashboard_data": (USER, ""),
 }
 
 

@@ -28,6 +28,7 @@ import asyncio
 import itertools
 import logging
 import socket
+import time
 from typing import Any
 
 from protocol.mqtt import (
@@ -48,6 +49,7 @@ from protocol.mqtt_cluster import MqttListenConfig
 from protocol.users import mqtt_allows
 from runtime.authn import Authenticator, Busy
 from runtime.bridge import Inbox, LoopThread
+from runtime.latency import LatencyHistogram
 
 log = logging.getLogger("chorus.mqtt")
 
@@ -68,6 +70,7 @@ class _Conn(asyncio.Protocol):
         # QoS 1/2 PUBLISHes received and not yet acknowledged (PUBACK / PUBREC
         # sent): packet id -> bytes; reading pauses at inflight_bytes_max
         self.unacked: dict[int, int] = {}
+        self.unacked_t: dict[int, float] = {}  # packet id -> when it was read (latency; bounded like unacked)
         self.in_flight_bytes = 0
         self.held = False  # paused for in-flight bytes (not for the listener's inbox)
         self._waiting: list = []  # packets read and not yet posted while held
@@ -209,6 +212,7 @@ class _Conn(asyncio.Protocol):
                 size = len(p.topic) + len(p.payload) + PUBLISH_OVERHEAD_BYTES
                 self.in_flight_bytes += size - self.unacked.get(p.packet_id, 0)  # a resend replaces
                 self.unacked[p.packet_id] = size
+                self.unacked_t.setdefault(p.packet_id, time.monotonic())
                 if self.in_flight_bytes >= cap and i + 1 < len(packets):
                     self._waiting = packets[i + 1:]
                     packets = packets[:i + 1]
@@ -225,6 +229,9 @@ class _Conn(asyncio.Protocol):
     def acked(self, packet_id: int) -> None:
         """The broker answered the client's PUBLISH ``packet_id``."""
         self.in_flight_bytes -= self.unacked.pop(packet_id, 0)
+        t0 = self.unacked_t.pop(packet_id, None)
+        if t0 is not None:
+            self.listener.latency.observe(time.monotonic() - t0)
 
     def maybe_resume(self) -> None:
         if not self.held or self.closed or self.in_flight_bytes >= self.listener.cfg.inflight_bytes_max:
@@ -269,6 +276,7 @@ class MqttListener(LoopThread):
         self._tls: Any = None  # runtime.tls.TlsAcceptor when TLS is on
         self.port = 0
         self.auth = Authenticator(enabled=cfg.auth, requests_per_s=cfg.user_publishes_per_s_max)
+        self.latency = LatencyHistogram()  # QoS 1/2 PUBLISH read to PUBACK/PUBREC written
 
     # ------------------------------------------------------------ lifecycle
     async def _listen(self) -> None:

@@ -51,6 +51,8 @@ from typing import Any, Callable
 from protocol.node import CAP_CLUSTER, CAP_HTTP, CAP_NODE, CONVENTION_CAPABILITY
 from protocol.shard import ShardTuning
 
+from runtime.logfmt import configure_stderr, log_defs  # noqa: E402
+
 log = logging.getLogger("chorus.node")
 
 DEFAULT_CLIENT_PORT = 7171
@@ -136,6 +138,10 @@ class NodeConfig:
     auth: bool = True
     user_requests_per_s_max: float = 10_000.0  # per user and node: binary requests and HTTP calls; 0: no limit
     user_mqtt_publishes_per_s_max: float = 100_000.0  # per user and node: MQTT PUBLISH packets; 0: no limit
+    # GET /metrics (runtime/metrics.py): whether it needs a user (only where auth is on; false: open like
+    # /api/v1/status), and the label sets per kind of series before the rest is summed as "_other"
+    metrics_auth: bool = True
+    metrics_series_max: int = 200
 
     @property
     def tls(self) -> bool:
@@ -203,6 +209,10 @@ class NodeConfig:
                                  f"got {self.cluster_host!r}") from None
         _validate_limits(self)
         _validate_tls(self)
+        if self.log_level.upper() not in LOG_LEVELS:
+            raise ValueError(f"log_level must be one of {', '.join(l.lower() for l in LOG_LEVELS)}, "
+                             f"got {self.log_level!r}")
+        self.log_level = self.log_level.upper()
         if not self.initial_nodes:
             self.initial_nodes = [self.node_id]
 
@@ -221,7 +231,11 @@ LIMITS = {
     "http_body_bytes_max": (1024, 1 << 30),
     "user_requests_per_s_max": (0, 1e9),  # 0: no limit
     "user_mqtt_publishes_per_s_max": (0, 1e9),
+    "metrics_series_max": (1, 100_000),
 }
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 def _validate_limits(cfg: NodeConfig) -> None:
@@ -449,7 +463,7 @@ class Node:
         before = set(_children_of(os.getpid()))
         self.asys = ActorSystem("multiprocTCPBase", {"Admin Port": cfg.admin_port, CAP_NODE: cfg.node_id,
                                                      CAP_CLUSTER: self.cluster_id},
-                                logDefs=_log_defs(data / "logs" / "actors.log", cfg.log_level),
+                                logDefs=log_defs(str(data / "logs" / "actors.log"), cfg.log_level.upper(), cfg.node_id),
                                 transientUnique=True)
         reap_new_children(before)
         self.host_cfg = HostConfig(cfg.node_id, str(data))
@@ -467,7 +481,8 @@ class Node:
                               http_connections_max=cfg.http_connections_max,
                               http_body_bytes_max=cfg.http_body_bytes_max,
                               tls_cert_file=cfg.tls_cert_file, tls_key_file=cfg.tls_key_file,
-                              auth=cfg.auth, user_requests_per_s_max=cfg.user_requests_per_s_max)
+                              auth=cfg.auth, user_requests_per_s_max=cfg.user_requests_per_s_max,
+                              metrics_auth=cfg.metrics_auth, metrics_series_max=cfg.metrics_series_max)
         boot = DispatcherBoot(cfg.node_id, self.cluster_id, self.addrs["node"], self.addrs["raft"],
                               self.addrs["supervisor"], listen, self.endpoints, self.host_cfg, VERSION)
         reply = self.asys.ask(self.addrs["dispatcher"], boot, 20)
@@ -842,16 +857,6 @@ def _rewrite_identity(cfg: NodeConfig, cluster_id: str) -> None:
     ident.write_text(json.dumps(doc))
 
 
-def _log_defs(path: Path, level: str) -> dict:
-    return {
-        "version": 1,
-        "formatters": {"plain": {"format": "%(asctime)s %(process)d %(name)s %(levelname)s %(message)s"}},
-        "handlers": {"file": {"class": "logging.FileHandler", "filename": str(path), "formatter": "plain",
-                              "level": level}},
-        "root": {"handlers": ["file"], "level": level},
-    }
-
-
 def run_node(cfg: NodeConfig, say: Callable[[str], None] = print) -> int:
     """Start a node, serve until SIGTERM/SIGINT, shut down cleanly."""
     node = Node(cfg, on_status=say)
@@ -885,8 +890,9 @@ def from_json(text: str) -> NodeConfig:
 
 
 def _main() -> None:  # `python -m runtime.node '<json config>'`, used by `run --nodes N`
-    logging.basicConfig(level=logging.WARNING)
-    sys.exit(run_node(from_json(sys.argv[1]), say=lambda t: print(t, flush=True)))
+    cfg = from_json(sys.argv[1])
+    configure_stderr(cfg.log_level, cfg.node_id)
+    sys.exit(run_node(cfg, say=lambda t: print(t, flush=True)))
 
 
 if __name__ == "__main__":

@@ -255,6 +255,19 @@ class RealCluster:
         except urllib.error.HTTPError as e:
             return e.code, json.loads(e.read() or b"{}")
 
+    def http_raw(self, nid: str, path: str, timeout_s: float = 20, auth: bool = True) -> tuple[int, dict, bytes]:
+        """GET any path of a node's HTTP port (``/metrics``, ``/``): status, headers, body."""
+        from runtime.tls import urlopen
+
+        scheme = "https" if self.cfgs[nid].tls else "http"
+        req = urllib.request.Request(f"{scheme}://127.0.0.1:{self.cfgs[nid].http_port}{path}",
+                                     headers=self.auth_headers() if auth else {})
+        try:
+            with urlopen(req, timeout=timeout_s, context=self._ssl(nid)) as r:
+                return r.status, dict(r.headers), r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, dict(e.headers), e.read()
+
     def mqtt(self, nid: str) -> tuple[str, int]:
         return "127.0.0.1", self.cfgs[nid].mqtt_port
 

@@ -125,6 +125,14 @@ class SimHost:
     def record(self, kind: str, /, **fields: Any) -> None:
         self._world._record(self.node_id, self.actor, kind, fields)
 
+    def log(self, level: str, msg: str, /, **fields: Any) -> None:
+        """Actors' log lines go to the ``chorus.sim`` logger, outside the
+        trace (so they never change a run's hash), stamped with virtual time."""
+        lg = logging.getLogger("chorus.sim")
+        lvl = logging.getLevelName(level.upper())
+        if isinstance(lvl, int) and lg.isEnabledFor(lvl):
+            lg.log(lvl, "%s", msg, extra={"kv": {"node": self.node_id, "t_us": self._world._now_us, **fields}})
+
     def __repr__(self) -> str:
         return f"<SimHost {self.actor} inc={self._incarnation}>"
 
