@@ -20,6 +20,7 @@ from protocol.query import QueryShard, QueryShardReply
 from protocol.shard import (
     Assign,
     Fence,
+    Handover,
     Produce,
     ProduceReply,
     Push,
@@ -63,8 +64,11 @@ class ShardReplica(ChorusActor):
         self.meta = self.open_store(f"shard/{msg.shard}.meta")
         raw = self.meta.get(b"epoch")
         epoch = int(raw) if raw else 0
+        ho = (self.meta.get(b"handover") or b"").decode()
+        handover = (int(ho.split(":", 1)[0]), ho.split(":", 1)[1]) if ":" in ho else None
         self.log = ShardLog(self.open_store(f"shard/{msg.shard}"))
-        self.core = ShardCore(msg.shard, msg.node_id, self.log, tuning, epoch=epoch, replicas=msg.replicas)
+        self.core = ShardCore(msg.shard, msg.node_id, self.log, tuning, epoch=epoch, replicas=msg.replicas,
+                              handover=handover)
         self.supervisors = tuple(msg.supervisors)
         self.subs = ShardSubscriptions(msg.shard)
         self.record("shard.boot", shard=msg.shard, node=msg.node_id, epoch=epoch, end=self.log.end_offset)
@@ -109,7 +113,8 @@ class ShardReplica(ChorusActor):
 
     def _report(self) -> None:
         c = self.core
-        st = ReplicaState(c.shard, c.id, c.epoch, c.role, c.leader, self.log.last_epoch, self.log.end_offset, c.hw)
+        st = ReplicaState(c.shard, c.id, c.epoch, c.role, c.leader, self.log.last_epoch, self.log.end_offset, c.hw,
+                          c.epoch_start, c.handing_over)
         for addr in self.supervisors:
             self.send(addr, st)
 
@@ -134,8 +139,12 @@ class ShardReplica(ChorusActor):
     def _handle_ready(self, rd: Any) -> None:
         if rd.flush_after_s is not None:
             self.set_timer(rd.flush_after_s, "flush")
-        if rd.persist_epoch is not None:
-            self.meta.put(b"epoch", str(rd.persist_epoch).encode())
+        if rd.persist_epoch is not None or rd.persist_handover is not None:
+            if rd.persist_epoch is not None:
+                self.meta.put(b"epoch", str(rd.persist_epoch).encode())
+            if rd.persist_handover is not None:
+                e, to = rd.persist_handover
+                self.meta.put(b"handover", f"{e}:{to}".encode() if to else b"")
             self.meta.sync()
         for m in rd.messages:
             addr = self.addrs.get(m.to)
@@ -175,6 +184,12 @@ class ShardReplica(ChorusActor):
     def on_Assign(self, msg: Assign, sender: Any) -> None:
         if self.core is not None:
             self._handle(self.core.assign(msg, self.now()))
+
+    def on_Handover(self, msg: Handover, sender: Any) -> None:
+        if self.core is not None:
+            if msg.reply_to is None:
+                msg = Handover(msg.shard, msg.epoch, msg.to, sender)
+            self._handle(self.core.handover(msg))
 
     def on_ReadShard(self, msg: ReadShard, sender: Any) -> None:
         to = msg.reply_to or sender
