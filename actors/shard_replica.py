@@ -167,26 +167,32 @@ class ShardReplica(ChorusActor):
         self._handle(self.core.produce(msg, self.now()))
 
     def on_Push(self, msg: Push, sender: Any) -> None:
-        if self.core is not None:
+        if self._mine(msg):
             self.addrs.setdefault(msg.frm, sender)
             self._handle(self.core.on_push(msg, self.now()))
 
     def on_PushAck(self, msg: PushAck, sender: Any) -> None:
-        if self.core is not None:
+        if self._mine(msg):
             self._handle(self.core.on_ack(msg, self.now()))
 
     def on_Fence(self, msg: Fence, sender: Any) -> None:
-        if self.core is not None:
+        if self._mine(msg):
             if msg.reply_to is None:
                 msg = Fence(msg.shard, msg.epoch, sender)
             self._handle(self.core.fence(msg))
 
     def on_Assign(self, msg: Assign, sender: Any) -> None:
-        if self.core is not None:
+        if self._mine(msg):
             self._handle(self.core.assign(msg, self.now()))
 
+    def _mine(self, msg: Any) -> bool:
+        """A message for this shard: after a node restart its replicas may
+        come back at addresses that held another shard's replica before, and
+        a sender with an old address must not steer this one."""
+        return self.core is not None and msg.shard == self.core.shard
+
     def on_Handover(self, msg: Handover, sender: Any) -> None:
-        if self.core is not None:
+        if self._mine(msg):
             if msg.reply_to is None:
                 msg = Handover(msg.shard, msg.epoch, msg.to, sender)
             self._handle(self.core.handover(msg))

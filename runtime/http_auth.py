@@ -72,6 +72,7 @@ ACCESS: dict[str, tuple[str, str]] = {
     "whoami": (USER, ""), "list_users": (ADMIN, ""), "create_user": (ADMIN, ""), "get_user": (ADMIN, ""),
     "delete_user": (ADMIN, ""), "set_password": (ADMIN, ""), "grant_role": (ADMIN, ""), "revoke_role": (ADMIN, ""),
     "create_token": (ADMIN, ""), "delete_token": (ADMIN, ""),
+    "move_shard": (ADMIN, ""), "list_moves": (ADMIN, ""), "drain_node": (ADMIN, ""), "remove_node": (ADMIN, ""),
 }
 
 

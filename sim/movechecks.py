@@ -8,6 +8,12 @@
   durability checks judge it after the heal).  A move that takes the
   source out before the target caught up leaves acknowledged writes on a
   minority: caught here even when no later crash turns it into a loss.
+* ``moves_in_sync`` -- when a move takes its source out, the target (if
+  its node is up) holds every record acknowledged at ``quorum``/``all``
+  more than ``IN_SYNC_LAG_S`` before: the shard keeps as many in-sync
+  replicas as before the move.  (A source removed while its target still
+  copies leaves the shard one in-sync replica short for as long as the
+  copy takes, which no durability check sees unless another crash hits.)
 * ``moves_settled`` -- after the heal every move finished or was rolled
   back (with a reason), no shard keeps a learner, every shard has exactly
   its replication factor of voting replicas, and a draining node holds no
@@ -33,13 +39,18 @@ class Observed(list):
         self.fn(r)
 
 
+IN_SYNC_LAG_S = 3.0  # more than the supervisor's oldest usable report (2 x grace) plus a transaction
+
+
 class MoveProbe:
     """Judges ``moves_keep_majority`` at the moment a step is recorded."""
 
     def __init__(self, replica_log: Callable[[str, str], list[bytes] | None]) -> None:
         self.replica_log = replica_log  # (shard, node) -> batches, None if the node is down
         self.acked: dict[str, list[bytes]] = {}
+        self.acked_t: dict[str, list[float]] = {}
         self.violations: list[Violation] = []
+        self.lagging: list[Violation] = []
         self.checked = 0
 
     def __call__(self, r: Record) -> None:
@@ -48,6 +59,7 @@ class MoveProbe:
             if f["status"] == "ok" and f["level"] in ("quorum", "all") and not f.get("duplicate"):
                 self.acked.setdefault(f["shard"], []).extend(
                     f"{f['producer']}|{f['shard']}|{f['seq'] + i}".encode() for i in range(f["count"]))
+                self.acked_t.setdefault(f["shard"], []).extend([r.t] * f["count"])
         elif r.kind in ("move.done", "move.rolled_back") and "replicas" in r.fields:
             self._check(r)
 
@@ -59,6 +71,18 @@ class MoveProbe:
             batches = self.replica_log(shard, n)
             holders.append(None if batches is None else {p for _o, p in decode_log(batches)})
         self.checked += 1
+        to = r.fields.get("to")
+        if r.kind == "move.done" and to in voters:
+            h = holders[voters.index(to)]
+            acked = self.acked.get(shard, [])
+            old = [p for p, t in zip(acked, self.acked_t.get(shard, [])) if t <= r.t - IN_SYNC_LAG_S]
+            missing = [p for p in old if h is not None and p not in h]
+            if missing:
+                self.lagging.append(Violation(
+                    "moves_in_sync",
+                    f"t={r.t:.3f}s shard {shard}: source {r.fields.get('from')} removed while target {to} lacks "
+                    f"{len(missing)} record(s) acknowledged over {IN_SYNC_LAG_S:.0f} s before, e.g. "
+                    f"{missing[0].decode()}", {"shard": shard}))
         for p in self.acked.get(shard, []):
             count = sum(1 for h in holders if h is None or p in h)
             if count < need:

@@ -109,7 +109,7 @@ class Harness:
         self.leader_crashes: list[tuple[float, str, list[str]]] = []
         if scn.data is not None:
             self._build_data_plane(scn, addrs)
-            if "moves_keep_majority" in scn.checks:
+            if "moves_keep_majority" in scn.checks or "moves_in_sync" in scn.checks:
                 from sim.movechecks import MoveProbe, Observed
 
                 self.move_probe = MoveProbe(self._replica_log)
@@ -689,6 +689,9 @@ def judge_data(h: Harness, scn: Scenario, checks: set[str]) -> dict[str, list[Vi
         probe = getattr(h, "move_probe", None)
         out["moves_keep_majority"] = probe.violations[:20] if probe else []
         stats["move_steps_checked"] = probe.checked if probe else 0
+    if "moves_in_sync" in checks:
+        probe = getattr(h, "move_probe", None)
+        out["moves_in_sync"] = probe.lagging[:20] if probe else []
     if "moves_settled" in checks:
         from protocol.agency import Read
         from sim.movechecks import check_settled

@@ -77,7 +77,7 @@ CHECKS = (
 DATA_CHECKS = (
     "acked_writes_durable", "no_duplicates", "shard_order", "replicas_identical", "offsets_unique",
     "data_liveness", "delivered_to_subscriptions", "delivery_order", "hinted_writes_delivered",
-    "query_exact", "moves_settled", "moves_keep_majority",
+    "query_exact", "moves_settled", "moves_keep_majority", "moves_in_sync",
 )
 MQTT_CHECKS = (
     "mqtt_at_least_once", "mqtt_exactly_once", "mqtt_single_session", "mqtt_order", "mqtt_routes_converge", "mqtt_retained_converge",
