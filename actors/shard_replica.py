@@ -52,6 +52,7 @@ class ShardReplica(ChorusActor):
         self.leading = False
         self.lead_epoch = 0
         self.last_hw = -1
+        self.resumed: tuple[int, int] | None = None
 
     def on_ShardBoot(self, msg: ShardBoot, sender: Any) -> None:
         for node, addr in msg.addresses:
@@ -72,6 +73,9 @@ class ShardReplica(ChorusActor):
         self.supervisors = tuple(msg.supervisors)
         self.subs = ShardSubscriptions(msg.shard)
         self.record("shard.boot", shard=msg.shard, node=msg.node_id, epoch=epoch, end=self.log.end_offset)
+        # resuming the leadership of an epoch this replica led before the
+        # restart: its subscriptions may deliver again what it delivered then
+        self.resumed = (epoch, self.log.end_offset) if self.log.last_epoch == epoch else None
         self._handle(self.core.resume(msg.epoch, msg.leader, msg.replicas, self.now()))
         self._arm()
 
@@ -123,7 +127,8 @@ class ShardReplica(ChorusActor):
         c = self.core
         leading = c.role == "leader"
         if leading and (not self.leading or c.epoch != self.lead_epoch):
-            self.subs.reset(c.all_batches(), c.epoch)
+            again = self.resumed[1] if self.resumed and self.resumed[0] == c.epoch else -1
+            self.subs.reset(c.all_batches(), c.epoch, again)
         elif not leading and self.leading:
             self.subs.reset([])
         self.leading, self.lead_epoch = leading, c.epoch

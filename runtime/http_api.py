@@ -395,6 +395,7 @@ ROUTES: tuple[Route, ...] = (
           path_doc={"node_id": "The node's id; it must be a live agency learner."}),
     Route("POST", "/nodes/{node_id}/drain", drain_node, "Move every replica and leadership off a node "
           "(?cancel=true stops draining)", "cluster", {"type": "object"}, status=202, errors=(404, 409, 503),
+          query=(Param("cancel", {"type": "boolean", "default": False}, "stop draining (moves under way finish)"),),
           path_doc={"node_id": "The node's id."}),
     Route("DELETE", "/nodes/{node_id}", remove_node, "Remove a drained node from the cluster and the agency",
           "cluster", {"type": "object"}, errors=(404, 409, 503), path_doc={"node_id": "The node's id."}),

@@ -5,6 +5,7 @@ drained and removed.  No acknowledged record is lost and the consumer
 reads every one.  Every process is started here and stopped here, by PID."""
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -40,7 +41,7 @@ def _move(c: RealCluster, via: str, shard: str) -> dict | None:
 
 
 def test_move_the_leader_to_a_joined_node_drain_and_remove_it_under_quorum_writes(tmp_path) -> None:
-    c = RealCluster(tmp_path, n=3)
+    c = RealCluster(tmp_path, n=3, log_level=os.environ.get("CHORUS_TEST_LOG_LEVEL", "WARNING"))
     consumed = threading.Event()
     sent: list[bytes] = []
     futures: list = []
@@ -107,7 +108,7 @@ def test_move_the_leader_to_a_joined_node_drain_and_remove_it_under_quorum_write
         # 2. drain the new node: its replica (and the leadership) moves off it
         status, body = c.call(via, "POST", "/nodes/n4/drain")
         assert status == 202, body
-        _wait("n4 drained", lambda: (_moves(c, via) or {"replicas": {"n4": -1}})["replicas"].get("n4", 0) == 0 and
+        _wait("n4 drained", lambda: print(_moves(c, via), c.get(via, "/shards"), flush=True) or (_moves(c, via) or {"replicas": {"n4": -1}})["replicas"].get("n4", 0) == 0 and
               (lambda m: m and m["phase"] == "done" and m["from"] == "n4")(_move(c, via, shard)))
         s = c.wait_leaders(via, TOPIC)[0]
         assert "n4" not in s["replicas"] and s["leader"] != "n4" and len(s["replicas"]) == 3, s
