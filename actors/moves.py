@@ -44,6 +44,7 @@ from protocol.node import MoveReply, RequestDrain, RequestMove
 from protocol.shard import Assign, Handover, HandoverReady
 
 MOVES_ROOT = "/chorus/moves"
+REPLICA_BOOT_S = 3.0  # as the supervisor's: a new replica's node reads the plan, then starts it
 DRAIN_ROOT = "/chorus/drain"
 ACTIVE = ("requested", "learning", "joined")
 HANDOVER_RESEND_S = 0.5
@@ -284,11 +285,14 @@ class MoveCore:
         self._drain(now_s)
 
     def _target_lost(self, mv: dict, now_s: float) -> bool:
+        """The target's replica has not reported for ``replace_after_s``
+        (counted from the phase's start at the earliest): its node is down,
+        or the replica does not come up there."""
         sup = self.sup
         since = self.phase_since.get(mv["shard"], ("", now_s))[1]
-        heard = sup.node_seen.get(mv["to"])
-        last = heard if heard is not None else since
-        return now_s - max(last, since) > sup.replace_after_s
+        seen = sup.seen.get((mv["shard"], mv["to"]))
+        last = seen[0] if seen is not None else since
+        return now_s - max(last, since) > max(sup.replace_after_s, 2 * REPLICA_BOOT_S)
 
     def _requested(self, shard: str, mv: dict, plan: Any, now_s: float) -> None:
         from actors.supervisor import Plan
@@ -321,8 +325,8 @@ class MoveCore:
         if to not in plan.learners:
             self._roll_back(shard, mv, plan, "the plan lost the learner", now_s)
             return
-        if self._target_lost(mv, now_s) and not self.sup._alive(to, now_s, self.sup.replace_after_s):
-            self._roll_back(shard, mv, plan, f"target {to} went silent while copying", now_s)
+        if self._target_lost(mv, now_s):
+            self._roll_back(shard, mv, plan, f"target {to}'s replica went silent while copying", now_s)
             return
         if not self.sup.bugs.move_remove_before_sync:
             lead = self._state(shard, plan.leader, plan.epoch, now_s) if plan.leader else None
@@ -345,10 +349,10 @@ class MoveCore:
         if not plan.leader:
             return
         bugs = self.sup.bugs
-        if self._target_lost(mv, now_s) and not self.sup._alive(to, now_s, self.sup.replace_after_s):
+        if self._target_lost(mv, now_s):
             if plan.leader == to:
                 return  # the target leads: a failover, not a roll-back, handles it
-            self._roll_back(shard, mv, plan, f"target {to} went silent after joining", now_s)
+            self._roll_back(shard, mv, plan, f"target {to}'s replica went silent after joining", now_s)
             return
         lead = self._state(shard, plan.leader, plan.epoch, now_s)
         st = self._state(shard, to, plan.epoch, now_s)

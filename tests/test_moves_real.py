@@ -108,8 +108,11 @@ def test_move_the_leader_to_a_joined_node_drain_and_remove_it_under_quorum_write
         # 2. drain the new node: its replica (and the leadership) moves off it
         status, body = c.call(via, "POST", "/nodes/n4/drain")
         assert status == 202, body
-        _wait("n4 drained", lambda: print(_moves(c, via), c.get(via, "/shards"), flush=True) or (_moves(c, via) or {"replicas": {"n4": -1}})["replicas"].get("n4", 0) == 0 and
-              (lambda m: m and m["phase"] == "done" and m["from"] == "n4")(_move(c, via, shard)))
+        try:
+            _wait("n4 drained", lambda: (_moves(c, via) or {"replicas": {"n4": -1}})["replicas"].get("n4", 0) == 0 and
+                  (lambda m: m and m["phase"] == "done" and m["from"] == "n4")(_move(c, via, shard)))
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; moves {_moves(c, via)}; shards {c.get(via, '/shards')}") from None
         s = c.wait_leaders(via, TOPIC)[0]
         assert "n4" not in s["replicas"] and s["leader"] != "n4" and len(s["replicas"]) == 3, s
         # nothing new is placed on a draining node
@@ -123,9 +126,7 @@ def test_move_the_leader_to_a_joined_node_drain_and_remove_it_under_quorum_write
         st = c.get(via, "/status")
         assert "n4" not in st["agency"]["voters"] + st["agency"]["learners"]
         time.sleep(1.0)
-    finally:
         stop.set()
-    try:
         t.join(120)
         assert not t.is_alive()
         errors = []
@@ -144,5 +145,6 @@ def test_move_the_leader_to_a_joined_node_drain_and_remove_it_under_quorum_write
         tc.join(60)
         assert sorted(got.values()) == sent
     finally:
+        stop.set()
         consumed.set()
         assert c.stop_all() == []
