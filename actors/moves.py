@@ -48,6 +48,11 @@ REPLICA_BOOT_S = 3.0  # as the supervisor's: a new replica's node reads the plan
 DRAIN_ROOT = "/chorus/drain"
 ACTIVE = ("requested", "learning", "joined")
 HANDOVER_RESEND_S = 0.5
+# The target keeps up when it holds what the leader had committed this long
+# ago: under steady writes the two reports are never taken at the same time,
+# so "at the leader's watermark now" would be a matter of luck.
+KEEP_UP_S = 0.5
+MARKS_MAX = 64
 
 
 def move_path(shard: str) -> str:
@@ -89,6 +94,7 @@ class MoveCore:
         self.ready: dict[str, int] = {}  # shard -> epoch whose leader said HandoverReady
         self.last_handover: dict[str, float] = {}
         self.phase_since: dict[str, tuple[str, float]] = {}
+        self.marks: dict[tuple[str, int], list[tuple[float, int]]] = {}  # (shard, epoch) -> (time, leader hw)
 
     # ------------------------------------------------------------ loading
     def reload(self) -> None:
@@ -255,6 +261,19 @@ class MoveCore:
             return None
         return seen[1]
 
+    def _keeps_up(self, shard: str, epoch: int, lead: Any, st: Any, now_s: float) -> bool:
+        """``st`` (the target) holds what ``lead`` had committed in this
+        epoch ``KEEP_UP_S`` ago (or now, if it is at the watermark)."""
+        for k in [k for k in self.marks if k[0] == shard and k[1] != epoch]:
+            del self.marks[k]  # bounded: one epoch per shard
+        marks = self.marks.setdefault((shard, epoch), [])
+        if not marks or marks[-1][1] != lead.hw:
+            marks.append((now_s, lead.hw))
+            del marks[:-MARKS_MAX]
+        old = [hw for t, hw in marks if t <= now_s - KEEP_UP_S]
+        target = old[-1] if old else lead.hw
+        return st.end >= min(target, lead.hw) and (st.end >= lead.hw or bool(old))
+
     def _roll_back(self, shard: str, mv: dict, plan: Any, reason: str, now_s: float) -> None:
         from actors.supervisor import Plan
 
@@ -331,7 +350,8 @@ class MoveCore:
         if not self.sup.bugs.move_remove_before_sync:
             lead = self._state(shard, plan.leader, plan.epoch, now_s) if plan.leader else None
             st = self._state(shard, to, plan.epoch, now_s)
-            if lead is None or st is None or lead.role != "leader" or st.end < lead.hw:
+            if lead is None or st is None or lead.role != "leader" or not self._keeps_up(shard, plan.epoch, lead, st,
+                                                                                         now_s):
                 return
         new = Plan(plan.epoch + 1, plan.leader, plan.replicas + (to,), ())
         self._step(shard, mv, {**mv, "phase": "joined", "epoch": new.epoch}, new, "joined")
@@ -357,7 +377,8 @@ class MoveCore:
         lead = self._state(shard, plan.leader, plan.epoch, now_s)
         st = self._state(shard, to, plan.epoch, now_s)
         caught_up = (lead is not None and st is not None and lead.role == "leader"
-                     and lead.hw > lead.epoch_start and st.end >= lead.hw)
+                     and lead.hw > lead.epoch_start and st.end > lead.epoch_start
+                     and self._keeps_up(shard, plan.epoch, lead, st, now_s))
         if not caught_up and not bugs.move_remove_before_sync:
             return
         if plan.leader == frm:

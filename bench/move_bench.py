@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-from runtime.client import Producer
-from runtime.realcluster import RealCluster
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from runtime.client import Producer  # noqa: E402
+from runtime.realcluster import RealCluster  # noqa: E402
 
 TOPIC = "acme/bench/ops/move"
 
