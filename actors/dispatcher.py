@@ -43,6 +43,7 @@ from actors.base import ChorusActor
 from actors.dispatcher_handoff import DispatcherHandoff
 from actors.dispatcher_metrics import DispatcherMetrics
 from actors.dispatcher_mqtt import DispatcherMqtt
+from actors.dispatcher_moves import DispatcherMoves
 from actors.dispatcher_query import DispatcherQuery
 from actors.dispatcher_users import DispatcherUsers
 from actors.supervisor import PLAN_ROOT, walk_plans
@@ -176,7 +177,8 @@ class _Sub:
         self.last_sent = -1e9
 
 
-class Dispatcher(ChorusActor, DispatcherMqtt, DispatcherUsers, DispatcherHandoff, DispatcherQuery, DispatcherMetrics):
+class Dispatcher(ChorusActor, DispatcherMqtt, DispatcherUsers, DispatcherHandoff, DispatcherQuery,
+                 DispatcherMetrics, DispatcherMoves):
     def __init__(self) -> None:
         super().__init__()
         self.boot: DispatcherBoot | None = None
@@ -1002,6 +1004,7 @@ class Dispatcher(ChorusActor, DispatcherMqtt, DispatcherUsers, DispatcherHandoff
                 leader = plan.get("leader") or ""
                 out.append({"shard": shard, "topic": t, "index": int(idx), "leader": leader,
                             "epoch": int(plan.get("epoch", 0)), "replicas": list(plan.get("replicas", ())),
+                            "learners": list(plan.get("learners", ())),
                             "in_sync": list(st.get("in_sync", ())) if st.get("role") == "leader" else [],
                             "high_watermark": st.get("hw"), "end_offset": st.get("end"),
                             "state": "ok" if leader and st.get("role") == "leader" else

@@ -112,11 +112,14 @@ class NodeActor(ChorusActor, NodeHandoff):
         self.revision = revision
         plans = dict(walk_plans(msg.result["values"][0] or {}))
         self.plans = plans
+        me = self.boot.node_id
         for shard, plan in plans.items():
-            if self.boot.node_id in plan.get("replicas", ()) and shard not in self.local:
+            if (me in plan.get("replicas", ()) or me in plan.get("learners", ())) and shard not in self.local:
                 self._create(shard, plan)
-        for shard in [s for s in self.local if s not in plans]:
-            # the topic was deleted: stop the replica (its data stays on disk)
+        for shard in [s for s in self.local if s not in plans or (me not in plans[s].get("replicas", ())
+                                                                  and me not in plans[s].get("learners", ()))]:
+            # the topic was deleted, or a move took the replica away: stop
+            # the replica (its data stays on disk)
             self.send(self.local.pop(shard), ActorExitRequest())
             self.known.pop((shard, self.boot.node_id), None)
             self.record("node.replica_stopped", node=self.boot.node_id, shard=shard)

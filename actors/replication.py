@@ -51,6 +51,8 @@ from protocol.records import CONTROL_HEADER, Record, decode_batch, encode_batch,
 from protocol.shard import (
     Assign,
     Fence,
+    Handover,
+    HandoverReady,
     Position,
     Produce,
     ProduceReply,
@@ -68,6 +70,7 @@ FENCED = "fenced"
 @dataclass
 class ShardReady:
     persist_epoch: int | None = None
+    persist_handover: tuple[int, str] | None = None  # (epoch, target); (0, "") clears it
     flush_after_s: float | None = None  # group commit: call flush() after this delay
     messages: list[Any] = field(default_factory=list)  # replica-to-replica (have .to)
     replies: list[tuple[Any, Any]] = field(default_factory=list)  # (reply_to, message)
@@ -111,6 +114,7 @@ class ShardCore:
         *,
         epoch: int = 0,
         replicas: tuple[str, ...] = (),
+        handover: tuple[int, str] | None = None,
     ) -> None:
         self.shard = shard
         self.id = node_id
@@ -119,6 +123,13 @@ class ShardCore:
         self.bugs = self.tuning.bugs
         self.epoch = epoch
         self.replicas = tuple(replicas)
+        self.learners: tuple[str, ...] = ()  # copy the log, never counted (a move's target)
+        # a leader frozen for a move hands its epoch to this node (persisted:
+        # a restart must not let it append in the epoch again)
+        self.handing_over = handover[1] if handover and handover[0] == epoch else ""
+        self.handover_reply_to: Any = None
+        self.move_tokens = 0.0  # bytes a learner may be pushed now (refilled at move_bytes_per_s)
+        self.move_refill_s: float | None = None
         self.role = FENCED
         self.leader: str | None = None
         self.hw = 0
@@ -154,6 +165,13 @@ class ShardCore:
         if epoch > self.epoch:
             self.epoch = epoch
             self._ready.persist_epoch = epoch
+            if self.handing_over:
+                self._end_handover()
+
+    def _end_handover(self) -> None:
+        self.handing_over = ""
+        self.handover_reply_to = None
+        self._ready.persist_handover = (0, "")
 
     def _rebuild_producers(self) -> None:
         self.producers = {}
@@ -213,6 +231,7 @@ class ShardCore:
             return self._take()  # duplicate
         self._adopt_epoch(m.epoch)
         self.replicas = tuple(m.replicas)
+        self.learners = tuple(n for n in m.learners if n not in self.replicas)
         self.leader = m.leader
         if m.leader == self.id:
             self._become_leader(now_s)
@@ -246,7 +265,7 @@ class ShardCore:
             self.epoch_start = self.log.end_of_epoch(self.epoch - 1)
         self.followers = {
             n: _Follower(next=self.epoch_start, last_ack_s=now_s, last_progress_s=now_s)
-            for n in self.replicas if n != self.id
+            for n in self.replicas + self.learners if n != self.id
         }
         self.in_sync = tuple(sorted(self.replicas))
         self._rebuild_producers()
@@ -271,6 +290,11 @@ class ShardCore:
         if self.role != LEADER:
             self._reply(m.reply_to, ProduceReply(self.shard, m.client, m.req_id, "fail", leader=self.leader,
                                                  epoch=self.epoch, error="not the leader"))
+            return self._take()
+        if self.handing_over:
+            self._reply(m.reply_to, ProduceReply(self.shard, m.client, m.req_id, "fail", leader=None,
+                                                 epoch=self.epoch,
+                                                 error=f"leadership moving to {self.handing_over}; retry"))
             return self._take()
         if len(self.waiters) >= self.tuning.pending_max:
             self._reply(m.reply_to, ProduceReply(self.shard, m.client, m.req_id, "fail", leader=self.id,
@@ -356,7 +380,8 @@ class ShardCore:
         # all: every in-sync replica, and never weaker than quorum
         if self.hw < w.end:
             return False
-        return all(self.followers[n].acked >= w.end for n in self.in_sync if n in self.followers)
+        return all(self.followers[n].acked >= w.end for n in self.in_sync
+                   if n in self.followers and n in self.replicas)
 
     # -------------------------------------------------------- replication
     def _push(self, node: str) -> None:
@@ -367,6 +392,12 @@ class ShardCore:
         start = self._batch_start_at_or_below(f.next)
         batches = self.log.read(start, self.tuning.push_bytes_max, max_offset=synced - 1)[
             : self.tuning.push_batches_max]
+        if node in self.learners:
+            # a move's copy is rate-limited: at most move_bytes_per_s (a
+            # first push may overdraw; the budget goes negative and waits)
+            if self.move_tokens <= 0:
+                return
+            self.move_tokens -= sum(len(b) for b in batches)
         if not batches:
             return
         last = read_header(batches[-1])
@@ -452,12 +483,14 @@ class ShardCore:
                 f.last_progress_s = now_s
             if f.next < f.acked:
                 f.next = f.acked
-            if m.frm not in self.in_sync and f.acked >= self.log.end_offset:
+            if m.frm not in self.in_sync and m.frm in self.replicas and f.acked >= self.log.end_offset:
                 self.in_sync = tuple(sorted(self.in_sync + (m.frm,)))
                 self._record("shard.isr", shard=self.shard, node=self.id, epoch=self.epoch, in_sync=self.in_sync)
             self._advance_hw()
             self._resolve_waiters(now_s)
             self._push(m.frm)
+            if self.handing_over == m.frm:
+                self._handover_check()
         else:
             if m.prev_end <= f.acked:
                 return self._take()  # stale: the follower matched beyond that push since
@@ -482,7 +515,8 @@ class ShardCore:
         if self.bugs.hw_before_quorum:
             self.hw = max(self.hw, self.log.synced_offset)
             return
-        ends = sorted([self.log.synced_offset] + [f.acked for f in self.followers.values()], reverse=True)
+        ends = sorted([self.log.synced_offset] + [f.acked for n, f in self.followers.items() if n in self.replicas],
+                      reverse=True)
         cand = ends[self.majority() - 1] if len(ends) >= self.majority() else 0
         if cand > self.epoch_start and cand > self.hw:
             self.hw = cand
@@ -493,6 +527,7 @@ class ShardCore:
         if self.flush_armed:
             self._flush(now_s)  # safety net: a lost flush timer never strands writes
         if self.role == LEADER:
+            self._refill_move_tokens(now_s)
             timeout = self.tuning.isr_timeout_s
             for n in sorted(self.followers):
                 f = self.followers[n]
@@ -504,6 +539,8 @@ class ShardCore:
                     self._send(Push(self.shard, self.id, n, self.epoch, self.log.end_offset,
                                     self._epoch_before(self.log.end_offset), (), self.hw))
                     f.last_ack_s = now_s - timeout / 4
+                if n in self.learners and behind and f.inflight == 0:
+                    self._push(n)  # a rate-limited copy resumes once the budget refilled
                 if n in self.in_sync and behind and now_s - f.last_progress_s >= timeout:
                     self.in_sync = tuple(x for x in self.in_sync if x != n)
                     self._record("shard.isr", shard=self.shard, node=self.id, epoch=self.epoch,
@@ -514,7 +551,7 @@ class ShardCore:
     def append_control(self, records: list[Record], now_s: float) -> ShardReady:
         """Leader only: append control records (e.g. subscription cursors),
         replicated like data, acknowledged to nobody."""
-        if self.role != LEADER or not records:
+        if self.role != LEADER or not records or self.handing_over:
             return self._take()
         base = self.log.end_offset
         self.log.append(encode_batch(records, base_offset=base, epoch=self.epoch, broker_ts_ms=int(now_s * 1000)))
@@ -523,6 +560,33 @@ class ShardCore:
             self._push(n)
         self._advance_hw()
         return self._take()
+
+    # ------------------------------------------------------------ moves
+    def _refill_move_tokens(self, now_s: float) -> None:
+        rate = self.tuning.move_bytes_per_s
+        last = self.move_refill_s if self.move_refill_s is not None else now_s
+        self.move_refill_s = now_s
+        cap = max(rate * 0.25, float(self.tuning.push_bytes_max))
+        self.move_tokens = min(cap, self.move_tokens + rate * max(0.0, now_s - last))
+
+    def handover(self, m: Handover) -> ShardReady:
+        """Freeze for a leader move (see ``protocol.shard.Handover``)."""
+        if self.role != LEADER or m.epoch != self.epoch or m.to not in self.followers:
+            return self._take()
+        if self.handing_over != m.to:
+            self.handing_over = m.to
+            self._ready.persist_handover = (self.epoch, m.to)
+            self._record("shard.handover", shard=self.shard, node=self.id, epoch=self.epoch, to=m.to,
+                         end=self.log.end_offset)
+        self.handover_reply_to = m.reply_to
+        self._handover_check()
+        return self._take()
+
+    def _handover_check(self) -> None:
+        f = self.followers.get(self.handing_over)
+        if f is not None and f.acked >= self.log.end_offset and self.log.synced_offset >= self.log.end_offset:
+            self._reply(self.handover_reply_to, HandoverReady(self.shard, self.id, self.epoch, self.handing_over,
+                                                              self.log.end_offset))
 
     def committed_records(self, from_offset: int, max_records: int) -> list[Any]:
         """Payloads of committed records from ``from_offset`` (control records
@@ -551,5 +615,6 @@ class ShardCore:
         return {
             "shard": self.shard, "node": self.id, "role": self.role, "epoch": self.epoch, "leader": self.leader,
             "end": self.log.end_offset, "hw": self.hw, "last_epoch": self.log.last_epoch,
-            "in_sync": list(self.in_sync), "replicas": list(self.replicas),
+            "in_sync": list(self.in_sync), "replicas": list(self.replicas), "learners": list(self.learners),
+            "handing_over": self.handing_over,
         }

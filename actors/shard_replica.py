@@ -21,6 +21,7 @@ from protocol.query import QueryShard, QueryShardReply
 from protocol.shard import (
     Assign,
     Fence,
+    Handover,
     Produce,
     ProduceReply,
     Push,
@@ -53,6 +54,7 @@ class ShardReplica(ChorusActor):
         self.lead_epoch = 0
         self.last_hw = -1
         self.stats = ShardStats()
+        self.resumed: tuple[int, int] | None = None
 
     def on_ShardBoot(self, msg: ShardBoot, sender: Any) -> None:
         for node, addr in msg.addresses:
@@ -65,11 +67,17 @@ class ShardReplica(ChorusActor):
         self.meta = self.open_store(f"shard/{msg.shard}.meta")
         raw = self.meta.get(b"epoch")
         epoch = int(raw) if raw else 0
+        ho = (self.meta.get(b"handover") or b"").decode()
+        handover = (int(ho.split(":", 1)[0]), ho.split(":", 1)[1]) if ":" in ho else None
         self.log = ShardLog(self.open_store(f"shard/{msg.shard}"))
-        self.core = ShardCore(msg.shard, msg.node_id, self.log, tuning, epoch=epoch, replicas=msg.replicas)
+        self.core = ShardCore(msg.shard, msg.node_id, self.log, tuning, epoch=epoch, replicas=msg.replicas,
+                              handover=handover)
         self.supervisors = tuple(msg.supervisors)
         self.subs = ShardSubscriptions(msg.shard)
         self.record("shard.boot", shard=msg.shard, node=msg.node_id, epoch=epoch, end=self.log.end_offset)
+        # resuming the leadership of an epoch this replica led before the
+        # restart: its subscriptions may deliver again what it delivered then
+        self.resumed = (epoch, self.log.end_offset) if self.log.last_epoch == epoch else None
         self._handle(self.core.resume(msg.epoch, msg.leader, msg.replicas, self.now()))
         self._arm()
 
@@ -111,7 +119,8 @@ class ShardReplica(ChorusActor):
 
     def _report(self) -> None:
         c = self.core
-        st = ReplicaState(c.shard, c.id, c.epoch, c.role, c.leader, self.log.last_epoch, self.log.end_offset, c.hw)
+        st = ReplicaState(c.shard, c.id, c.epoch, c.role, c.leader, self.log.last_epoch, self.log.end_offset, c.hw,
+                          c.epoch_start, c.handing_over)
         for addr in self.supervisors:
             self.send(addr, st)
 
@@ -120,7 +129,8 @@ class ShardReplica(ChorusActor):
         c = self.core
         leading = c.role == "leader"
         if leading and (not self.leading or c.epoch != self.lead_epoch):
-            self.subs.reset(c.all_batches(), c.epoch)
+            again = self.resumed[1] if self.resumed and self.resumed[0] == c.epoch else -1
+            self.subs.reset(c.all_batches(), c.epoch, again)
         elif not leading and self.leading:
             self.subs.reset([])
         self.leading, self.lead_epoch = leading, c.epoch
@@ -138,8 +148,12 @@ class ShardReplica(ChorusActor):
     def _handle_ready(self, rd: Any) -> None:
         if rd.flush_after_s is not None:
             self.set_timer(rd.flush_after_s, "flush")
-        if rd.persist_epoch is not None:
-            self.meta.put(b"epoch", str(rd.persist_epoch).encode())
+        if rd.persist_epoch is not None or rd.persist_handover is not None:
+            if rd.persist_epoch is not None:
+                self.meta.put(b"epoch", str(rd.persist_epoch).encode())
+            if rd.persist_handover is not None:
+                e, to = rd.persist_handover
+                self.meta.put(b"handover", f"{e}:{to}".encode() if to else b"")
             self.meta.sync()
         for m in rd.messages:
             addr = self.addrs.get(m.to)
@@ -164,23 +178,35 @@ class ShardReplica(ChorusActor):
         self._handle(self.core.produce(msg, self.now()))
 
     def on_Push(self, msg: Push, sender: Any) -> None:
-        if self.core is not None:
+        if self._mine(msg):
             self.addrs.setdefault(msg.frm, sender)
             self._handle(self.core.on_push(msg, self.now()))
 
     def on_PushAck(self, msg: PushAck, sender: Any) -> None:
-        if self.core is not None:
+        if self._mine(msg):
             self._handle(self.core.on_ack(msg, self.now()))
 
     def on_Fence(self, msg: Fence, sender: Any) -> None:
-        if self.core is not None:
+        if self._mine(msg):
             if msg.reply_to is None:
                 msg = Fence(msg.shard, msg.epoch, sender)
             self._handle(self.core.fence(msg))
 
     def on_Assign(self, msg: Assign, sender: Any) -> None:
-        if self.core is not None:
+        if self._mine(msg):
             self._handle(self.core.assign(msg, self.now()))
+
+    def _mine(self, msg: Any) -> bool:
+        """A message for this shard: after a node restart its replicas may
+        come back at addresses that held another shard's replica before, and
+        a sender with an old address must not steer this one."""
+        return self.core is not None and msg.shard == self.core.shard
+
+    def on_Handover(self, msg: Handover, sender: Any) -> None:
+        if self._mine(msg):
+            if msg.reply_to is None:
+                msg = Handover(msg.shard, msg.epoch, msg.to, sender)
+            self._handle(self.core.handover(msg))
 
     def on_ReadShard(self, msg: ReadShard, sender: Any) -> None:
         to = msg.reply_to or sender

@@ -75,10 +75,15 @@ class ShardSubscriptions:
         self.last_flush_s = 0.0
         self.out: list[tuple[Any, Any]] = []
         self.epoch = 0
+        self.redeliver_below = -1  # see reset
 
-    def reset(self, log_batches: list[bytes], epoch: int = 0) -> None:
-        """On becoming leader: forget volatile state, restore cursors."""
+    def reset(self, log_batches: list[bytes], epoch: int = 0, redeliver_below: int = -1) -> None:
+        """On becoming leader: forget volatile state, restore cursors.
+        ``redeliver_below``: a leader that restarted and resumed the epoch
+        it led may have delivered the records below this offset already
+        (in this very epoch): their deliveries say redelivery."""
         self.epoch = epoch
+        self.redeliver_below = redeliver_below
         self.cores, self.modes, self.consumers, self.dirty, self.fetches = {}, {}, {}, {}, {}
         self.restored = read_cursors(log_batches)
         self.persisted = {s: off for s, (_m, off) in self.restored.items()}
@@ -219,7 +224,8 @@ class ShardSubscriptions:
                 if e.record is None:
                     auto_ack.append((e.consumer, e.offset))
                 else:
-                    deliveries.setdefault(e.consumer, []).append((e.offset, e.record, e.redelivery))
+                    again = e.redelivery or e.offset < self.redeliver_below
+                    deliveries.setdefault(e.consumer, []).append((e.offset, e.record, again))
             elif isinstance(e, PersistCursor):
                 if e.offset > self.persisted.get(name, -1):
                     self.dirty[name] = e.offset

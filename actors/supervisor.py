@@ -43,6 +43,7 @@ from typing import Any
 
 from actors.base import ChorusActor
 from actors.failover_watch import FailoverWatch, why_failed
+from actors.moves import MoveCore
 from actors.placement import choose_replacement, cluster_load, place_topic
 from protocol.agency import (
     AgencyReply,
@@ -59,12 +60,15 @@ from protocol.node import (
     CreateTopic,
     DeleteTopic,
     FailoverStatsReply,
+    MoveReply,
     NodeHeartbeat,
     NodesReply,
     ReplicaAddress,
+    RequestDrain,
+    RequestMove,
     TopicReply,
 )
-from protocol.shard import Assign, Fence, Position, ReplicaState, ShardBugs, SupervisorBoot
+from protocol.shard import Assign, Fence, HandoverReady, Position, ReplicaState, ShardBugs, SupervisorBoot
 from protocol.topics import TopicName, TopicSpec, topic_path
 
 PLAN_ROOT = "/chorus/plan/shards"
@@ -100,6 +104,7 @@ class Plan:
     epoch: int
     leader: str  # "" while fenced
     replicas: tuple[str, ...]
+    learners: tuple[str, ...] = ()  # a move's target while it copies (actors/moves.py)
 
 
 @dataclass
@@ -145,6 +150,8 @@ class SupervisorCore:
         self.records: list[tuple[str, dict]] = []
         self.watch = FailoverWatch()  # why and how long (logs, metrics); no checker records
         self.wall_s = 0.0  # the host's wall clock at the last tick, for the watch's timestamps
+        self.excluded: set[str] = set()  # draining or removed nodes: no new replicas there
+        self.moves = MoveCore(self)
 
     def take(self) -> tuple[list, list]:
         out, rec = self.out, self.records
@@ -175,10 +182,12 @@ class SupervisorCore:
             self.active_since = now_s
             self.failovers = {}
             self._reload()
+            self.moves.reload()
             self.records.append(("supervisor.active", {"node": self.node}))
         elif not active and self.active:
             self.active = False
             self.failovers = {}
+            self.moves.deactivate()
 
     def replica_state(self, st: ReplicaState, now_s: float) -> None:
         self.seen[(st.shard, st.node)] = (now_s, st)
@@ -193,6 +202,10 @@ class SupervisorCore:
         t = self.node_seen.get(node)
         return t is not None and now_s - t <= within_s
 
+    def _placeable(self, now_s: float) -> list[str]:
+        """Live nodes that may take new replicas (not draining or removed)."""
+        return sorted(n for n in self.nodes if self._alive(n, now_s, 2 * self.grace_s) and n not in self.excluded)
+
     # -------------------------------------------------------------- topics
     def create_topic(self, m: CreateTopic, reply_to: Any, now_s: float) -> None:
         def fail(err: str) -> None:
@@ -203,7 +216,7 @@ class SupervisorCore:
             return
         try:
             spec = TopicSpec.from_json(m.spec)
-            alive = sorted(n for n in self.nodes if self._alive(n, now_s, 2 * self.grace_s))
+            alive = self._placeable(now_s)
             spec.validate(len(alive))
             load = cluster_load([(p.replicas, p.leader) for p in self.plans.values()])
             placed = place_topic(spec.shards, spec.replication_factor, alive, load)
@@ -258,7 +271,7 @@ class SupervisorCore:
             return
         try:
             new = spec.alter(**m.changes)
-            alive = sorted(n for n in self.nodes if self._alive(n, now_s, 2 * self.grace_s))
+            alive = self._placeable(now_s)
             added = new.shards - spec.shards
             placed = []
             load = cluster_load([(p.replicas, p.leader) for p in self.plans.values()])
@@ -295,6 +308,8 @@ class SupervisorCore:
                 continue
             if not plan.leader or shard in self.failovers:
                 raise ValueError(f"shard {shard} is failing over; retry")
+            if self.moves.moving(shard) or plan.learners:
+                raise ValueError(f"shard {shard} is being moved; retry when the move is done")
             reps = list(plan.replicas)
             while len(reps) < rf:
                 spare = choose_replacement(tuple(reps), alive, load)
@@ -331,7 +346,7 @@ class SupervisorCore:
             old = self.plans[shard]
             self.plans[shard] = Plan(epoch, old.leader, reps)
             for n in sorted(set(old.replicas) | set(reps)):
-                self._to_replica(shard, n, Assign(shard, epoch, old.leader, reps))
+                self._to_replica(shard, n, Assign(shard, epoch, old.leader, reps, old.learners))
         self.resizing = {}
         self.records.append(("supervisor.topic_altered", {"topic": m.name, "new_shards": list(shards)}))
         self.out.append(("reply", reply_to, TopicReply(m.client, m.req_id, "ok", all_shards)))
@@ -361,6 +376,8 @@ class SupervisorCore:
                 err = "topic exists" if ok else (r.error or r.status)
                 status = "unknown" if r.status == "unknown" else "fail"
                 self.out.append(("reply", reply_to, TopicReply(m.client, m.req_id, status, error=err)))
+        elif kind in ("move", "moves_load", "moves_drain", "moves_request"):
+            self.moves.agency_reply(kind, key, r, now_s)
         elif kind == "topic_read":
             self._topic_read(key, r, now_s)
         elif kind == "topic_write":
@@ -379,31 +396,32 @@ class SupervisorCore:
                 return
             plan = self.plans[shard]
             if kind == "fence":
-                self.plans[shard] = Plan(fo.epoch, "", plan.replicas)
+                self.plans[shard] = Plan(fo.epoch, "", plan.replicas, plan.learners)
                 fo.phase = "collecting"
                 fo.last_send_s = -1.0
                 self.records.append(("supervisor.fenced", {"shard": shard, "epoch": fo.epoch}))
                 self._send_fences(shard, fo, now_s)
             elif kind == "promote":
                 leader = self._best(fo)
-                self.plans[shard] = Plan(fo.epoch, leader, plan.replicas)
+                self.plans[shard] = Plan(fo.epoch, leader, plan.replicas, plan.learners)
                 del self.failovers[shard]
                 self.records.append(("supervisor.promoted", {"shard": shard, "epoch": fo.epoch, "leader": leader,
                                                              "old_leader": fo.old_leader}))
                 self.watch.promoted(shard, leader, fo.epoch, now_s)
-                for n in plan.replicas:
-                    self._to_replica(shard, n, Assign(shard, fo.epoch, leader, plan.replicas))
+                for n in plan.replicas + plan.learners:
+                    self._to_replica(shard, n, Assign(shard, fo.epoch, leader, plan.replicas, plan.learners))
             else:
-                self.plans[shard] = Plan(fo.epoch, plan.leader, fo.new_replicas)
+                self.plans[shard] = Plan(fo.epoch, plan.leader, fo.new_replicas, plan.learners)
                 del self.failovers[shard]
                 self.records.append(("supervisor.replaced", {"shard": shard, "epoch": fo.epoch,
                                                              "replicas": list(fo.new_replicas)}))
-                for n in sorted(set(plan.replicas) | set(fo.new_replicas)):
-                    self._to_replica(shard, n, Assign(shard, fo.epoch, plan.leader, fo.new_replicas))
+                for n in sorted(set(plan.replicas) | set(fo.new_replicas) | set(plan.learners)):
+                    self._to_replica(shard, n, Assign(shard, fo.epoch, plan.leader, fo.new_replicas, plan.learners))
 
     def _load(self, tree: dict) -> None:
         fresh = {
-            shard: Plan(int(p["epoch"]), str(p.get("leader", "")), tuple(p.get("replicas", ())))
+            shard: Plan(int(p["epoch"]), str(p.get("leader", "")), tuple(p.get("replicas", ())),
+                        tuple(p.get("learners", ())))
             for shard, p in walk_plans(tree)
         }
         for shard in [s for s in self.plans if s not in fresh and s not in self.failovers]:
@@ -474,9 +492,9 @@ class SupervisorCore:
                 and not self._alive(n, now_s, self.replace_after_s)]
         if not dead:
             return False
-        alive = sorted(n for n in self.nodes if self._alive(n, now_s, 2 * self.grace_s))
+        alive = self._placeable(now_s)
         load = cluster_load([(p.replicas, p.leader) for p in self.plans.values()])
-        spare = choose_replacement(plan.replicas, alive, load)
+        spare = choose_replacement(plan.replicas + plan.learners, alive, load)
         if spare is None:
             return False
         new = tuple(spare if n == dead[0] else n for n in plan.replicas)
@@ -498,6 +516,7 @@ class SupervisorCore:
             return
         if now_s - self.last_load_s >= self.refresh_s and "load" not in {k for k, _ in self.inflight.values()}:
             self._agency("load", "", Read((PLAN_ROOT,)))
+            self.moves.reload()
         # Every supervisor receives replica states all the time, so a newly
         # active one already knows who is alive: it only waits out its own
         # start (restart), not its activation.
@@ -519,9 +538,11 @@ class SupervisorCore:
             if not plan.leader or not self._leader_alive(shard, plan, now_s):
                 self._start_failover(shard, plan, now_s)
                 continue
-            if self._maybe_replace(shard, plan, now_s):
+            if not self.moves.moving(shard) and self._maybe_replace(shard, plan, now_s):
                 continue
             self._reconcile(shard, plan, now_s)
+        if not settling:
+            self.moves.tick(now_s)
 
     def _leader_alive(self, shard: str, plan: Plan, now_s: float) -> bool:
         seen = self.seen.get((shard, plan.leader))
@@ -544,12 +565,12 @@ class SupervisorCore:
         last = self.last_assign.get((shard, node), -1e9)
         if now_s - last >= 0.5:
             self.last_assign[(shard, node)] = now_s
-            self._to_replica(shard, node, Assign(shard, plan.epoch, plan.leader, plan.replicas))
+            self._to_replica(shard, node, Assign(shard, plan.epoch, plan.leader, plan.replicas, plan.learners))
             return True
         return now_s - last < self.grace_s
 
     def _reconcile(self, shard: str, plan: Plan, now_s: float) -> None:
-        for n in plan.replicas:
+        for n in plan.replicas + plan.learners:
             seen = self.seen.get((shard, n))
             if seen is None or n == plan.leader:
                 continue
@@ -613,6 +634,10 @@ class Supervisor(ChorusActor):
     def on_ReplicaAddress(self, msg: ReplicaAddress, sender: Any) -> None:
         self.replica_addrs[(msg.shard, msg.node)] = msg.address
 
+    def on_HandoverReady(self, msg: HandoverReady, sender: Any) -> None:
+        if self.core is not None:
+            self.core.moves.handover_ready(msg)
+
     def on_Position(self, msg: Position, sender: Any) -> None:
         if self.core is not None:
             self.core.position(msg, self.now())
@@ -649,6 +674,27 @@ class Supervisor(ChorusActor):
             self.send(self.sup_addrs[leader], replace(msg, reply_to=to))
             return
         self.send(to, FailoverStatsReply(self.core.node, self.core.active, self.core.watch.stats(), msg.req_id))
+    def _move_request(self, msg: RequestMove | RequestDrain, sender: Any) -> None:
+        """Moves and drains: the active supervisor writes them to the agency
+        (actors/moves.py); another passes them on, as topic requests."""
+        if self.core is None:
+            return
+        to = msg.reply_to or sender
+        msg = replace(msg, reply_to=to)
+        if not self.core.active:
+            target = self.sup_addrs.get(self.core.agency_leader or "")
+            if target is not None and self.core.agency_leader != self.boot.node_id:
+                self.send(target, msg)
+            else:
+                self.send(to, MoveReply(msg.client, msg.req_id, "fail", "no active supervisor; retry"))
+            return
+        if isinstance(msg, RequestMove):
+            self.core.moves.request_move(msg, to, self.now())
+        else:
+            self.core.moves.request_drain(msg, to)
+        self._flush()
+
+    on_RequestMove = on_RequestDrain = _move_request
 
     def on_NodesQuery(self, msg: Any, sender: Any) -> None:
         if self.core is not None:

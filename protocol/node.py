@@ -235,3 +235,38 @@ class HandoffQuery:
 class HandoffReply:
     node: str
     status: dict
+
+
+@dataclass(frozen=True)
+class RequestMove:
+    """Move ``shard``'s replica from node ``frm`` to node ``to`` (see
+    actors/moves.py); to any supervisor, which passes it to the active one.
+    Answered with ``MoveReply`` once the request is in the agency."""
+
+    client: str
+    req_id: int
+    shard: str
+    frm: str
+    to: str
+    reply_to: Any = None
+
+
+@dataclass(frozen=True)
+class RequestDrain:
+    """Set a node's drain state: ``draining`` (move everything off it),
+    ``removed`` (drained and out of the cluster) or ``""`` (cancel)."""
+
+    client: str
+    req_id: int
+    node: str
+    state: str = "draining"
+    reply_to: Any = None
+
+
+@dataclass(frozen=True)
+class MoveReply:
+    client: str
+    req_id: int
+    status: str  # ok | fail | unknown
+    error: str = ""
+    move: Any = None  # the move record written (a dict)

@@ -110,6 +110,30 @@ class Assign:
     epoch: int
     leader: str
     replicas: tuple[str, ...]
+    learners: tuple[str, ...] = ()  # replicas that copy the log but do not count (a move's target)
+
+
+@dataclass(frozen=True)
+class Handover:
+    """Supervisor -> leader of ``epoch``: a move takes your leadership to
+    ``to``.  Stop appending (persisted: a restart does not lift it), and
+    answer ``HandoverReady`` once ``to`` holds your whole log.  Lifted only
+    by a newer epoch (the handover, or the supervisor calling it off with
+    an epoch bump that keeps this leader)."""
+
+    shard: str
+    epoch: int
+    to: str
+    reply_to: Any = None
+
+
+@dataclass(frozen=True)
+class HandoverReady:
+    shard: str
+    node: str
+    epoch: int
+    to: str
+    end: int  # the leader's (frozen) end offset, all of it on ``to``
 
 
 @dataclass(frozen=True)
@@ -158,6 +182,8 @@ class ShardBugs:
     hh_drain_newest_first: bool = False  # hinted handoff drains a shard's queue from its newest hint
     hh_forget_sequence: bool = False  # hinted handoff drains without the producer id and sequence
     query_drops_ties: bool = False  # a history query's next page skips records tied with the last one's timestamp
+    move_remove_before_sync: bool = False  # a move swaps the source for the target before the target caught up
+    move_same_epoch: bool = False  # a leader move changes the leader within the epoch (no new epoch, no handover)
 
     def any(self) -> bool:
         return any(getattr(self, f) for f in self.__dataclass_fields__)
@@ -182,6 +208,7 @@ class ShardTuning:
     hh_age_max_s: float = 3600.0  # hints older than this are dropped
     hh_drain_bytes_per_s: float = 8 << 20  # drain rate per node
     hh_direct_timeout_s: float = 1.0  # a write the leader has not answered this long becomes a hint
+    move_bytes_per_s: float = 32 << 20  # a leader copies its log to a move's target (a learner) at most this fast
     bugs: ShardBugs = ShardBugs()
 
 
@@ -195,6 +222,8 @@ class ReplicaState:
     last_epoch: int
     end: int
     hw: int
+    epoch_start: int = 0  # a leader: where its epoch began (hw above it: it committed in this epoch)
+    handing_over: str = ""  # a leader frozen for a move: the target
 
 
 @dataclass(frozen=True)

@@ -521,11 +521,12 @@ def register(app: typer.Typer) -> None:
     """Add ``status``, ``shards`` and the ``nodes``, ``topics`` and ``mqtt`` groups to ``app``."""
     app.command("status")(with_login(with_tls(status)))
     app.add_typer(nodes_app, name="nodes")
-    app.command("shards")(with_login(with_tls(shards)))
     app.add_typer(topics_app, name="topics")
+    from runtime.moves_cli import register as register_moves
     from runtime.mqtt_cli import mqtt_app
     from runtime.users_cli import users_app
 
+    moves_apps = register_moves(app, nodes_app)  # shards (list, move, moves), nodes drain/remove, cluster
     app.add_typer(mqtt_app, name="mqtt")
     app.add_typer(users_app, name="users")
-    _tls_everywhere(nodes_app, topics_app, mqtt_app, users_app)
+    _tls_everywhere(nodes_app, topics_app, mqtt_app, users_app, *moves_apps)

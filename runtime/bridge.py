@@ -618,6 +618,18 @@ class BridgeGateway:
     async def shards(self, topic: str | None = None) -> list[dict]:
         return await self.bridge.call("shards", {"topic": topic})
 
+    async def move_shard(self, body: dict) -> dict:
+        return await self.bridge.call("move_shard", dict(body))
+
+    async def moves(self) -> dict:
+        return await self.bridge.call("moves", {})
+
+    async def drain_node(self, node_id: str, cancel: bool = False) -> dict:
+        return await self.bridge.call("drain_node", {"node_id": node_id, "cancel": cancel})
+
+    async def remove_node(self, node_id: str) -> dict:
+        return await self.bridge.call("remove_node", {"node_id": node_id})
+
     async def topics(self) -> list[dict]:
         return await self.bridge.call("topics", {})
 

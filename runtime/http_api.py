@@ -177,6 +177,30 @@ async def promote_node(request: web.Request) -> web.Response:
     return web.json_response(await _gateway(request).promote_node(request.match_info["node_id"]))
 
 
+async def move_shard(request: web.Request) -> web.Response:
+    body = await _json_object(request)
+    _check_fields(body, ("topic", "shard", "from", "to"), "the move")
+    for k in ("topic", "from", "to"):
+        if not isinstance(body.get(k), str) or not body[k]:
+            raise bad_request(f"'{k}' is required and must be a non-empty string")
+    if not _is_int(body.get("shard")) or body["shard"] < 0:
+        raise bad_request("'shard' is required and must be an integer >= 0")
+    return web.json_response(await _gateway(request).move_shard(body), status=202)
+
+
+async def list_moves(request: web.Request) -> web.Response:
+    return web.json_response(await _gateway(request).moves())
+
+
+async def drain_node(request: web.Request) -> web.Response:
+    cancel = request.query.get("cancel", "") in ("1", "true", "yes")
+    return web.json_response(await _gateway(request).drain_node(request.match_info["node_id"], cancel), status=202)
+
+
+async def remove_node(request: web.Request) -> web.Response:
+    return web.json_response(await _gateway(request).remove_node(request.match_info["node_id"]))
+
+
 async def get_shards(request: web.Request) -> web.Response:
     topic = request.query.get("topic") or None
     return web.json_response(await _gateway(request).shards(topic))
@@ -369,6 +393,20 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/nodes/{node_id}/promote", promote_node, "Make an agency learner (a joined node) a voter",
           "cluster", _ref("Promotion"), errors=(404, 409, 503),
           path_doc={"node_id": "The node's id; it must be a live agency learner."}),
+    Route("POST", "/nodes/{node_id}/drain", drain_node, "Move every replica and leadership off a node "
+          "(?cancel=true stops draining)", "cluster", {"type": "object"}, status=202, errors=(404, 409, 503),
+          query=(Param("cancel", {"type": "boolean", "default": False}, "stop draining (moves under way finish)"),),
+          path_doc={"node_id": "The node's id."}),
+    Route("DELETE", "/nodes/{node_id}", remove_node, "Remove a drained node from the cluster and the agency",
+          "cluster", {"type": "object"}, errors=(404, 409, 503), path_doc={"node_id": "The node's id."}),
+    Route("POST", "/shards/move", move_shard, "Move a shard's replica from one node to another", "cluster",
+          {"type": "object"}, status=202,
+          body={"type": "object", "required": ["topic", "shard", "from", "to"],
+                "properties": {"topic": {"type": "string"}, "shard": {"type": "integer", "minimum": 0},
+                               "from": {"type": "string"}, "to": {"type": "string"}}},
+          errors=(404, 409, 503)),
+    Route("GET", "/moves", list_moves, "Shard moves (running and last finished per shard) and node drains",
+          "cluster", {"type": "object"}, errors=(503,)),
     Route("GET", "/shards", get_shards, "Shards, their leaders and replicas", "cluster", _list_of("Shard"),
           query=(Param("topic", {"type": "string"}, "only the shards of this topic"),), errors=(404,)),
     Route("GET", "/topics", list_topics, "List topics", "topics", _list_of("Topic")),
@@ -483,7 +521,7 @@ SCHEMAS: dict[str, dict] = {
         "nodes": _list_of("Node"), "replicas": _INT,
         "tls": {"type": "boolean", "description": "the client, MQTT and HTTP ports speak TLS only"}}),
     "Shard": _obj({"shard": _STR, "topic": _STR, "index": _INT, "leader": {"type": ["string", "null"]},
-                   "epoch": _INT, "replicas": _STRS, "in_sync": _STRS,
+                   "epoch": _INT, "replicas": _STRS, "learners": _STRS, "in_sync": _STRS,
                    "state": {"type": "string", "enum": ["ok", "fenced", "leaderless"]}}),
     "Topic": _obj({"name": _STR, "shards": _INT, "replication_factor": _INT,
                    "retention_ms": _NULL_INT, "retention_bytes": _NULL_INT}),

@@ -74,6 +74,7 @@ ACCESS: dict[str, tuple[str, str]] = {
     "create_token": (ADMIN, ""), "delete_token": (ADMIN, ""),
     # runtime/http_observe.py: series of topics are filtered to the user's tenants
     "metrics": (USER, ""), "metrics_open": (OPEN, ""), "dashboard_page": (USER, ""), "dashboard_data": (USER, ""),
+    "move_shard": (ADMIN, ""), "list_moves": (ADMIN, ""), "drain_node": (ADMIN, ""), "remove_node": (ADMIN, ""),
 }
 
 

@@ -106,6 +106,8 @@ class NodeConfig:
     hh_bytes_max: int = 64 << 20
     hh_age_max_s: float = 3600.0
     hh_drain_bytes_per_s: float = 8 << 20
+    # shard moves (actors/moves.py): a leader copies its log to a move's target at most this fast
+    move_bytes_per_s: float = 32 << 20
     log_level: str = "WARNING"
     boot_timeout_s: float = 60.0
     # TLS on the client, MQTT and HTTP ports (all three speak TLS only when
@@ -289,7 +291,7 @@ def shard_tuning(cfg: NodeConfig) -> ShardTuning:
     return ShardTuning(group_commit_ms=cfg.group_commit_ms, tick_ms=SHARD_TICK_MS,
                        state_interval_ms=max(SHARD_TICK_MS, int(cfg.failover_grace_ms / REPORTS_PER_GRACE)),
                        hh_bytes_max=cfg.hh_bytes_max, hh_age_max_s=cfg.hh_age_max_s,
-                       hh_drain_bytes_per_s=cfg.hh_drain_bytes_per_s)
+                       hh_drain_bytes_per_s=cfg.hh_drain_bytes_per_s, move_bytes_per_s=cfg.move_bytes_per_s)
 
 
 def _coerce(name: str, default: Any, value: Any) -> Any:

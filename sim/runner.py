@@ -109,6 +109,11 @@ class Harness:
         self.leader_crashes: list[tuple[float, str, list[str]]] = []
         if scn.data is not None:
             self._build_data_plane(scn, addrs)
+            if "moves_keep_majority" in scn.checks or "moves_in_sync" in scn.checks:
+                from sim.movechecks import MoveProbe, Observed
+
+                self.move_probe = MoveProbe(self._replica_log)
+                self.world.history = Observed(self.world.history, self.move_probe)
         self.mqtt_clients: list[str] = []
         if scn.mqtt is not None:
             self._build_mqtt(scn, addrs)
@@ -225,6 +230,51 @@ class Harness:
         host = self.world.actor(f"{node}/node")
         addr = host.local.get(shard) if host is not None else None
         return self.world.actor(addr) if addr is not None else None
+
+    def _replica_log(self, shard: str, node: str) -> list[bytes] | None:
+        if not self.world.is_up(node):
+            return None
+        a = self.replica(shard, node)
+        return a.core.all_batches() if a is not None and a.core is not None else []
+
+    def _do_move(self, a: dict) -> None:
+        from protocol.node import RequestMove
+
+        shard = self.shards[a["shard"] % len(self.shards)]
+        lead = self.shard_leader(shard)
+        core = self.replica(shard, lead).core if lead else None
+        if core is None:
+            self._note(f"move {shard}: no leader now, skipped")
+            return
+        holders = set(core.replicas) | set(core.learners)
+        frm = a["from"]
+        if frm == "shard_leader":
+            frm = lead
+        elif frm == "shard_follower":
+            cands = sorted(n for n in core.replicas if n != lead)
+            frm = self.rng.choice(cands) if cands else None
+        to = a["to"]
+        if to == "spare":
+            cands = sorted(n for n in self.peers if n not in holders and self.world.is_up(n))
+            to = self.rng.choice(cands) if cands else None
+        if frm is None or to is None:
+            self._note(f"move {shard}: no source or target now, skipped")
+            return
+        self.move_seq = getattr(self, "move_seq", 0) + 1
+        req = RequestMove("harness", self.move_seq, shard, frm, to)
+        for n in self.peers:
+            if self.world.is_up(n):
+                self.world.send(f"{n}/supervisor", req)
+        self._note(f"move {shard} {frm} -> {to}")
+
+    def _do_drain(self, node: str) -> None:
+        from protocol.node import RequestDrain
+
+        self.move_seq = getattr(self, "move_seq", 0) + 1
+        for n in self.peers:
+            if self.world.is_up(n):
+                self.world.send(f"{n}/supervisor", RequestDrain("harness", self.move_seq, node))
+        self._note(f"drain {node}")
 
     def shard_leader(self, shard: str | None = None) -> str | None:
         """The node whose replica leads the shard in the highest epoch."""
@@ -354,6 +404,14 @@ class Harness:
             return self._heal
         if f.do == "heal":
             self._heal()
+            return None
+        if f.do == "move":
+            self._do_move(a)
+            return None
+        if f.do == "drain":
+            node = self._resolve(a["target"])
+            if node is not None:
+                self._do_drain(node)
             return None
         if f.do == "network":
             w.set_network(**a["set"])
@@ -627,6 +685,33 @@ def judge_data(h: Harness, scn: Scenario, checks: set[str]) -> dict[str, list[Vi
 
         final = {s: committed(logs[s][leaders[s][0]], leaders[s][1]) for s in h.shards if s in leaders}
         out["query_exact"], stats["queries"] = check_queries(w.history, final, scn.data.topics[0].name)
+    if "moves_keep_majority" in checks:
+        probe = getattr(h, "move_probe", None)
+        out["moves_keep_majority"] = probe.violations[:20] if probe else []
+        stats["move_steps_checked"] = probe.checked if probe else 0
+    if "moves_in_sync" in checks:
+        probe = getattr(h, "move_probe", None)
+        out["moves_in_sync"] = probe.lagging[:20] if probe else []
+    if "moves_settled" in checks:
+        from protocol.agency import Read
+        from sim.movechecks import check_settled
+
+        lead = h.leader()
+        agency: dict = {}
+        plans: dict = {}
+        if lead is not None:
+            from actors.supervisor import PLAN_ROOT, walk_plans
+
+            sm = w.actor(f"{lead}/raft").sm
+            vals = sm.read(Read(("/chorus/moves", "/chorus/drain", PLAN_ROOT))).get("values") or [None, None, None]
+            agency = {"moves": vals[0] or {}, "drain": vals[1] or {}}
+            plans = dict(walk_plans(vals[2] or {}))
+        rf = {f"{t.name}#{i}": t.replication_factor for t in scn.data.topics for i in range(t.shards)}
+        found, mstats = check_settled(w.history, agency, rf, plans, [n for n in h.peers if w.is_up(n)])
+        if lead is None:
+            found.append(Violation("moves_settled", "no agency leader after the settle phase", {}))
+        out["moves_settled"] = found
+        stats.update(mstats)
     if "data_liveness" in checks:
         late = [r for r in w.history if r.kind == "produce.done" and r.t >= scn.duration_s
                 and r.fields["status"] == "ok"]

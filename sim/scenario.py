@@ -34,7 +34,9 @@ A scenario is YAML::
 Fault verbs (``do``): crash, restart, pause, resume, partition (groups),
 partition_oneway (from, to), bridge (a, b, via), heal, clock (target,
 offset_s, drift_ppm), clock_jump (target, delta_s), network (knobs),
-network_reset.  Targets: a node id (``n1``), ``leader``, ``follower``,
+network_reset, move (shard index, from, to: a shard move, actors/moves.py;
+``to: spare`` picks a live node without a replica of it), drain (target:
+every replica moved off that node).  Targets: a node id (``n1``), ``leader``, ``follower``,
 ``random`` (a peer), ``shard_leader``, ``shard_follower`` (of the first
 shard), ``shard_leader_not:<node>`` (the leader of the first shard that
 node does not lead), resolved when the fault fires.  In groups, ``rest``
@@ -65,7 +67,7 @@ from sim.options import SimOptions
 
 VERBS = (
     "crash", "restart", "pause", "resume", "partition", "partition_oneway", "bridge",
-    "heal", "clock", "clock_jump", "network", "network_reset",
+    "heal", "clock", "clock_jump", "network", "network_reset", "move", "drain",
 )
 TARGETED = ("crash", "restart", "pause", "resume", "clock", "clock_jump")
 CHECKS = (
@@ -75,7 +77,7 @@ CHECKS = (
 DATA_CHECKS = (
     "acked_writes_durable", "no_duplicates", "shard_order", "replicas_identical", "offsets_unique",
     "data_liveness", "delivered_to_subscriptions", "delivery_order", "hinted_writes_delivered",
-    "query_exact",
+    "query_exact", "moves_settled", "moves_keep_majority", "moves_in_sync",
 )
 MQTT_CHECKS = (
     "mqtt_at_least_once", "mqtt_exactly_once", "mqtt_single_session", "mqtt_order", "mqtt_routes_converge", "mqtt_retained_converge",
@@ -84,7 +86,7 @@ MQTT_CHECKS = (
 ALL_CHECKS = CHECKS + DATA_CHECKS + MQTT_CHECKS
 SHARD_TUNING_KEYS = ("tick_ms", "push_batches_max", "push_bytes_max", "inflight_max", "isr_timeout_s",
                      "request_timeout_s", "group_commit_ms", "state_interval_ms", "hh_bytes_max", "hh_age_max_s",
-                     "hh_drain_bytes_per_s", "hh_direct_timeout_s")
+                     "hh_drain_bytes_per_s", "hh_direct_timeout_s", "move_bytes_per_s")
 LEVEL_NAMES = ("any", "one", "quorum", "all")
 TUNING_KEYS = tuple(f for f in RaftTuning.__dataclass_fields__ if f != "bugs")
 OPTION_KEYS = tuple(SimOptions.__dataclass_fields__)
@@ -422,7 +424,7 @@ def _mqtt(v: _V, d: Any) -> MqttPlane:
 def _fault(v: _V, path: str, f: Any, peers: int) -> Fault:
     f = v.mapping(path, f, (
         "do", "at_s", "from_s", "to_s", "every_s", "restore_after_s", "target", "groups",
-        "from", "to", "a", "b", "via", "offset_s", "drift_ppm", "delta_s", "set",
+        "from", "to", "a", "b", "via", "offset_s", "drift_ppm", "delta_s", "set", "shard",
     ))
     do = f.get("do")
     if do not in VERBS:
@@ -439,6 +441,14 @@ def _fault(v: _V, path: str, f: Any, peers: int) -> Fault:
         if not isinstance(groups, list) or len(groups) < 2 or not all(isinstance(g, list) and g for g in groups):
             v.fail(f"{path}.groups", "a list of at least two non-empty lists of nodes", groups)
         args["groups"] = [[v.string(f"{path}.groups[{i}][{j}]", n) for j, n in enumerate(g)] for i, g in enumerate(groups)]
+    if do == "move":
+        # shard: index into the scenario's shards; from: a node or shard_leader / shard_follower (of
+        # that shard); to: a node or ``spare`` (a live node without a replica of it)
+        args["shard"] = v.integer(f"{path}.shard", f.get("shard", 0), 0, 4096)
+        args["from"] = v.string(f"{path}.from", f.get("from", "shard_leader"))
+        args["to"] = v.string(f"{path}.to", f.get("to", "spare"))
+    if do == "drain":
+        args["target"] = v.string(f"{path}.target", f.get("target"))
     if do == "partition_oneway":
         args["from"] = _nodes(v, f"{path}.from", f.get("from"))
         args["to"] = _nodes(v, f"{path}.to", f.get("to"))

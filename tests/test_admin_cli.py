@@ -280,3 +280,21 @@ def test_mqtt_status_and_bridges(gw, url):
     assert "deleted bridge sensors" in ok("mqtt", "bridges", "delete", "sensors", "--url", url).plain
     r = run("mqtt", "bridges", "delete", "sensors", "--url", url)
     assert r.exit_code != 0 and "not_found" in r.plain
+
+
+# ----- moves -----------------------------------------------------------------
+
+
+def test_shards_move_drain_remove_and_rebalance(gw, url):
+    out = ok("shards", "move", TOPIC, "1", "--from", "n1", "--to", "n3", "--url", url, "--no-wait").plain
+    assert f"move of {TOPIC}#1 n1 -> n3 requested" in out
+    assert gw.calls[-1] == ("move_shard", {"topic": TOPIC, "shard": 1, "from": "n1", "to": "n3"})
+    r = run("shards", "move", TOPIC, "1", "--from", "n9", "--to", "n3", "--url", url, "--no-wait")
+    assert r.exit_code == 1 and "holds no replica" in r.plain
+    assert "draining" in ok("nodes", "drain", "n2", "--url", url, "--no-wait").plain
+    assert gw.calls[-1] == ("drain_node", "n2", False)
+    r = run("nodes", "remove", "n2", "--url", url)
+    assert r.exit_code == 1 and "drain it first" in r.plain
+    out = ok("cluster", "rebalance", "--dry-run", "--url", url).plain
+    assert "Before" in out and "Plan:" in out and "After" in out
+    assert "move_shard" not in {c[0] for c in gw.calls[-3:]}  # a dry run moves nothing

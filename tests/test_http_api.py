@@ -57,7 +57,7 @@ class FakeGateway:
     def _shard(self, name: str, index: int) -> dict:
         leader = NODES[(index + 1) % 3]
         return {"shard": f"{name}#{index}", "topic": name, "index": index, "leader": leader, "epoch": 4,
-                "replicas": list(NODES), "in_sync": [leader, NODES[index % 3]],
+                "replicas": list(NODES), "learners": [], "in_sync": [leader, NODES[index % 3]],
                 "state": "ok" if index == 0 else "fenced"}
 
     # the Gateway ------------------------------------------------------------
@@ -105,6 +105,24 @@ class FakeGateway:
         if node_id != "n3":
             raise GatewayError(409, "conflict", f"{node_id} is already an agency voter")
         return {"node_id": node_id, "role": "voter", "voters": list(NODES), "learners": []}
+
+    async def move_shard(self, body: dict) -> dict:
+        self._call("move_shard", body)
+        if body["from"] not in NODES:
+            raise GatewayError(409, "conflict", f"{body['from']} holds no replica of {body['topic']}#{body['shard']}")
+        return {**body, "shard": f"{body['topic']}#{body['shard']}", "phase": "requested"}
+
+    async def moves(self) -> dict:
+        self._call("moves")
+        return {"moves": [], "drains": [], "replicas": {n: 2 for n in NODES}}
+
+    async def drain_node(self, node_id: str, cancel: bool = False) -> dict:
+        self._call("drain_node", node_id, cancel)
+        return {"node": node_id, "state": "" if cancel else "draining"}
+
+    async def remove_node(self, node_id: str) -> dict:
+        self._call("remove_node", node_id)
+        raise GatewayError(409, "conflict", f"{node_id} still holds 2 replica(s); drain it first")
 
     async def shards(self, topic: str | None = None) -> list[dict]:
         self._call("shards", topic)
@@ -293,7 +311,8 @@ def test_shards_all_and_by_topic():
         assert sorted(x["shard"] for x in every) == [f"{TOPIC}#0", f"{TOPIC}#1", "acme/app/web/users#0"]
         some = await call(c, "GET", "/api/v1/shards", params={"topic": TOPIC}, status=200)
         assert [x["shard"] for x in some] == [f"{TOPIC}#0", f"{TOPIC}#1"]
-        assert set(some[0]) == {"shard", "topic", "index", "leader", "epoch", "replicas", "in_sync", "state"}
+        assert set(some[0]) == {"shard", "topic", "index", "leader", "epoch", "replicas", "learners", "in_sync",
+                                "state"}
         await error(c, "GET", "/api/v1/shards", params={"topic": "no/such/topic/x"}, status=404,
                     code="not_found")
     serve(s)
@@ -563,7 +582,7 @@ def test_openapi_describes_exactly_the_served_routes():
                 "$ref": "#/components/schemas/Error"}
             assert {p["name"] for p in op.get("parameters", ()) if p["in"] == "path"} == names
             assert all(p["required"] for p in op.get("parameters", ()) if p["in"] == "path")
-            action = path.endswith(("/promote", "/tokens"))  # an action on a resource takes no body
+            action = path.endswith(("/promote", "/tokens", "/drain"))  # an action on a resource takes no body
             # PUT creates a namespace (no body: its path says it all) or a bridge (its spec)
             put_body = method == "put" and "/bridges/" in path
             assert ("requestBody" in op) == (method in ("post", "patch") and not action or put_body)
@@ -602,4 +621,25 @@ def test_query_passes_the_range_key_limit_and_token_on():
                           params={"from": "10", "to": "20", "key": "k", "limit": "3", "after": "tok"})
         assert body == {"topic": TOPIC, "records": [], "next": None}
         assert gw.calls[-1] == ("query", TOPIC, 10, 20, "k", 3, "tok")
+    serve(s)
+
+
+def test_moves_drain_and_remove_routes():
+    async def s(c, gw):
+        body = {"topic": TOPIC, "shard": 1, "from": "n1", "to": "n3"}
+        mv = await call(c, "POST", "/api/v1/shards/move", json=body, status=202)
+        assert mv["phase"] == "requested" and gw.calls[-1] == ("move_shard", body)
+        assert "holds no replica" in await error(c, "POST", "/api/v1/shards/move",
+                                                 json={**body, "from": "n9"}, status=409, code="conflict")
+        for bad, needle in (({**body, "shard": -1}, "'shard'"), ({**body, "to": ""}, "'to'"),
+                            ({k: v for k, v in body.items() if k != "from"}, "'from'"),
+                            ({**body, "extra": 1}, "extra")):
+            assert needle in await error(c, "POST", "/api/v1/shards/move", json=bad, status=400,
+                                         code="bad_request")
+        assert (await call(c, "GET", "/api/v1/moves", status=200))["replicas"]["n1"] == 2
+        assert (await call(c, "POST", "/api/v1/nodes/n2/drain", status=202))["state"] == "draining"
+        assert gw.calls[-1] == ("drain_node", "n2", False)
+        await call(c, "POST", "/api/v1/nodes/n2/drain", params={"cancel": "true"}, status=202)
+        assert gw.calls[-1] == ("drain_node", "n2", True)
+        assert "drain it first" in await error(c, "DELETE", "/api/v1/nodes/n2", status=409, code="conflict")
     serve(s)
