@@ -29,6 +29,8 @@ from actors.base import ChorusActor
 from actors.node_handoff import NodeHandoff
 from actors.shard_replica import ShardReplica
 from actors.supervisor import PLAN_ROOT, walk_plans
+from actors.supervisor_groups import walk_lists
+from protocol.groups import GROUPS_ROOT
 from protocol.agency import AgencyReply, AgencyRequest, Read
 from protocol.consume import Subscribe, SubscribeReply
 from protocol.node import (
@@ -43,9 +45,12 @@ from protocol.node import (
     Routed,
     ShardInfo,
     TopicReply,
+    TruncateShards,  # noqa: F401  (forwarded to the supervisor like the other topic requests)
 )
 from protocol.query import QueryShard, QueryShardReply
 from protocol.shard import (
+    DropData,
+    GroupClose,
     Produce,
     ProduceReply,
     ReadShard,
@@ -65,6 +70,7 @@ class NodeActor(ChorusActor, NodeHandoff):
         self.local: dict[str, Any] = {}  # shard -> ShardReplica address
         self.known: dict[tuple[str, str], Any] = {}  # (shard, node) -> address
         self.plans: dict[str, dict] = {}
+        self.until: dict[str, int] = {}  # shard -> until_ms its local replica was told
         self.gen = 0
         self.seq = 0
         self.req = 0
@@ -89,7 +95,8 @@ class NodeActor(ChorusActor, NodeHandoff):
 
     def _poll(self) -> None:
         self.req += 1
-        self.send(self.boot.agency, AgencyRequest(self.client, self.req, Read((PLAN_ROOT,), linearizable=False)))
+        self.send(self.boot.agency, AgencyRequest(self.client, self.req, Read((PLAN_ROOT, GROUPS_ROOT),
+                                                                             linearizable=False)))
         self.seq += 1
         hb = NodeHeartbeat(self.boot.node_id, self.seq)
         for sup in self.sups:
@@ -110,14 +117,25 @@ class NodeActor(ChorusActor, NodeHandoff):
         if revision < self.revision:
             return  # an older view (e.g. our agency peer is catching up after a restart)
         self.revision = revision
-        plans = dict(walk_plans(msg.result["values"][0] or {}))
+        values = list(msg.result["values"]) + [None]
+        plans = dict(walk_plans(values[0] or {}))
+        grouped = {t for t, _ in walk_lists(values[1] or {})}
         self.plans = plans
         for shard, plan in plans.items():
             if self.boot.node_id in plan.get("replicas", ()) and shard not in self.local:
                 self._create(shard, plan)
+            elif shard in self.local and plan.get("until_ms", -1) != self.until.get(shard, -1):
+                self.until[shard] = plan.get("until_ms", -1)
+                self.send(self.local[shard], GroupClose(shard, self.until[shard]))
         for shard in [s for s in self.local if s not in plans]:
-            # the topic was deleted: stop the replica (its data stays on disk)
-            self.send(self.local.pop(shard), ActorExitRequest())
+            # the topic was deleted: stop the replica (its data stays on disk);
+            # its shard group was dropped (past retention): delete its data too
+            addr = self.local.pop(shard)
+            self.until.pop(shard, None)
+            if shard.rpartition("#")[0] in grouped:
+                self.send(addr, DropData(shard))
+                self.record("node.replica_dropped", node=self.boot.node_id, shard=shard)
+            self.send(addr, ActorExitRequest())
             self.known.pop((shard, self.boot.node_id), None)
             self.record("node.replica_stopped", node=self.boot.node_id, shard=shard)
 
@@ -130,8 +148,9 @@ class NodeActor(ChorusActor, NodeHandoff):
         self.known[(shard, b.node_id)] = addr
         peers = tuple((n, a) for (s, n), a in sorted(self.known.items(), key=lambda kv: kv[0]) if s == shard)
         leader = plan.get("leader") or None
+        self.until[shard] = int(plan.get("until_ms", -1))
         self.send(addr, ShardBoot(shard, b.node_id, tuple(plan["replicas"]), peers, int(plan["epoch"]), leader,
-                                  b.tuning, b.host, tuple(self.sups)))
+                                  b.tuning, b.host, tuple(self.sups), self.until[shard]))
         note = ReplicaAddress(shard, b.node_id, addr)
         for node in sorted(self.node_addrs):
             if node != b.node_id:
@@ -244,4 +263,4 @@ class NodeActor(ChorusActor, NodeHandoff):
             return
         self.send(self.boot.supervisor, replace(msg, reply_to=to))
 
-    on_CreateTopic = on_AlterTopic = on_DeleteTopic = _to_supervisor
+    on_CreateTopic = on_AlterTopic = on_DeleteTopic = on_TruncateShards = _to_supervisor

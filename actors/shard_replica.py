@@ -18,8 +18,11 @@ from actors.shard_subscriptions import ShardSubscriptions, cursor_record
 from protocol.consume import AckRecords, Subscribe, SubscribeReply, Unsubscribe
 from protocol.query import QueryShard, QueryShardReply
 from protocol.shard import (
+    GROUP_CLOSED,
     Assign,
+    DropData,
     Fence,
+    GroupClose,
     Produce,
     ProduceReply,
     Push,
@@ -51,6 +54,7 @@ class ShardReplica(ChorusActor):
         self.leading = False
         self.lead_epoch = 0
         self.last_hw = -1
+        self.until_ms = -1  # wall clock ms from which the shard's group takes no writes (-1: never)
 
     def on_ShardBoot(self, msg: ShardBoot, sender: Any) -> None:
         for node, addr in msg.addresses:
@@ -63,9 +67,11 @@ class ShardReplica(ChorusActor):
         self.meta = self.open_store(f"shard/{msg.shard}.meta")
         raw = self.meta.get(b"epoch")
         epoch = int(raw) if raw else 0
-        self.log = ShardLog(self.open_store(f"shard/{msg.shard}"))
+        self.log_store = self.open_store(f"shard/{msg.shard}")
+        self.log = ShardLog(self.log_store)
         self.core = ShardCore(msg.shard, msg.node_id, self.log, tuning, epoch=epoch, replicas=msg.replicas)
         self.supervisors = tuple(msg.supervisors)
+        self.until_ms = msg.until_ms
         self.subs = ShardSubscriptions(msg.shard)
         self.record("shard.boot", shard=msg.shard, node=msg.node_id, epoch=epoch, end=self.log.end_offset)
         self._handle(self.core.resume(msg.epoch, msg.leader, msg.replicas, self.now()))
@@ -155,7 +161,30 @@ class ShardReplica(ChorusActor):
         if msg.reply_to is None:
             msg = Produce(msg.shard, msg.client, msg.req_id, msg.batch, msg.count, msg.level, msg.producer_id,
                           msg.sequence, sender)
+        if 0 <= self.until_ms <= int(self.wall() * 1000) and not self.core.tuning.bugs.write_closed_group:
+            # the shard's group is closed: the writer must move to the current group
+            self.send(msg.reply_to, ProduceReply(msg.shard, msg.client, msg.req_id, "fail", leader=self.core.leader,
+                                                 epoch=self.core.epoch,
+                                                 error=f"{GROUP_CLOSED}: shard {msg.shard} took writes until "
+                                                       f"{self.until_ms} ms; write to the current group"))
+            return
         self._handle(self.core.produce(msg, self.now()))
+
+    def on_GroupClose(self, msg: GroupClose, sender: Any) -> None:
+        if msg.until_ms >= 0 and (self.until_ms < 0 or msg.until_ms < self.until_ms):
+            self.until_ms = msg.until_ms
+            self.record("shard.group_closed", shard=msg.shard, until_ms=msg.until_ms)
+
+    def on_DropData(self, msg: DropData, sender: Any) -> None:
+        """The shard's group passed retention: give its disk space back."""
+        name = self.core.shard if self.core is not None else msg.shard
+        for store in (getattr(self, "log_store", None), getattr(self, "meta", None)):
+            if store is not None:
+                store.close()
+        self.core = None
+        for n in (f"shard/{name}", f"shard/{name}.meta"):
+            self.host.remove_store(n)
+        self.record("shard.dropped", shard=name)
 
     def on_Push(self, msg: Push, sender: Any) -> None:
         if self.core is not None:

@@ -43,6 +43,7 @@ from typing import Any
 
 from actors.base import ChorusActor
 from actors.placement import choose_replacement, cluster_load, place_topic
+from actors.supervisor_groups import SupervisorGroups
 from protocol.agency import (
     AgencyReply,
     AgencyRequest,
@@ -61,8 +62,10 @@ from protocol.node import (
     NodesReply,
     ReplicaAddress,
     TopicReply,
+    TruncateShards,
 )
 from protocol.shard import Assign, Fence, Position, ReplicaState, ShardBugs, SupervisorBoot
+from protocol.groups import groups_path
 from protocol.topics import TopicName, TopicSpec, topic_path
 
 PLAN_ROOT = "/chorus/plan/shards"
@@ -112,7 +115,7 @@ class _Failover:
     new_replicas: tuple[str, ...] = ()
 
 
-class SupervisorCore:
+class SupervisorCore(SupervisorGroups):
     def __init__(self, node_id: str, client_id: str, grace_s: float, bugs: ShardBugs | None = None,
                  replace_after_s: float = 5.0, nodes: tuple[str, ...] = ()) -> None:
         self.node = node_id
@@ -141,6 +144,7 @@ class SupervisorCore:
         self.refresh_s = 1.0  # re-read the plans: another supervisor may have changed them
         self.out: list[tuple] = []  # ("agency", op, req_id) / ("replica", shard, node, msg) / ("reply", to, msg)
         self.records: list[tuple[str, dict]] = []
+        self._groups_init()
 
     def take(self) -> tuple[list, list]:
         out, rec = self.out, self.records
@@ -204,8 +208,13 @@ class SupervisorCore:
         name = str(spec.name)
         shards = tuple(f"{name}#{i}" for i in range(spec.shards))
         muts = [Mutation(topic_path(spec.name), "set", spec.to_json())]
+        extra: dict = {}
+        if spec.shard_group_ms is not None:
+            group_muts, extra["until_ms"] = self.group_create_muts(spec, placed)
+            muts += group_muts
         for shard, reps in zip(shards, placed):
-            muts.append(Mutation(plan_path(shard), "set", {"epoch": 1, "leader": reps[0], "replicas": list(reps)}))
+            muts.append(Mutation(plan_path(shard), "set",
+                                 {"epoch": 1, "leader": reps[0], "replicas": list(reps), **extra}))
         self._agency("create", (m, reply_to, shards, tuple(placed)),
                      Txn(tuple(muts), (Precondition(topic_path(spec.name), "absent"),)))
 
@@ -241,9 +250,11 @@ class SupervisorCore:
         except ValueError as exc:
             answer("fail", f"stored spec unreadable: {exc}")
             return
-        old_shards = tuple(f"{spec.name}#{i}" for i in range(spec.shards))
+        old_shards = self.topic_shards(spec)
         if isinstance(m, DeleteTopic):
             muts = [Mutation(path, "delete")] + [Mutation(plan_path(s), "delete") for s in old_shards]
+            if spec.shard_group_ms is not None:
+                muts.append(Mutation(groups_path(str(spec.name)), "delete"))
             self._agency("topic_write", (m, reply_to, (), (), old_shards),
                          Txn(tuple(muts), (Precondition(path, "equals", current),)))
             return
@@ -356,6 +367,10 @@ class SupervisorCore:
             self._topic_read(key, r, now_s)
         elif kind == "topic_write":
             self._topic_written(key, r)
+        elif kind == "groups_load":
+            self._groups_loaded(r)
+        elif kind.startswith("group_"):
+            self.group_reply(kind[len("group_"):], key, r)
         elif kind in ("fence", "promote", "replace"):
             shard = key
             fo = self.failovers.get(shard)
@@ -484,6 +499,7 @@ class SupervisorCore:
             return
         if now_s - self.last_load_s >= self.refresh_s and "load" not in {k for k, _ in self.inflight.values()}:
             self._agency("load", "", Read((PLAN_ROOT,)))
+        self.groups_tick(now_s)
         # Every supervisor receives replica states all the time, so a newly
         # active one already knows who is alive: it only waits out its own
         # start (restart), not its activation.
@@ -575,6 +591,7 @@ class Supervisor(ChorusActor):
         if msg.payload != ("tick", self.gen) or self.core is None:
             return
         self.send(self.boot.agency, StatusQuery())
+        self.core.wall_ms = int(self.wall() * 1000)
         self.core.tick(self.now())
         self._flush()
         self._arm()
@@ -602,7 +619,7 @@ class Supervisor(ChorusActor):
             self.core.position(msg, self.now())
             self._flush()
 
-    def _topic_request(self, msg: CreateTopic | AlterTopic | DeleteTopic, sender: Any) -> None:
+    def _topic_request(self, msg: CreateTopic | AlterTopic | DeleteTopic | TruncateShards, sender: Any) -> None:
         """Carry out a topic request if active, else pass it to the active
         supervisor (the one on the agency leader's node)."""
         if self.core is None:
@@ -616,13 +633,16 @@ class Supervisor(ChorusActor):
             else:
                 self.send(to, TopicReply(msg.client, msg.req_id, "fail", error="no active supervisor; retry"))
             return
+        self.core.wall_ms = int(self.wall() * 1000)
         if isinstance(msg, CreateTopic):
             self.core.create_topic(msg, to, self.now())
+        elif isinstance(msg, TruncateShards):
+            self.core.truncate_shards(msg, to, self.now())
         else:
             self.core.change_topic(msg, to)
         self._flush()
 
-    on_CreateTopic = on_AlterTopic = on_DeleteTopic = _topic_request
+    on_CreateTopic = on_AlterTopic = on_DeleteTopic = on_TruncateShards = _topic_request
 
     def on_NodesQuery(self, msg: Any, sender: Any) -> None:
         if self.core is not None:

@@ -27,6 +27,7 @@ class ShardBoot:
     tuning: Any = None  # ShardTuning
     host: Any = None  # HostConfig in production
     supervisors: tuple[Any, ...] = ()  # where to report state (every node's Supervisor)
+    until_ms: int = -1  # the shard's group closes then (wall clock ms; -1: never)
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,27 @@ class Position:
     end: int
 
 
+GROUP_CLOSED = "shard group closed"  # how a ProduceReply's error starts when the shard's group is closed
+
+
+@dataclass(frozen=True)
+class GroupClose:
+    """Node -> its replica: the shard's group closes at ``until_ms`` (wall
+    clock ms; truncate-shards closes it early).  The leader refuses writes
+    from then on."""
+
+    shard: str
+    until_ms: int
+
+
+@dataclass(frozen=True)
+class DropData:
+    """Node -> its replica: the shard was dropped (its group passed
+    retention): close and delete its databases, then exit."""
+
+    shard: str
+
+
 @dataclass(frozen=True)
 class Assign:
     """Supervisor -> replica: for ``epoch`` the leader is ``leader``.  Sent
@@ -158,6 +180,8 @@ class ShardBugs:
     hh_drain_newest_first: bool = False  # hinted handoff drains a shard's queue from its newest hint
     hh_forget_sequence: bool = False  # hinted handoff drains without the producer id and sequence
     query_drops_ties: bool = False  # a history query's next page skips records tied with the last one's timestamp
+    drop_group_early: bool = False  # the supervisor drops a shard group half its retention early
+    write_closed_group: bool = False  # a shard's leader takes writes after its shard group closed
 
     def any(self) -> bool:
         return any(getattr(self, f) for f in self.__dataclass_fields__)

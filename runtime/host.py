@@ -45,6 +45,16 @@ class ProductionHost:
             self._stores[name] = store
         return store
 
+    def remove_store(self, name: str) -> None:
+        """Close store ``name`` and delete its database from disk (the space
+        is given back at once: one RocksDB database per store)."""
+        import shutil
+
+        store = self._stores.pop(name, None)
+        if store is not None:
+            store.close()
+        shutil.rmtree(self.data_dir / name.replace("/", "_"), ignore_errors=True)
+
     def open_bridge(self, listen: Any, *, node_id: str, cluster_id: str) -> Any:
         """The Dispatcher's socket bridge: servers in an I/O thread of this process."""
         from runtime.bridge import IOBridge

@@ -230,6 +230,13 @@ class MemoryDisk:
             table.data = SortedDict()  # old handles must not reach the live data
         self._tables = fresh
 
+    def remove(self, name: str) -> None:
+        """Delete table ``name`` (a dropped shard's data); open handles die."""
+        table = self._tables.pop(name, None)
+        if table is not None:
+            table.dead = True
+            table.data = SortedDict()
+
     def names(self) -> list[str]:
         """Names of every table ever opened on this disk, sorted."""
         return sorted(self._tables)
