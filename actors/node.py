@@ -30,7 +30,7 @@ from actors.node_handoff import NodeHandoff
 from actors.shard_replica import ShardReplica
 from actors.supervisor import PLAN_ROOT, walk_plans
 from actors.supervisor_groups import walk_lists
-from protocol.groups import GROUPS_ROOT
+from protocol.groups import GROUPS_ROOT, GroupList
 from protocol.agency import AgencyReply, AgencyRequest, Read
 from protocol.consume import Subscribe, SubscribeReply
 from protocol.node import (
@@ -61,6 +61,7 @@ from protocol.shard import (
 )
 
 REPLICAS_MAX = 10_000
+SWEEP_IDS_MAX = 100_000  # shard ids of dropped groups a booting node looks for, per topic
 
 
 class NodeActor(ChorusActor, NodeHandoff):
@@ -71,6 +72,7 @@ class NodeActor(ChorusActor, NodeHandoff):
         self.known: dict[tuple[str, str], Any] = {}  # (shard, node) -> address
         self.plans: dict[str, dict] = {}
         self.until: dict[str, int] = {}  # shard -> until_ms its local replica was told
+        self.swept = False  # deleted what groups dropped while this node was down
         self.gen = 0
         self.seq = 0
         self.req = 0
@@ -119,7 +121,11 @@ class NodeActor(ChorusActor, NodeHandoff):
         self.revision = revision
         values = list(msg.result["values"]) + [None]
         plans = dict(walk_plans(values[0] or {}))
-        grouped = {t for t, _ in walk_lists(values[1] or {})}
+        lists = walk_lists(values[1] or {})
+        grouped = {t for t, _ in lists}
+        if not self.swept and plans:
+            self.swept = True
+            self._sweep_dropped(lists)
         self.plans = plans
         for shard, plan in plans.items():
             if self.boot.node_id in plan.get("replicas", ()) and shard not in self.local:
@@ -138,6 +144,19 @@ class NodeActor(ChorusActor, NodeHandoff):
             self.send(addr, ActorExitRequest())
             self.known.pop((shard, self.boot.node_id), None)
             self.record("node.replica_stopped", node=self.boot.node_id, shard=shard)
+
+    def _sweep_dropped(self, lists: list) -> None:
+        """Once after boot: delete the databases of shards whose group was
+        dropped while this node was down (ids below the oldest live group's,
+        which are never used again)."""
+        for topic, raw in lists:
+            gl = GroupList.from_json(raw)
+            if gl is None or not gl.groups:
+                continue
+            live = set(gl.shard_ids())
+            for sid in range(max(0, min(live) - SWEEP_IDS_MAX), min(live)):
+                for name in (f"shard/{topic}#{sid}", f"shard/{topic}#{sid}.meta"):
+                    self.host.remove_store(name)
 
     def _create(self, shard: str, plan: dict) -> None:
         if len(self.local) >= REPLICAS_MAX:

@@ -10,9 +10,9 @@ history (``produce.invoke``/``produce.done``, the supervisor's
   ``acked_writes_durable`` as always.
 * ``dropped_data_removed`` -- a dropped shard's databases are gone from the
   disk of every node that was up from the drop to the end (the space is
-  given back; drops in the last ``YOUNG_S`` of the run, and nodes that
-  crashed, are not judged: a node down at the drop keeps the files, see
-  docs/ARCHITECTURE.md).
+  given back), also of nodes that were down at the drop (they delete what
+  was dropped meanwhile when they come back); drops in the last
+  ``YOUNG_S`` of the run are not judged.
 
 Also :func:`live_group_shards`: the shards of the groups that exist at the
 end, read from the agency leader's state machine.
@@ -79,9 +79,8 @@ def check_retention(h: Any, scn: Any, leaders: dict) -> tuple[dict[str, list[Vio
                 "retention_safe", f"shard {f['shard']} was dropped at t={d:.3f}s, but {f['producer']} seq "
                 f"{f['seq']} written there at t={t:.3f}s (acknowledged at t={r.t:.3f}s) was within the "
                 f"retention of {retention_s:g}s", {"shard": f["shard"]}))
-    crashed = {text.split()[1] for _t, text in h.fault_log if text.startswith("crash ")}
     for n in h.peers:
-        if n in crashed or not h.world.is_up(n):
+        if not h.world.is_up(n):
             continue
         names = set(h.world._nodes[n].disk.names())
         for shard in sorted(s for s, d in dropped.items() if d <= h.world.now - YOUNG_S):
