@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from thespian.actors import ActorExitRequest
+from thespian.actors import ActorExitRequest, ChildActorExited
 
 from actors.base import ChorusActor
 from actors.node_handoff import NodeHandoff
@@ -49,7 +49,6 @@ from protocol.node import (
 )
 from protocol.query import QueryShard, QueryShardReply
 from protocol.shard import (
-    DropData,
     GroupClose,
     Produce,
     ProduceReply,
@@ -73,6 +72,7 @@ class NodeActor(ChorusActor, NodeHandoff):
         self.plans: dict[str, dict] = {}
         self.until: dict[str, int] = {}  # shard -> until_ms its local replica was told
         self.swept = False  # deleted what groups dropped while this node was down
+        self.dropping: list[tuple[Any, str]] = []  # (replica address, shard) of dropped shards' exiting replicas
         self.gen = 0
         self.seq = 0
         self.req = 0
@@ -138,12 +138,24 @@ class NodeActor(ChorusActor, NodeHandoff):
             # its shard group was dropped (past retention): delete its data too
             addr = self.local.pop(shard)
             self.until.pop(shard, None)
-            if shard.rpartition("#")[0] in grouped:
-                self.send(addr, DropData(shard))
+            if shard.rpartition("#")[0] in grouped and len(self.dropping) < REPLICAS_MAX:
+                # its databases are deleted once its process has exited (on_ChildActorExited)
+                self.dropping.append((addr, shard))
                 self.record("node.replica_dropped", node=self.boot.node_id, shard=shard)
             self.send(addr, ActorExitRequest())
             self.known.pop((shard, self.boot.node_id), None)
             self.record("node.replica_stopped", node=self.boot.node_id, shard=shard)
+
+    def on_ChildActorExited(self, msg: ChildActorExited, sender: Any) -> None:
+        """A dropped shard's replica has exited (its databases are closed):
+        delete them, giving the disk space back."""
+        for i, (addr, shard) in enumerate(self.dropping):
+            if addr == msg.childAddress:
+                del self.dropping[i]
+                for name in (f"shard/{shard}", f"shard/{shard}.meta"):
+                    self.host.remove_store(name)
+                self.record("node.shard_data_deleted", node=self.boot.node_id, shard=shard)
+                return
 
     def _sweep_dropped(self, lists: list) -> None:
         """Once after boot: delete the databases of shards whose group was

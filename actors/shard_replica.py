@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from thespian.actors import ActorExitRequest
+
 from actors.base import ChorusActor
 from actors.query import scan
 from actors.replication import ShardCore
@@ -20,7 +22,6 @@ from protocol.query import QueryShard, QueryShardReply
 from protocol.shard import (
     GROUP_CLOSED,
     Assign,
-    DropData,
     Fence,
     GroupClose,
     Produce,
@@ -67,8 +68,7 @@ class ShardReplica(ChorusActor):
         self.meta = self.open_store(f"shard/{msg.shard}.meta")
         raw = self.meta.get(b"epoch")
         epoch = int(raw) if raw else 0
-        self.log_store = self.open_store(f"shard/{msg.shard}")
-        self.log = ShardLog(self.log_store)
+        self.log = ShardLog(self.open_store(f"shard/{msg.shard}"))
         self.core = ShardCore(msg.shard, msg.node_id, self.log, tuning, epoch=epoch, replicas=msg.replicas)
         self.supervisors = tuple(msg.supervisors)
         self.until_ms = msg.until_ms
@@ -174,17 +174,6 @@ class ShardReplica(ChorusActor):
         if msg.until_ms >= 0 and (self.until_ms < 0 or msg.until_ms < self.until_ms):
             self.until_ms = msg.until_ms
             self.record("shard.group_closed", shard=msg.shard, until_ms=msg.until_ms)
-
-    def on_DropData(self, msg: DropData, sender: Any) -> None:
-        """The shard's group passed retention: give its disk space back."""
-        name = self.core.shard if self.core is not None else msg.shard
-        for store in (getattr(self, "log_store", None), getattr(self, "meta", None)):
-            if store is not None:
-                store.close()
-        self.core = None
-        for n in (f"shard/{name}", f"shard/{name}.meta"):
-            self.host.remove_store(n)
-        self.record("shard.dropped", shard=name)
 
     def on_Push(self, msg: Push, sender: Any) -> None:
         if self.core is not None:

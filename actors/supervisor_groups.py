@@ -11,7 +11,7 @@ the active supervisor, on its tick:
 * **drops** whole groups past retention (``end_ms + retention_ms +
   CLOSE_SLACK_MS <= now``): one transaction removes them from the list and
   deletes their shard plans; each node then stops its replicas of those
-  shards and deletes their databases (actors/node.py, DropData);
+  shards and deletes their databases once they exited (actors/node.py);
 * **truncates** on request (``brokerctl topics truncate-shards``): the
   group holding now ends now (its shards' plans get ``until_ms`` = now, so
   their leaders refuse later writes) and the next group starts now, placed
@@ -71,6 +71,7 @@ class SupervisorGroups:
         self.group_lists = {}
         self.group_specs = {}
         self.group_busy = set()
+        self.group_waiting: list[tuple[Any, Any, float]] = []  # truncates waiting for a fresh read
 
     # ------------------------------------------------------------ reading
     def _groups_load(self, now_s: float) -> None:
@@ -93,6 +94,9 @@ class SupervisorGroups:
                 specs[topic] = spec
         self.group_specs = specs
         self.group_lists = {t: raw for t, raw in walk_lists(lists_tree or {}) if t not in self.group_busy}
+        waiting, self.group_waiting = self.group_waiting, []
+        for m, reply_to, now_s in waiting:
+            self.truncate_shards(m, reply_to, now_s, fresh=True)
 
     def topic_shards(self, spec: TopicSpec) -> tuple[str, ...]:
         """Every shard of the topic: of each of its groups, or 0..shards-1."""
@@ -159,7 +163,7 @@ class SupervisorGroups:
                 muts = [Mutation(plan_path(f"{topic}#{s}"), "delete") for g in drop for s in g.shards]
                 self._group_txn(topic, "drop", raw, gl.without(drop), muts, tuple(drop))
 
-    def truncate_shards(self, m: Any, reply_to: Any, now_s: float) -> None:
+    def truncate_shards(self, m: Any, reply_to: Any, now_s: float, fresh: bool = False) -> None:
         """Close the topic's current group at once; the next writes go to a
         new group placed on the current nodes."""
         from actors.supervisor import plan_path
@@ -173,6 +177,11 @@ class SupervisorGroups:
         spec = self.group_specs.get(m.name)
         raw = self.group_lists.get(m.name)
         gl = GroupList.from_json(raw)
+        if (spec is None or gl is None) and not fresh and len(self.group_waiting) < 100:
+            # a topic created a moment ago: read the lists, then try again
+            self.group_waiting.append((m, reply_to, now_s))
+            self._groups_load(now_s)
+            return
         if spec is None or gl is None:
             fail(f"topic {m.name} does not exist or has no shard groups (create it with a shard group duration)")
             return

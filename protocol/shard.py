@@ -116,14 +116,6 @@ class GroupClose:
 
 
 @dataclass(frozen=True)
-class DropData:
-    """Node -> its replica: the shard was dropped (its group passed
-    retention): close and delete its databases, then exit."""
-
-    shard: str
-
-
-@dataclass(frozen=True)
 class Assign:
     """Supervisor -> replica: for ``epoch`` the leader is ``leader``.  Sent
     only after the agency committed it."""

@@ -46,8 +46,10 @@ class ProductionHost:
         return store
 
     def remove_store(self, name: str) -> None:
-        """Close store ``name`` and delete its database from disk (the space
-        is given back at once: one RocksDB database per store)."""
+        """Delete store ``name``'s database from disk (one RocksDB database
+        per store: the space is given back at once).  Only for a store no
+        process has open (the NodeActor calls it once a dropped shard's
+        replica has exited)."""
         import shutil
 
         store = self._stores.pop(name, None)

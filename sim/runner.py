@@ -39,6 +39,7 @@ from sim.workload import AgencyClient, ClientBoot
 from sim.world import World
 
 BUG_FLAGS = {"double_vote", "commit_old_terms", "ack_before_sync"}
+LIVENESS_LAG_S = 1.0  # with a busy agency at the end (shard groups), peers may trail the last second
 
 
 @dataclass
@@ -318,11 +319,22 @@ class Harness:
 
     # ------------------------------------------------------------- faults
     def schedule(self) -> None:
+        if getattr(self, "grouped_topic", None):
+            # the supervisor keeps writing the agency (group rollovers) up to
+            # the end: liveness asks every peer to have applied what was
+            # committed a second before the end, not the last moment's entry
+            end = self.scn.duration_s + self.scn.settle_s
+            self.world.at(end - LIVENESS_LAG_S, self._note_commit, "note the commit index")
         for f in self.scn.faults:
             if f.at_s is not None:
                 self.world.at(f.at_s, self._firer(f), f"fault {f.do}")
             else:
                 self._schedule_repeat(f, f.from_s or 0.0)
+
+    def _note_commit(self) -> None:
+        cores = [a.core for p in self.peers if (a := self.world.actor(f"{p}/raft")) is not None
+                 and a.core is not None]
+        self.commit_before_end = max((c.commit for c in cores), default=0)
 
     def _schedule_repeat(self, f: Fault, after: float) -> None:
         lo, hi = f.every_s
@@ -683,11 +695,12 @@ def liveness(h: Harness, scn: Scenario) -> list[Violation]:
     if leader is None:
         return [Violation("liveness", f"no leader {scn.settle_s}s after all faults were healed", {})]
     lc = w.actor(f"{leader}/raft").core
+    target = min(lc.commit, getattr(h, "commit_before_end", lc.commit))
     for p in h.peers:
         a = w.actor(f"{p}/raft")
         if a is None or a.core is None:
             bad.append(Violation("liveness", f"peer {p} is not running after the settle phase", {}))
-        elif a.core.applied != lc.commit:
+        elif a.core.applied < target or a.core.applied > lc.commit:
             bad.append(Violation(
                 "liveness", f"peer {p} applied {a.core.applied} but leader {leader} committed {lc.commit}",
                 {"peer": p, "applied": a.core.applied, "commit": lc.commit}))
