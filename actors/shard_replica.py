@@ -40,7 +40,8 @@ from protocol.shard import (
 from protocol.records import read_header
 from storage.shardlog import ShardLog
 
-QUERY_SCAN_BYTES_MAX = 512 << 20  # log bytes one query page may scan on one replica
+QUERY_SCAN_BYTES_MAX = 512 << 20
+SIZE_REPORT_EVERY = 20  # measure the log's size on every 20th state report  # log bytes one query page may scan on one replica
 
 
 class ShardReplica(ChorusActor):
@@ -56,6 +57,8 @@ class ShardReplica(ChorusActor):
         self.lead_epoch = 0
         self.last_hw = -1
         self.until_ms = -1  # wall clock ms from which the shard's group takes no writes (-1: never)
+        self.reports = 0
+        self.log_bytes = -1
 
     def on_ShardBoot(self, msg: ShardBoot, sender: Any) -> None:
         for node, addr in msg.addresses:
@@ -68,7 +71,8 @@ class ShardReplica(ChorusActor):
         self.meta = self.open_store(f"shard/{msg.shard}.meta")
         raw = self.meta.get(b"epoch")
         epoch = int(raw) if raw else 0
-        self.log = ShardLog(self.open_store(f"shard/{msg.shard}"))
+        self.log_store = self.open_store(f"shard/{msg.shard}")
+        self.log = ShardLog(self.log_store)
         self.core = ShardCore(msg.shard, msg.node_id, self.log, tuning, epoch=epoch, replicas=msg.replicas)
         self.supervisors = tuple(msg.supervisors)
         self.until_ms = msg.until_ms
@@ -115,7 +119,11 @@ class ShardReplica(ChorusActor):
 
     def _report(self) -> None:
         c = self.core
-        st = ReplicaState(c.shard, c.id, c.epoch, c.role, c.leader, self.log.last_epoch, self.log.end_offset, c.hw)
+        if self.reports % SIZE_REPORT_EVERY == 0:  # for retention by size (supervisor_groups.py)
+            self.log_bytes = self.log_store.bytes_estimate()
+        self.reports += 1
+        st = ReplicaState(c.shard, c.id, c.epoch, c.role, c.leader, self.log.last_epoch, self.log.end_offset, c.hw,
+                          self.log_bytes)
         for addr in self.supervisors:
             self.send(addr, st)
 

@@ -9,7 +9,9 @@ the active supervisor, on its tick:
   one agency transaction whose precondition is that the list is still
   what it read -- two supervisors can never both add a group;
 * **drops** whole groups past retention (``end_ms + retention_ms +
-  CLOSE_SLACK_MS <= now``): one transaction removes them from the list and
+  CLOSE_SLACK_MS <= now``), and the oldest closed groups while a shard
+  index holds more than ``retention_bytes`` over all groups (sizes from
+  the replicas' state reports, ``ReplicaState.log_bytes``): one transaction removes them from the list and
   deletes their shard plans; each node then stops its replicas of those
   shards and deletes their databases once they exited (actors/node.py);
 * **truncates** on request (``brokerctl topics truncate-shards``): the
@@ -157,11 +159,24 @@ class SupervisorGroups:
                 drop = [g for g in gl.groups if g.end_ms + retention // 2 <= now_ms and g is not gl.current(now_ms)]
             else:
                 drop = gl.expired(now_ms, retention)
+            if spec.retention_bytes is not None:
+                by_size = gl.oversize(self._shard_bytes(topic), spec.retention_bytes, now_ms)
+                drop = sorted({g.id: g for g in drop + by_size}.values(), key=lambda g: g.id)
             if drop:
                 from actors.supervisor import plan_path
 
                 muts = [Mutation(plan_path(f"{topic}#{s}"), "delete") for g in drop for s in g.shards]
                 self._group_txn(topic, "drop", raw, gl.without(drop), muts, tuple(drop))
+
+    def _shard_bytes(self, topic: str) -> dict[int, int]:
+        """shard id -> the largest log size its replicas last reported."""
+        out: dict[int, int] = {}
+        prefix = topic + "#"
+        for (shard, _node), (_t, st) in self.seen.items():
+            if shard.startswith(prefix) and st.log_bytes >= 0:
+                sid = int(shard[len(prefix):])
+                out[sid] = max(out.get(sid, 0), st.log_bytes)
+        return out
 
     def truncate_shards(self, m: Any, reply_to: Any, now_s: float, fresh: bool = False) -> None:
         """Close the topic's current group at once; the next writes go to a

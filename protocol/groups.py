@@ -163,18 +163,21 @@ class GroupList:
                 and g is not self.current(now_ms)]
 
     def oversize(self, bytes_of: Mapping[int, int], retention_bytes: int | None, now_ms: int) -> list[ShardGroup]:
-        """The oldest closed groups to drop so that the topic's size (sum of
-        ``bytes_of[shard]``, one replica's log each) is at most
-        ``retention_bytes``.  Open groups are never dropped."""
-        if retention_bytes is None:
+        """The oldest closed groups to drop so that every shard index holds
+        at most ``retention_bytes`` over all groups (``bytes_of[shard id]``:
+        one replica's log, unknown counts 0) -- retention by size is per
+        shard, like Kafka's per partition.  Open groups are never dropped."""
+        if retention_bytes is None or not self.groups:
             return []
-        total = sum(bytes_of.get(s, 0) for g in self.groups for s in g.shards)
+        width = max(len(g.shards) for g in self.groups)
+        totals = [sum(bytes_of.get(g.shards[i], 0) for g in self.groups if i < len(g.shards)) for i in range(width)]
         out = []
         for g in self.groups:
-            if total <= retention_bytes or g.end_ms > now_ms:
+            if max(totals) <= retention_bytes or g.end_ms > now_ms:
                 break
             out.append(g)
-            total -= sum(bytes_of.get(s, 0) for s in g.shards)
+            for i, s in enumerate(g.shards):
+                totals[i] -= bytes_of.get(s, 0)
         return out
 
     def without(self, dropped: list[ShardGroup]) -> "GroupList":

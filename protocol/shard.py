@@ -211,6 +211,7 @@ class ReplicaState:
     last_epoch: int
     end: int
     hw: int
+    log_bytes: int = -1  # about how many bytes the log takes on disk (-1: not measured)
 
 
 @dataclass(frozen=True)

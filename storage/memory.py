@@ -185,6 +185,10 @@ class MemoryStore:
                 lo, lo_incl = items[-1][0], False
             chunk = min(chunk * 2, SCAN_CHUNK_MAX)
 
+    def bytes_estimate(self) -> int:
+        """Key+value bytes held (what RocksStore.bytes_estimate approximates)."""
+        return sum(len(k) + len(v) for k, v in self._live().data.items())
+
     def sync(self) -> None:
         t = self._live()
         if t.undo:
