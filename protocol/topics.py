@@ -158,7 +158,7 @@ class TopicSpec:
         if not _is_int(self.replication_factor) or not 1 <= self.replication_factor <= MAX_REPLICATION_FACTOR:
             raise ValueError(f"replication_factor must be an int in 1..{MAX_REPLICATION_FACTOR}, "
                              f"got {self.replication_factor!r}")
-        _check_optional_min("retention_ms", self.retention_ms, MIN_RETENTION_MS, "one minute")
+        _check_optional_min("retention_ms", self.retention_ms, MIN_RETENTION_MS, "one second")
         _check_optional_min("retention_bytes", self.retention_bytes, MIN_RETENTION_BYTES, "1 MiB")
         _check_optional_min("shard_group_ms", self.shard_group_ms, MIN_SHARD_GROUP_MS, "one second")
         if not isinstance(self.persistent, bool):
