@@ -18,23 +18,16 @@ HOUR_MS = 3_600_000
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    c = RealCluster(tmp_path_factory.mktemp("groups"), n=3)
-    try:
-        c.start()
-        yield c
-    finally:
-        leftovers = c.stop_all()
-        assert leftovers == [], f"processes outlived SIGTERM: {leftovers}"
+    yield from RealCluster.running(tmp_path_factory.mktemp("groups"), n=3)
 
 
 def _wait(what: str, check, timeout_s: float = 60.0):
-    deadline = time.monotonic() + timeout_s
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
+    """``check()``'s first true answer, polled until ``timeout_s``."""
+    deadline, last = time.monotonic() + timeout_s, None
+    while time.monotonic() < deadline and not (last := check()):
         time.sleep(0.2)
+    if last:
+        return last
     raise TimeoutError(f"{what} not seen in {timeout_s}s (last: {last!r})")
 
 
