@@ -618,7 +618,7 @@ class Dispatcher(ChorusActor, DispatcherMqtt, DispatcherUsers, DispatcherHandoff
                 continue
             shards = []
             for i in range(int(spec.get("shards", 1))):
-                plan = self.plans.get(f"{t}#{i}") or {}
+                plan = self.plans.get(self._group_shard(t, i) or f"{t}#{i}") or {}  # the current group's
                 leader = plan.get("leader") or ""
                 host, port = _split(self.nodes.get(leader, {}).get("client", ""))
                 shards.append(ShardMetadata(shard=i, leader=leader, host=host, port=port,
@@ -1116,10 +1116,11 @@ class Dispatcher(ChorusActor, DispatcherMqtt, DispatcherUsers, DispatcherHandoff
             return
         out = []
         for i in range(int(spec.get("shards", 1))):
-            plan = self.plans.get(f"{topic}#{i}") or {}
+            shard = self._group_shard(topic, i) or f"{topic}#{i}"  # the current group's
+            plan = self.plans.get(shard) or {}
             leader = plan.get("leader") or ""
             info = self.nodes.get(leader, {})
-            out.append({"index": i, "shard": f"{topic}#{i}", "leader": leader, "epoch": int(plan.get("epoch", 0)),
+            out.append({"index": i, "shard": shard, "leader": leader, "epoch": int(plan.get("epoch", 0)),
                         "client": info.get("client", ""), "http": info.get("http", "")})
         ok(out)
 
