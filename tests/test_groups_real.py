@@ -103,7 +103,7 @@ def test_truncate_shards_then_a_query_across_two_groups(cluster: RealCluster) ->
 def test_retention_drops_a_whole_group_and_gives_its_disk_space_back(cluster: RealCluster) -> None:
     topic = "grp/p/c/metrics"
     status, body = cluster.call("n1", "POST", "/topics", {"name": topic, "shards": 1, "replication_factor": 3,
-                                                           "shard_group_ms": 5000, "retention_ms": 1000})
+                                                           "shard_group_ms": 10_000, "retention_ms": 1000})
     assert status == 201, body
     cluster.wait_leaders("n1", topic)
 
@@ -112,7 +112,7 @@ def test_retention_drops_a_whole_group_and_gives_its_disk_space_back(cluster: Re
         return next((g for g in _groups(cluster, "n1", topic) if g["start_ms"] <= now and g["end_ms"] - now >= 2000),
                     None)
 
-    g0 = _wait("a current group with time to write", roomy_group, timeout_s=30)
+    g0 = _wait("a current group with time to write", roomy_group, timeout_s=90)
     cluster.wait_leaders("n1", topic)
     rng = random.Random(7)
     value_bytes = 2048  # random: RocksDB cannot compress them away
