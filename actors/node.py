@@ -45,7 +45,6 @@ from protocol.node import (
     Routed,
     ShardInfo,
     TopicReply,
-    TruncateShards,  # noqa: F401  (forwarded to the supervisor like the other topic requests)
 )
 from protocol.query import QueryShard, QueryShardReply
 from protocol.shard import (

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from thespian.actors import ActorExitRequest
-
 from actors.base import ChorusActor
 from actors.query import scan
 from actors.replication import ShardCore
