@@ -54,11 +54,10 @@ def check_retention(h: Any, scn: Any, leaders: dict) -> tuple[dict[str, list[Vio
         if r.kind == "groups.dropped" and r.fields["topic"] == topic:
             for s in r.fields["shards"]:
                 dropped.setdefault(f"{topic}#{s}", r.t)
-    created = {f"{topic}#{s}" for r in history if r.kind == "groups.created" and r.fields["topic"] == topic
-               for s in r.fields["shards"]}
     stats = {"groups_created": sum(1 for r in history if r.kind == "groups.created"),
              "groups_dropped": sum(1 for r in history if r.kind == "groups.dropped"),
-             "shards_dropped": len(dropped), "records_dropped": 0, "shards_live": len(created) - len(dropped)}
+             "groups_truncated": sum(1 for r in history if r.kind == "groups.truncated"),
+             "shards_dropped": len(dropped), "records_dropped": 0}
     invoked: dict[tuple[str, str, int], float] = {}
     for r in history:
         if r.kind == "produce.invoke":
