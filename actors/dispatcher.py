@@ -40,6 +40,7 @@ from typing import Any, Callable
 from thespian.actors import ThespianWatch
 
 from actors.base import ChorusActor
+from actors.dispatcher_groups import GROUP_RETRIES_MAX, DispatcherGroups
 from actors.dispatcher_handoff import DispatcherHandoff
 from actors.dispatcher_metrics import DispatcherMetrics
 from actors.dispatcher_mqtt import DispatcherMqtt
@@ -79,6 +80,7 @@ from protocol.frames import (
     TopicMetadata,
 )
 from protocol.frames import Delivery as DeliveryFrame
+from protocol.groups import GROUPS_ROOT
 from protocol.hashing import RoundRobin
 from protocol.node import (
     CAP_CLUSTER,
@@ -95,7 +97,7 @@ from protocol.node import (
     TopicReply,
 )
 from protocol.records import Record, decode_batch, encode_batch, is_control, read_header
-from protocol.shard import Produce, ProduceReply, ReadShard, ReadShardReply, ShardStatusReply
+from protocol.shard import GROUP_CLOSED, Produce, ProduceReply, ReadShard, ReadShardReply, ShardStatusReply
 from protocol.topics import TOPICS_ROOT, TopicName, TopicSpec
 from protocol.users import USERS_ROOT
 
@@ -178,7 +180,7 @@ class _Sub:
 
 
 class Dispatcher(ChorusActor, DispatcherMqtt, DispatcherUsers, DispatcherHandoff, DispatcherQuery,
-                 DispatcherMetrics, DispatcherMoves):
+                 DispatcherMetrics, DispatcherMoves, DispatcherGroups):
     def __init__(self) -> None:
         super().__init__()
         self.boot: DispatcherBoot | None = None
@@ -298,8 +300,8 @@ class Dispatcher(ChorusActor, DispatcherMqtt, DispatcherUsers, DispatcherHandoff
 
     # --------------------------------------------------------- agency view
     def _poll(self) -> None:
-        self._agency(Read((TOPICS_ROOT, PLAN_ROOT, NODES_ROOT, NAMESPACES_ROOT, USERS_ROOT), linearizable=False),
-                     self._polled)
+        self._agency(Read((TOPICS_ROOT, PLAN_ROOT, NODES_ROOT, NAMESPACES_ROOT, USERS_ROOT, GROUPS_ROOT),
+                          linearizable=False), self._polled)
         if not self.registered:
             self._register()
         self._hh_poll()
@@ -340,8 +342,10 @@ class Dispatcher(ChorusActor, DispatcherMqtt, DispatcherUsers, DispatcherHandoff
         if rev < self.revision:
             return
         self.revision = rev
-        topics_tree, plans_tree, nodes_tree, ns_tree, users_tree = (list(reply.result["values"]) + [None] * 5)[:5]
+        topics_tree, plans_tree, nodes_tree, ns_tree, users_tree, groups_tree = \
+            (list(reply.result["values"]) + [None] * 6)[:6]
         self._users_polled(users_tree)
+        self._groups_polled(groups_tree)
         self.topics = dict(_walk_topics(topics_tree or {}))
         self.plans = dict(walk_plans(plans_tree or {}))
         self.nodes = {k: v for k, v in (nodes_tree or {}).items() if isinstance(v, dict)}
@@ -428,7 +432,14 @@ class Dispatcher(ChorusActor, DispatcherMqtt, DispatcherUsers, DispatcherHandoff
         if not 0 <= index < int(spec.get("shards", 1)):
             raise Refusal(ErrorCode.UNKNOWN_SHARD, 404, "not_found",
                           f"topic {topic!r} has {spec.get('shards')} shards; there is no shard {index}")
-        return f"{topic}#{index}"
+        shard = self._group_shard(topic, index)
+        if shard is None:  # no group holds this node's clock yet: the supervisor is adding it
+            if first:
+                defer()
+                return None
+            raise Refusal(ErrorCode.OVERLOADED, 503, "unavailable",
+                          f"topic {topic!r} has no shard group for now yet; retry")
+        return shard
 
     def _after_poll(self, conn: int, corr: int, redo: Callable[[], None]) -> None:
         """Serve a request again once the next agency view is in (it named a
@@ -441,7 +452,7 @@ class Dispatcher(ChorusActor, DispatcherMqtt, DispatcherUsers, DispatcherHandoff
 
         self.after_poll.append(again)
 
-    def _produce_frame(self, conn: int, corr: int, m: ProduceRequest, first: bool = True) -> None:
+    def _produce_frame(self, conn: int, corr: int, m: ProduceRequest, first: bool = True, tries: int = 0) -> None:
         shard = self._shard_of(m.topic, m.shard, lambda: self._after_poll(
             conn, corr, lambda: self._produce_frame(conn, corr, m, False)), first)
         if shard is None:
@@ -453,6 +464,10 @@ class Dispatcher(ChorusActor, DispatcherMqtt, DispatcherUsers, DispatcherHandoff
                                                     duplicate=reply.duplicate))
 
         def fail(code: ErrorCode, text: str) -> None:
+            if text.startswith(GROUP_CLOSED) and tries < GROUP_RETRIES_MAX:
+                # the group closed (truncate-shards): write to the current one
+                self.after_poll.append(lambda: self._produce_frame(conn, corr, m, False, tries + 1))
+                return
             self._error(conn, corr, code, text)
 
         self._produce(shard, m.batch, m.level.value, m.producer_id, m.sequence, m.timeout_ms / 1000.0, ok, fail)
@@ -622,7 +637,7 @@ class Dispatcher(ChorusActor, DispatcherMqtt, DispatcherUsers, DispatcherHandoff
                 continue
             shards = []
             for i in range(int(spec.get("shards", 1))):
-                plan = self.plans.get(f"{t}#{i}") or {}
+                plan = self.plans.get(self._group_shard(t, i) or f"{t}#{i}") or {}  # the current group's
                 leader = plan.get("leader") or ""
                 host, port = _split(self.nodes.get(leader, {}).get("client", ""))
                 shards.append(ShardMetadata(shard=i, leader=leader, host=host, port=port,
@@ -933,7 +948,10 @@ class Dispatcher(ChorusActor, DispatcherMqtt, DispatcherUsers, DispatcherHandoff
         out = []
         for t in names:
             spec = self.topics.get(t)
-            if spec is not None:
+            gl = self._group_list(t)
+            if gl is not None:  # every shard of every group (ids unique within the topic)
+                out.extend(f"{t}#{i}" for i in gl.shard_ids())
+            elif spec is not None:
                 out.extend(f"{t}#{i}" for i in range(int(spec.get("shards", 1))))
         return out
 
@@ -1014,9 +1032,13 @@ class Dispatcher(ChorusActor, DispatcherMqtt, DispatcherUsers, DispatcherHandoff
         self._topic_info(args.get("topic"), False, fail, done)
 
     def _topic_json(self, spec: dict) -> dict:
-        return {"name": spec["name"], "shards": spec.get("shards", 1),
-                "replication_factor": spec.get("replication_factor", 1),
-                "retention_ms": spec.get("retention_ms"), "retention_bytes": spec.get("retention_bytes")}
+        out = {"name": spec["name"], "shards": spec.get("shards", 1),
+               "replication_factor": spec.get("replication_factor", 1),
+               "retention_ms": spec.get("retention_ms"), "retention_bytes": spec.get("retention_bytes")}
+        if spec.get("shard_group_ms") is not None:
+            out["shard_group_ms"] = spec["shard_group_ms"]
+            out["groups"] = self._groups_json(spec["name"]) or []
+        return out
 
     def _admin_topics(self, args: dict, ok: Callable, fail: Callable) -> None:
         ok([self._topic_json(self.topics[t]) for t in sorted(self.topics)])
@@ -1114,10 +1136,11 @@ class Dispatcher(ChorusActor, DispatcherMqtt, DispatcherUsers, DispatcherHandoff
             return
         out = []
         for i in range(int(spec.get("shards", 1))):
-            plan = self.plans.get(f"{topic}#{i}") or {}
+            shard = self._group_shard(topic, i) or f"{topic}#{i}"  # the current group's
+            plan = self.plans.get(shard) or {}
             leader = plan.get("leader") or ""
             info = self.nodes.get(leader, {})
-            out.append({"index": i, "shard": f"{topic}#{i}", "leader": leader, "epoch": int(plan.get("epoch", 0)),
+            out.append({"index": i, "shard": shard, "leader": leader, "epoch": int(plan.get("epoch", 0)),
                         "client": info.get("client", ""), "http": info.get("http", "")})
         ok(out)
 
@@ -1161,12 +1184,21 @@ class Dispatcher(ChorusActor, DispatcherMqtt, DispatcherUsers, DispatcherHandoff
             ok({"topic": topic, "shard": index, "base_offset": reply.base_offset, "count": len(recs),
                 "level": reply.level or level})
 
+        tries = int(args.get("_group_tries", 0))
+
         def failed(code: Any, text: str) -> None:
+            if text.startswith(GROUP_CLOSED) and tries < GROUP_RETRIES_MAX:  # truncated: to the current group
+                self.after_poll.append(lambda: self._admin_produce({**args, "_group_tries": tries + 1}, ok, fail))
+                return
             _c, status, slug = _classify(text)
             fail(status, slug, text)
 
+        shard = self._group_shard(topic, index)
+        if shard is None:
+            fail(503, "unavailable", f"topic {topic!r} has no shard group for now yet; retry")
+            return
         try:
-            self._produce(f"{topic}#{index}", batch, level, 0, 0, self.boot.listen.request_timeout_s, done, failed)
+            self._produce(shard, batch, level, 0, 0, self.boot.listen.request_timeout_s, done, failed)
         except Refusal as r:
             fail(r.status, r.slug, r.message)
 
@@ -1194,7 +1226,8 @@ class Dispatcher(ChorusActor, DispatcherMqtt, DispatcherUsers, DispatcherHandoff
             _c, status, slug = _classify(text)
             fail(status, slug, text)
 
-        self._read(f"{topic}#{index}", offset, int(args.get("max_bytes") or (1 << 20)), 0.0, done, failed)
+        self._read(self._group_shard(topic, index) or f"{topic}#{index}", offset,
+                   int(args.get("max_bytes") or (1 << 20)), 0.0, done, failed)
 
     def _admin_subscriptions(self, args: dict, ok: Callable, fail: Callable) -> None:
         def done(shards: list[str], info: dict[str, dict]) -> None:

@@ -122,7 +122,9 @@ class DispatcherQuery:
             fail(503, "overloaded", f"{QUERIES_MAX} history queries in flight on this node; retry later")
             return
         q = _Query(topic, params, cursor, self.now() + self.boot.listen.request_timeout_s, ok, fail)
-        for index, shard in shards_for_range(topic, spec, params.from_ms, params.to_ms):
+        grouped = self._groups_for_range(topic, spec, params.from_ms, params.to_ms)
+        for index, shard in grouped if grouped is not None else shards_for_range(topic, spec, params.from_ms,
+                                                                                    params.to_ms):
             c = cursor.shards.get(index)
             if c is not None and c.done:
                 continue

@@ -23,12 +23,14 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from thespian.actors import ActorExitRequest
+from thespian.actors import ActorExitRequest, ChildActorExited
 
 from actors.base import ChorusActor
 from actors.node_handoff import NodeHandoff
 from actors.shard_replica import ShardReplica
 from actors.supervisor import PLAN_ROOT, walk_plans
+from actors.supervisor_groups import walk_lists
+from protocol.groups import GROUPS_ROOT, GroupList
 from protocol.agency import AgencyReply, AgencyRequest, Read
 from protocol.consume import Subscribe, SubscribeReply
 from protocol.node import (
@@ -46,6 +48,7 @@ from protocol.node import (
 )
 from protocol.query import QueryShard, QueryShardReply
 from protocol.shard import (
+    GroupClose,
     Produce,
     ProduceReply,
     ReadShard,
@@ -56,6 +59,7 @@ from protocol.shard import (
 )
 
 REPLICAS_MAX = 10_000
+SWEEP_IDS_MAX = 100_000  # shard ids of dropped groups a booting node looks for, per topic
 
 
 class NodeActor(ChorusActor, NodeHandoff):
@@ -65,6 +69,9 @@ class NodeActor(ChorusActor, NodeHandoff):
         self.local: dict[str, Any] = {}  # shard -> ShardReplica address
         self.known: dict[tuple[str, str], Any] = {}  # (shard, node) -> address
         self.plans: dict[str, dict] = {}
+        self.until: dict[str, int] = {}  # shard -> until_ms its local replica was told
+        self.swept = False  # deleted what groups dropped while this node was down
+        self.dropping: list[tuple[Any, str]] = []  # (replica address, shard) of dropped shards' exiting replicas
         self.gen = 0
         self.seq = 0
         self.req = 0
@@ -89,7 +96,8 @@ class NodeActor(ChorusActor, NodeHandoff):
 
     def _poll(self) -> None:
         self.req += 1
-        self.send(self.boot.agency, AgencyRequest(self.client, self.req, Read((PLAN_ROOT,), linearizable=False)))
+        self.send(self.boot.agency, AgencyRequest(self.client, self.req, Read((PLAN_ROOT, GROUPS_ROOT),
+                                                                             linearizable=False)))
         self.seq += 1
         hb = NodeHeartbeat(self.boot.node_id, self.seq)
         for sup in self.sups:
@@ -110,19 +118,59 @@ class NodeActor(ChorusActor, NodeHandoff):
         if revision < self.revision:
             return  # an older view (e.g. our agency peer is catching up after a restart)
         self.revision = revision
-        plans = dict(walk_plans(msg.result["values"][0] or {}))
+        values = list(msg.result["values"]) + [None]
+        plans = dict(walk_plans(values[0] or {}))
+        lists = walk_lists(values[1] or {})
+        grouped = {t for t, _ in lists}
+        if not self.swept and plans:
+            self.swept = True
+            self._sweep_dropped(lists)
         self.plans = plans
         me = self.boot.node_id
         for shard, plan in plans.items():
             if (me in plan.get("replicas", ()) or me in plan.get("learners", ())) and shard not in self.local:
                 self._create(shard, plan)
+            elif shard in self.local and plan.get("until_ms", -1) != self.until.get(shard, -1):
+                self.until[shard] = plan.get("until_ms", -1)
+                self.send(self.local[shard], GroupClose(shard, self.until[shard]))
         for shard in [s for s in self.local if s not in plans or (me not in plans[s].get("replicas", ())
                                                                   and me not in plans[s].get("learners", ()))]:
-            # the topic was deleted, or a move took the replica away: stop
-            # the replica (its data stays on disk)
-            self.send(self.local.pop(shard), ActorExitRequest())
+            # the topic was deleted, or a move took the replica away: stop the
+            # replica (its data stays on disk); its shard group was dropped
+            # (past retention): delete its data too
+            addr = self.local.pop(shard)
+            self.until.pop(shard, None)
+            if shard not in plans and shard.rpartition("#")[0] in grouped and len(self.dropping) < REPLICAS_MAX:
+                # its databases are deleted once its process has exited (on_ChildActorExited)
+                self.dropping.append((addr, shard))
+                self.record("node.replica_dropped", node=self.boot.node_id, shard=shard)
+            self.send(addr, ActorExitRequest())
             self.known.pop((shard, self.boot.node_id), None)
             self.record("node.replica_stopped", node=self.boot.node_id, shard=shard)
+
+    def on_ChildActorExited(self, msg: ChildActorExited, sender: Any) -> None:
+        """A dropped shard's replica has exited (its databases are closed):
+        delete them, giving the disk space back."""
+        for i, (addr, shard) in enumerate(self.dropping):
+            if addr == msg.childAddress:
+                del self.dropping[i]
+                for name in (f"shard/{shard}", f"shard/{shard}.meta"):
+                    self.host.remove_store(name)
+                self.record("node.shard_data_deleted", node=self.boot.node_id, shard=shard)
+                return
+
+    def _sweep_dropped(self, lists: list) -> None:
+        """Once after boot: delete the databases of shards whose group was
+        dropped while this node was down (ids below the oldest live group's,
+        which are never used again)."""
+        for topic, raw in lists:
+            gl = GroupList.from_json(raw)
+            if gl is None or not gl.groups:
+                continue
+            live = set(gl.shard_ids())
+            for sid in range(max(0, min(live) - SWEEP_IDS_MAX), min(live)):
+                for name in (f"shard/{topic}#{sid}", f"shard/{topic}#{sid}.meta"):
+                    self.host.remove_store(name)
 
     def _create(self, shard: str, plan: dict) -> None:
         if len(self.local) >= REPLICAS_MAX:
@@ -133,8 +181,9 @@ class NodeActor(ChorusActor, NodeHandoff):
         self.known[(shard, b.node_id)] = addr
         peers = tuple((n, a) for (s, n), a in sorted(self.known.items(), key=lambda kv: kv[0]) if s == shard)
         leader = plan.get("leader") or None
+        self.until[shard] = int(plan.get("until_ms", -1))
         self.send(addr, ShardBoot(shard, b.node_id, tuple(plan["replicas"]), peers, int(plan["epoch"]), leader,
-                                  b.tuning, b.host, tuple(self.sups)))
+                                  b.tuning, b.host, tuple(self.sups), self.until[shard]))
         note = ReplicaAddress(shard, b.node_id, addr)
         for node in sorted(self.node_addrs):
             if node != b.node_id:
@@ -247,4 +296,4 @@ class NodeActor(ChorusActor, NodeHandoff):
             return
         self.send(self.boot.supervisor, replace(msg, reply_to=to))
 
-    on_CreateTopic = on_AlterTopic = on_DeleteTopic = _to_supervisor
+    on_CreateTopic = on_AlterTopic = on_DeleteTopic = on_TruncateShards = _to_supervisor

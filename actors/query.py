@@ -35,8 +35,9 @@ Pieces, each pure:
 * :func:`check_params` -- validation with clear messages.
 
 Fan-out is "for each shard whose data may overlap the range"
-(:func:`shards_for_range`): today every shard of the topic; time-bucketed
-shard groups will return only the groups whose bucket meets the range.
+(:func:`shards_for_range`): every shard of a topic without shard groups;
+for a topic with shard groups the shards of each group whose span meets
+the range (actors/dispatcher_groups.py).
 """
 from __future__ import annotations
 
@@ -105,9 +106,10 @@ def check_params(from_ms: object, to_ms: object, key: object = None, limit: obje
 
 def shards_for_range(topic: str, spec: dict, from_ms: int, to_ms: int) -> list[tuple[int, str]]:
     """(index, internal shard name) of every shard whose data may overlap
-    ``[from_ms, to_ms)``.  One set of shards per topic today, so all of them;
-    a topic with time-bucketed shard groups will list only the groups whose
-    bucket meets the range (the index stays the tie-breaker)."""
+    ``[from_ms, to_ms)`` for a topic without shard groups: all of them.  A
+    topic with shard groups fans out to the shards of each group whose span
+    meets the range (actors/dispatcher_groups.py); there the "index" is the
+    shard's id, unique within the topic, and stays the tie-breaker."""
     return [(i, f"{topic}#{i}") for i in range(int(spec.get("shards", 1)))]
 
 

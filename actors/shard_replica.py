@@ -19,9 +19,11 @@ from actors.shard_subscriptions import ShardSubscriptions, cursor_record
 from protocol.consume import AckRecords, Delivery, Subscribe, SubscribeReply, Unsubscribe
 from protocol.query import QueryShard, QueryShardReply
 from protocol.shard import (
+    GROUP_CLOSED,
     Assign,
     Fence,
     Handover,
+    GroupClose,
     Produce,
     ProduceReply,
     Push,
@@ -38,7 +40,8 @@ from protocol.shard import (
 from protocol.records import read_header
 from storage.shardlog import ShardLog
 
-QUERY_SCAN_BYTES_MAX = 512 << 20  # log bytes one query page may scan on one replica
+QUERY_SCAN_BYTES_MAX = 512 << 20
+SIZE_REPORT_EVERY = 20  # measure the log's size on every 20th state report  # log bytes one query page may scan on one replica
 
 
 class ShardReplica(ChorusActor):
@@ -55,6 +58,9 @@ class ShardReplica(ChorusActor):
         self.last_hw = -1
         self.stats = ShardStats()
         self.resumed: tuple[int, int] | None = None
+        self.until_ms = -1  # wall clock ms from which the shard's group takes no writes (-1: never)
+        self.reports = 0
+        self.log_bytes = -1
 
     def on_ShardBoot(self, msg: ShardBoot, sender: Any) -> None:
         for node, addr in msg.addresses:
@@ -69,10 +75,12 @@ class ShardReplica(ChorusActor):
         epoch = int(raw) if raw else 0
         ho = (self.meta.get(b"handover") or b"").decode()
         handover = (int(ho.split(":", 1)[0]), ho.split(":", 1)[1]) if ":" in ho else None
-        self.log = ShardLog(self.open_store(f"shard/{msg.shard}"))
+        self.log_store = self.open_store(f"shard/{msg.shard}")
+        self.log = ShardLog(self.log_store)
         self.core = ShardCore(msg.shard, msg.node_id, self.log, tuning, epoch=epoch, replicas=msg.replicas,
                               handover=handover)
         self.supervisors = tuple(msg.supervisors)
+        self.until_ms = msg.until_ms
         self.subs = ShardSubscriptions(msg.shard)
         self.record("shard.boot", shard=msg.shard, node=msg.node_id, epoch=epoch, end=self.log.end_offset)
         # resuming the leadership of an epoch this replica led before the
@@ -119,8 +127,11 @@ class ShardReplica(ChorusActor):
 
     def _report(self) -> None:
         c = self.core
+        if self.reports % SIZE_REPORT_EVERY == 0:  # for retention by size (supervisor_groups.py)
+            self.log_bytes = self.log_store.bytes_estimate()
+        self.reports += 1
         st = ReplicaState(c.shard, c.id, c.epoch, c.role, c.leader, self.log.last_epoch, self.log.end_offset, c.hw,
-                          c.epoch_start, c.handing_over)
+                          c.epoch_start, c.handing_over, self.log_bytes)
         for addr in self.supervisors:
             self.send(addr, st)
 
@@ -173,9 +184,21 @@ class ShardReplica(ChorusActor):
         if msg.reply_to is None:
             msg = Produce(msg.shard, msg.client, msg.req_id, msg.batch, msg.count, msg.level, msg.producer_id,
                           msg.sequence, sender)
+        if 0 <= self.until_ms <= int(self.wall() * 1000) and not self.core.tuning.bugs.write_closed_group:
+            # the shard's group is closed: the writer must move to the current group
+            self.send(msg.reply_to, ProduceReply(msg.shard, msg.client, msg.req_id, "fail", leader=self.core.leader,
+                                                 epoch=self.core.epoch,
+                                                 error=f"{GROUP_CLOSED}: shard {msg.shard} took writes until "
+                                                       f"{self.until_ms} ms; write to the current group"))
+            return
         if self.core.role == "leader":
             self.stats.produced(msg.count, len(msg.batch))
         self._handle(self.core.produce(msg, self.now()))
+
+    def on_GroupClose(self, msg: GroupClose, sender: Any) -> None:
+        if msg.until_ms >= 0 and (self.until_ms < 0 or msg.until_ms < self.until_ms):
+            self.until_ms = msg.until_ms
+            self.record("shard.group_closed", shard=msg.shard, until_ms=msg.until_ms)
 
     def on_Push(self, msg: Push, sender: Any) -> None:
         if self._mine(msg):

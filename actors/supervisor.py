@@ -45,6 +45,7 @@ from actors.base import ChorusActor
 from actors.failover_watch import FailoverWatch, why_failed
 from actors.moves import MoveCore
 from actors.placement import choose_replacement, cluster_load, place_topic
+from actors.supervisor_groups import SupervisorGroups
 from protocol.agency import (
     AgencyReply,
     AgencyRequest,
@@ -67,8 +68,10 @@ from protocol.node import (
     RequestDrain,
     RequestMove,
     TopicReply,
+    TruncateShards,
 )
 from protocol.shard import Assign, Fence, HandoverReady, Position, ReplicaState, ShardBugs, SupervisorBoot
+from protocol.groups import groups_path
 from protocol.topics import TopicName, TopicSpec, topic_path
 
 PLAN_ROOT = "/chorus/plan/shards"
@@ -119,7 +122,7 @@ class _Failover:
     new_replicas: tuple[str, ...] = ()
 
 
-class SupervisorCore:
+class SupervisorCore(SupervisorGroups):
     def __init__(self, node_id: str, client_id: str, grace_s: float, bugs: ShardBugs | None = None,
                  replace_after_s: float = 5.0, nodes: tuple[str, ...] = ()) -> None:
         self.node = node_id
@@ -152,6 +155,7 @@ class SupervisorCore:
         self.wall_s = 0.0  # the host's wall clock at the last tick, for the watch's timestamps
         self.excluded: set[str] = set()  # draining or removed nodes: no new replicas there
         self.moves = MoveCore(self)
+        self._groups_init()
 
     def take(self) -> tuple[list, list]:
         out, rec = self.out, self.records
@@ -226,8 +230,13 @@ class SupervisorCore:
         name = str(spec.name)
         shards = tuple(f"{name}#{i}" for i in range(spec.shards))
         muts = [Mutation(topic_path(spec.name), "set", spec.to_json())]
+        extra: dict = {}
+        if spec.shard_group_ms is not None:
+            group_muts, extra["until_ms"] = self.group_create_muts(spec, placed)
+            muts += group_muts
         for shard, reps in zip(shards, placed):
-            muts.append(Mutation(plan_path(shard), "set", {"epoch": 1, "leader": reps[0], "replicas": list(reps)}))
+            muts.append(Mutation(plan_path(shard), "set",
+                                 {"epoch": 1, "leader": reps[0], "replicas": list(reps), **extra}))
         self._agency("create", (m, reply_to, shards, tuple(placed)),
                      Txn(tuple(muts), (Precondition(topic_path(spec.name), "absent"),)))
 
@@ -263,9 +272,11 @@ class SupervisorCore:
         except ValueError as exc:
             answer("fail", f"stored spec unreadable: {exc}")
             return
-        old_shards = tuple(f"{spec.name}#{i}" for i in range(spec.shards))
+        old_shards = self.topic_shards(spec)
         if isinstance(m, DeleteTopic):
             muts = [Mutation(path, "delete")] + [Mutation(plan_path(s), "delete") for s in old_shards]
+            if spec.shard_group_ms is not None:
+                muts.append(Mutation(groups_path(str(spec.name)), "delete"))
             self._agency("topic_write", (m, reply_to, (), (), old_shards),
                          Txn(tuple(muts), (Precondition(path, "equals", current),)))
             return
@@ -382,6 +393,10 @@ class SupervisorCore:
             self._topic_read(key, r, now_s)
         elif kind == "topic_write":
             self._topic_written(key, r)
+        elif kind == "groups_load":
+            self._groups_loaded(r)
+        elif kind.startswith("group_"):
+            self.group_reply(kind[len("group_"):], key, r)
         elif kind in ("fence", "promote", "replace"):
             shard = key
             fo = self.failovers.get(shard)
@@ -517,6 +532,7 @@ class SupervisorCore:
         if now_s - self.last_load_s >= self.refresh_s and "load" not in {k for k, _ in self.inflight.values()}:
             self._agency("load", "", Read((PLAN_ROOT,)))
             self.moves.reload()
+        self.groups_tick(now_s)
         # Every supervisor receives replica states all the time, so a newly
         # active one already knows who is alive: it only waits out its own
         # start (restart), not its activation.
@@ -612,6 +628,7 @@ class Supervisor(ChorusActor):
             return
         self.send(self.boot.agency, StatusQuery())
         self.core.wall_s = self.wall()
+        self.core.wall_ms = int(self.wall() * 1000)
         self.core.tick(self.now())
         self._flush()
         self._arm()
@@ -643,7 +660,7 @@ class Supervisor(ChorusActor):
             self.core.position(msg, self.now())
             self._flush()
 
-    def _topic_request(self, msg: CreateTopic | AlterTopic | DeleteTopic, sender: Any) -> None:
+    def _topic_request(self, msg: CreateTopic | AlterTopic | DeleteTopic | TruncateShards, sender: Any) -> None:
         """Carry out a topic request if active, else pass it to the active
         supervisor (the one on the agency leader's node)."""
         if self.core is None:
@@ -657,13 +674,16 @@ class Supervisor(ChorusActor):
             else:
                 self.send(to, TopicReply(msg.client, msg.req_id, "fail", error="no active supervisor; retry"))
             return
+        self.core.wall_ms = int(self.wall() * 1000)
         if isinstance(msg, CreateTopic):
             self.core.create_topic(msg, to, self.now())
+        elif isinstance(msg, TruncateShards):
+            self.core.truncate_shards(msg, to, self.now())
         else:
             self.core.change_topic(msg, to)
         self._flush()
 
-    on_CreateTopic = on_AlterTopic = on_DeleteTopic = _topic_request
+    on_CreateTopic = on_AlterTopic = on_DeleteTopic = on_TruncateShards = _topic_request
 
     def on_FailoverStatsQuery(self, msg: Any, sender: Any) -> None:
         if self.core is None:

@@ -88,6 +88,17 @@ class AlterTopic:
 
 
 @dataclass(frozen=True)
+class TruncateShards:
+    """Close the topic's current shard group at once; the next writes open
+    a new group placed on the current nodes (topics with shard groups only)."""
+
+    client: str
+    req_id: int
+    name: str
+    reply_to: Any = None
+
+
+@dataclass(frozen=True)
 class DeleteTopic:
     client: str
     req_id: int

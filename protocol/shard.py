@@ -27,6 +27,7 @@ class ShardBoot:
     tuning: Any = None  # ShardTuning
     host: Any = None  # HostConfig in production
     supervisors: tuple[Any, ...] = ()  # where to report state (every node's Supervisor)
+    until_ms: int = -1  # the shard's group closes then (wall clock ms; -1: never)
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,19 @@ class Position:
     epoch: int  # the epoch the replica now holds (>= the fence's)
     last_epoch: int  # epoch of its last batch
     end: int
+
+
+GROUP_CLOSED = "shard group closed"  # how a ProduceReply's error starts when the shard's group is closed
+
+
+@dataclass(frozen=True)
+class GroupClose:
+    """Node -> its replica: the shard's group closes at ``until_ms`` (wall
+    clock ms; truncate-shards closes it early).  The leader refuses writes
+    from then on."""
+
+    shard: str
+    until_ms: int
 
 
 @dataclass(frozen=True)
@@ -184,6 +198,8 @@ class ShardBugs:
     query_drops_ties: bool = False  # a history query's next page skips records tied with the last one's timestamp
     move_remove_before_sync: bool = False  # a move swaps the source for the target before the target caught up
     move_same_epoch: bool = False  # a leader move changes the leader within the epoch (no new epoch, no handover)
+    drop_group_early: bool = False  # the supervisor drops a shard group half its retention early
+    write_closed_group: bool = False  # a shard's leader takes writes after its shard group closed
 
     def any(self) -> bool:
         return any(getattr(self, f) for f in self.__dataclass_fields__)
@@ -224,6 +240,7 @@ class ReplicaState:
     hw: int
     epoch_start: int = 0  # a leader: where its epoch began (hw above it: it committed in this epoch)
     handing_over: str = ""  # a leader frozen for a move: the target
+    log_bytes: int = -1  # about how many bytes the log takes on disk (-1: not measured)
 
 
 @dataclass(frozen=True)

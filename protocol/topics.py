@@ -10,9 +10,11 @@ used as a path segment).  See :class:`TopicName`.
 Specs
 -----
 A :class:`TopicSpec` is what a user asks for: shard count (1..1024),
-replication factor (1..7), retention by age (``retention_ms`` >= 60 000, or
+replication factor (1..7), retention by age (``retention_ms`` >= 1 000, or
 ``None`` = forever) and by size (``retention_bytes`` >= 1 MiB, or ``None`` =
-unbounded), and whether it is persistent.  Its :attr:`TopicSpec.mode` names
+unbounded), whether it is persistent, and the duration of its shard groups
+(``shard_group_ms`` >= 1 000, or ``None``: one everlasting group; see
+:mod:`protocol.groups`).  Its :attr:`TopicSpec.mode` names
 the shape: ``single`` (1 shard, rf 1), ``distributed`` (shards > 1, rf 1),
 ``replicated`` (1 shard, rf > 1) and ``production`` (both > 1).  A spec can
 be altered (:meth:`TopicSpec.alter`): the shard count only grows (shrinking
@@ -58,8 +60,10 @@ TOPICS_ROOT = "/chorus/topics"
 SHARDS_ROOT = "/chorus/plan/shards"
 
 MAX_SHARDS = 1024
+MAX_SHARD_ID = 1 << 40  # shard ids are unique within a topic; each shard group takes a fresh block
 MAX_REPLICATION_FACTOR = 7
-MIN_RETENTION_MS = 60_000
+MIN_RETENTION_MS = 1_000
+MIN_SHARD_GROUP_MS = 1_000
 MIN_RETENTION_BYTES = 1024 * 1024
 
 _PART_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -142,6 +146,7 @@ class TopicSpec:
     retention_ms: int | None = None
     retention_bytes: int | None = None
     persistent: bool = True
+    shard_group_ms: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.name, str):
@@ -153,8 +158,9 @@ class TopicSpec:
         if not _is_int(self.replication_factor) or not 1 <= self.replication_factor <= MAX_REPLICATION_FACTOR:
             raise ValueError(f"replication_factor must be an int in 1..{MAX_REPLICATION_FACTOR}, "
                              f"got {self.replication_factor!r}")
-        _check_optional_min("retention_ms", self.retention_ms, MIN_RETENTION_MS, "one minute")
+        _check_optional_min("retention_ms", self.retention_ms, MIN_RETENTION_MS, "one second")
         _check_optional_min("retention_bytes", self.retention_bytes, MIN_RETENTION_BYTES, "1 MiB")
+        _check_optional_min("shard_group_ms", self.shard_group_ms, MIN_SHARD_GROUP_MS, "one second")
         if not isinstance(self.persistent, bool):
             raise ValueError(f"persistent must be a bool, got {type(self.persistent).__name__} {self.persistent!r}")
 
@@ -174,7 +180,9 @@ class TopicSpec:
                              f"{self.replication_factor} nodes, but the cluster has {node_count}")
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        """``shard_group_ms`` only when set: a topic without shard groups is
+        stored exactly as before they existed."""
+        out = {
             "name": str(self.name),
             "shards": self.shards,
             "replication_factor": self.replication_factor,
@@ -182,6 +190,9 @@ class TopicSpec:
             "retention_bytes": self.retention_bytes,
             "persistent": self.persistent,
         }
+        if self.shard_group_ms is not None:
+            out["shard_group_ms"] = self.shard_group_ms
+        return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> "TopicSpec":
@@ -210,7 +221,7 @@ class TopicSpec:
         ``retention_bytes`` may change freely (within their ranges); ``name``
         and ``persistent`` may not change.
         """
-        mutable = ("shards", "replication_factor", "retention_ms", "retention_bytes")
+        mutable = ("shards", "replication_factor", "retention_ms", "retention_bytes", "shard_group_ms")
         for key in sorted(changes):
             if key in ("name", "persistent"):
                 current: Any = getattr(self, key)
@@ -221,12 +232,18 @@ class TopicSpec:
                                      f"({current!r} -> {changes[key]!r} refused)")
             elif key not in mutable:
                 raise ValueError(f"unknown topic spec field {key!r}; alterable are {list(mutable)}")
+        if "shard_group_ms" in changes and (changes["shard_group_ms"] is None) != (self.shard_group_ms is None):
+            raise ValueError(f"topic {self.name}: shard groups can be neither added to nor removed from an "
+                             "existing topic (their duration may change)")
+        if "shards" in changes and self.shard_group_ms is not None and changes["shards"] != self.shards:
+            raise ValueError(f"topic {self.name}: the shard count of a topic with shard groups cannot change")
         if "shards" in changes:
             new = changes["shards"]
             if _is_int(new) and new < self.shards:
                 raise ValueError(f"topic {self.name}: shards may only grow ({self.shards} -> {new} refused)")
         kwargs = self.to_json()
         kwargs["name"] = self.name
+        kwargs["shard_group_ms"] = self.shard_group_ms
         kwargs.update({k: v for k, v in changes.items() if k in mutable})
         return TopicSpec(**kwargs)
 
@@ -322,8 +339,8 @@ def topic_path(name: TopicName | str) -> str:
 
 def shard_path(name: TopicName | str, shard: int) -> str:
     """``/chorus/plan/shards/<tenant>/<product>/<component>/<topic>/<shard>``."""
-    if not _is_int(shard) or not 0 <= shard < MAX_SHARDS:
-        raise ValueError(f"shard must be an int in 0..{MAX_SHARDS - 1}, got {shard!r}")
+    if not _is_int(shard) or not 0 <= shard < MAX_SHARD_ID:
+        raise ValueError(f"shard must be an int in 0..{MAX_SHARD_ID - 1}, got {shard!r}")
     return f"{SHARDS_ROOT}/{_as_name(name)}/{shard}"
 
 

@@ -447,13 +447,18 @@ def topics_create(
     retention_ms: Annotated[Optional[int], typer.Option("--retention-ms", min=0, help="keep records this long")] = None,
     retention_bytes: Annotated[Optional[int], typer.Option(
         "--retention-bytes", min=0, help="keep at most this many bytes per shard")] = None,
+    shard_group_ms: Annotated[Optional[int], typer.Option(
+        "--shard-group-ms", min=1000, help="keep records in shard groups of this many ms (e.g. 3600000 = 1 h): "
+        "each group gets its own shards on the nodes of its time, whole groups past --retention-ms are "
+        "dropped")] = None,
     url: UrlOpt = DEFAULT_URL, timeout: TimeoutOpt = DEFAULT_TIMEOUT_S, as_json: JsonOpt = False,
 ) -> None:
     """Create a topic."""
     c = _Ctx(url, timeout, as_json)
     spec: dict[str, Any] = {"name": name}
     for key, v in (("shards", shards_), ("replication_factor", replication_factor),
-                   ("retention_ms", retention_ms), ("retention_bytes", retention_bytes)):
+                   ("retention_ms", retention_ms), ("retention_bytes", retention_bytes),
+                   ("shard_group_ms", shard_group_ms)):
         if v is not None:
             spec[key] = v
     topic = c.call("POST", "topics", body=spec)
@@ -504,6 +509,21 @@ def topics_delete(name: NameArg,
     if as_json:
         return c.print_json(topic)
     out.print(f"deleted topic [bold]{_esc(str(topic.get('name', name)))}[/]")
+
+
+@topics_app.command("truncate-shards")
+def topics_truncate_shards(name: NameArg, url: UrlOpt = DEFAULT_URL, timeout: TimeoutOpt = DEFAULT_TIMEOUT_S,
+                           as_json: JsonOpt = False) -> None:
+    """Close a topic's current shard group at once: the next writes open a new
+    group, placed on the nodes of the cluster now (e.g. after adding nodes)."""
+    c = _Ctx(url, timeout, as_json)
+    result = c.call("POST", f"topics/{_quote(name)}/truncate-shards")
+    if as_json:
+        return c.print_json(result)
+    groups = result.get("groups") or []
+    out.print(f"truncated topic [bold]{_esc(name)}[/]: {len(groups)} shard group(s)")
+    for g in groups:
+        out.print(f"  group {g['id']}: {g['start_ms']} .. {g['end_ms']} ms, shards {g['shards']}")
 
 
 def _tls_everywhere(*apps: typer.Typer) -> None:

@@ -645,6 +645,9 @@ class BridgeGateway:
     async def delete_topic(self, name: str) -> dict:
         return await self.bridge.call("delete_topic", {"name": name})
 
+    async def truncate_shards(self, name: str) -> dict:
+        return await self.bridge.call("truncate_shards", {"name": name})
+
     async def lookup(self, topic: str) -> list[dict]:
         return await self.bridge.call("lookup", {"topic": topic})
 

@@ -53,6 +53,18 @@ class ProductionHost:
             self._stores[name] = store
         return store
 
+    def remove_store(self, name: str) -> None:
+        """Delete store ``name``'s database from disk (one RocksDB database
+        per store: the space is given back at once).  Only for a store no
+        process has open (the NodeActor calls it once a dropped shard's
+        replica has exited)."""
+        import shutil
+
+        store = self._stores.pop(name, None)
+        if store is not None:
+            store.close()
+        shutil.rmtree(self.data_dir / name.replace("/", "_"), ignore_errors=True)
+
     def open_bridge(self, listen: Any, *, node_id: str, cluster_id: str) -> Any:
         """The Dispatcher's socket bridge: servers in an I/O thread of this process."""
         from runtime.bridge import IOBridge

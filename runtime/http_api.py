@@ -120,13 +120,13 @@ def _query_int(request: web.Request, name: str, *, default: int | None, minimum:
     return v
 
 
-TOPIC_SETTINGS = ("shards", "replication_factor", "retention_ms", "retention_bytes")
+TOPIC_SETTINGS = ("shards", "replication_factor", "retention_ms", "retention_bytes", "shard_group_ms")
 
 
 def _validate_settings(body: dict) -> None:
     for key in ("shards", "replication_factor"):
         _opt_int(body, key, 1)
-    for key in ("retention_ms", "retention_bytes"):
+    for key in ("retention_ms", "retention_bytes", "shard_group_ms"):
         _opt_int(body, key, 0)
 
 
@@ -237,6 +237,10 @@ async def alter_topic(request: web.Request) -> web.Response:
 
 async def delete_topic(request: web.Request) -> web.Response:
     return web.json_response(await _gateway(request).delete_topic(request.match_info["name"]))
+
+
+async def truncate_shards(request: web.Request) -> web.Response:
+    return web.json_response(await _gateway(request).truncate_shards(request.match_info["name"]))
 
 
 async def lookup(request: web.Request) -> web.Response:
@@ -418,6 +422,9 @@ ROUTES: tuple[Route, ...] = (
           body=_ref("TopicChanges"), errors=(404, 409, 503), path_doc=_TOPIC_PARAM),
     Route("DELETE", "/topics/{name:.+}", delete_topic, "Delete a topic", "topics", _ref("Topic"),
           errors=(404, 503), path_doc=_TOPIC_PARAM),
+    Route("POST", "/topics/{name:.+}/truncate-shards", truncate_shards,
+          "Close a topic's current shard group at once; the next writes open a new group on the current nodes",
+          "topics", {"type": "object"}, errors=(400, 404, 503), path_doc=_TOPIC_PARAM),
     Route("GET", "/lookup/{name:.+}", lookup, "Where each shard of a topic is led", "data",
           _list_of("LookupEntry"), errors=(404, 503), path_doc=_TOPIC_PARAM),
     Route("POST", "/produce/{name:.+}", produce, "Append records to a topic", "data", _ref("ProduceResult"),

@@ -63,6 +63,7 @@ ACCESS: dict[str, tuple[str, str]] = {
     "get_nodes": (ADMIN, ""), "promote_node": (ADMIN, ""), "get_shards": (DESCRIBE, "query:topic"),
     "list_topics": (USER, ""), "create_topic": ("manage", "body:name"), "get_topic": (DESCRIBE, "path:name"),
     "alter_topic": ("manage", "path:name"), "delete_topic": ("manage", "path:name"),
+    "truncate_shards": ("manage", "path:name"),
     "lookup": (DESCRIBE, "path:name"), "produce": ("produce", "path:name"), "fetch": ("consume", "path:name"),
     "query": ("consume", "path:name"),
     "subscriptions": (DESCRIBE, "path:name"),

@@ -19,7 +19,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from runtime.agency_local import _children_of, free_port, process_exists
 from runtime.authn import read_admin_password
@@ -185,6 +185,18 @@ class RealCluster:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout_s)
         return proc.returncode
+
+    @classmethod
+    def running(cls, base_dir: Path, n: int = 3, **overrides: Any) -> Iterator["RealCluster"]:
+        """Start a cluster, yield it, stop it and check nothing outlived
+        SIGTERM (the body of a pytest fixture)."""
+        c = cls(base_dir, n=n, **overrides)
+        try:
+            c.start()
+            yield c
+        finally:
+            leftovers = c.stop_all()
+            assert leftovers == [], f"processes outlived SIGTERM: {leftovers}"
 
     def stop_all(self) -> list[int]:
         """SIGTERM every node; then SIGKILL anything of ours still alive.

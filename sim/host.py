@@ -122,6 +122,9 @@ class SimHost:
     def open_store(self, name: str) -> Any:
         return self._node.disk.open(name)
 
+    def remove_store(self, name: str) -> None:
+        self._node.disk.remove(name)
+
     def record(self, kind: str, /, **fields: Any) -> None:
         self._world._record(self.node_id, self.actor, kind, fields)
 

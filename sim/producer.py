@@ -28,7 +28,8 @@ from typing import Any
 
 from actors.base import ChorusActor
 from protocol.records import Record, encode_batch
-from protocol.shard import Produce, ProduceReply
+from protocol.shard import GROUP_CLOSED, Produce, ProduceReply
+from sim.groupview import GroupView
 
 
 @dataclass(frozen=True)
@@ -42,13 +43,20 @@ class ProducerBoot:
     timeout_s: float = 1.0
     attempts_max: int = 100_000
     stop_after_s: float = 1e9
+    # shard groups: write to the current group of ``topic`` (read from the
+    # agency, ``agency`` = its peers; re-read every ``refresh_s`` and when a
+    # leader says the group is closed); ``nodes`` route any shard
+    topic: str = ""
+    agency: tuple[Any, ...] = ()
+    nodes: tuple[tuple[str, Any], ...] = ()
+    refresh_s: float = 1.0
 
 
 def payload(producer: str, shard: str, seq: int) -> bytes:
     return f"{producer}|{shard}|{seq}".encode()
 
 
-class ShardProducer(ChorusActor):
+class ShardProducer(GroupView, ChorusActor):
     def __init__(self) -> None:
         super().__init__()
         self.boot: ProducerBoot | None = None
@@ -67,13 +75,33 @@ class ShardProducer(ChorusActor):
         self.routes = {s: dict(reps) for s, reps in msg.shards}
         self.order = [s for s, _ in msg.shards]
         self.started = self.now()
+        if msg.agency:
+            self._gv_refresh()
+            self.set_timer(msg.refresh_s, ("refresh", 0, 0))
         self._think()
 
     def _think(self) -> None:
         self.set_timer(self.rng.expovariate(self.boot.rate_per_s), ("next", 0, 0))
 
+    def _group_shards(self) -> None:
+        """Write to the shards of the group that holds this producer's clock."""
+        g = self.view.current(int(self.wall() * 1000)) if self.view is not None else None
+        self.order = [f"{self.boot.topic}#{s}" for s in g.shards] if g is not None else []
+        if g is None:
+            self._gv_refresh()  # no group holds this clock (yet): read the list again
+        for s in self.order:
+            self.routes.setdefault(s, dict(self.boot.nodes))
+
     def on_WakeupMessage(self, msg: Any, sender: Any) -> None:
         kind, shard, attempt = msg.payload
+        if kind == "gv_timeout":
+            self._gv_timeout(shard)
+            return
+        if kind == "refresh":
+            if self.now() - self.started < self.boot.stop_after_s:
+                self._gv_refresh()
+                self.set_timer(self.boot.refresh_s, ("refresh", 0, 0))
+            return
         if kind == "next":
             if self.now() - self.started < self.boot.stop_after_s:
                 self._issue()
@@ -92,6 +120,8 @@ class ShardProducer(ChorusActor):
             self._send(shard)
 
     def _issue(self) -> None:
+        if self.boot.agency:
+            self._group_shards()
         n = len(self.order)
         for i in range(n):
             shard = self.order[(self.rr + i) % n]
@@ -146,6 +176,9 @@ class ShardProducer(ChorusActor):
             self._done(msg.shard, "ok", msg.base_offset, msg.duplicate, "", msg.level)
         elif msg.status == "fail" and msg.error.startswith("bad batch"):
             self._done(msg.shard, "fail", -1, False, msg.error)
+        elif msg.status == "fail" and msg.error.startswith(GROUP_CLOSED):
+            self._done(msg.shard, "fail", -1, False, msg.error)  # a definite no: move to the current group
+            self._gv_refresh()
         else:
             if msg.leader is None:
                 self.leader.pop(msg.shard, None)

@@ -25,6 +25,7 @@ from actors.base import ChorusActor
 from actors.query import Cursor, ShardPage, check_params, merge, query_id
 from protocol.node import Routed
 from protocol.query import QueryShard, QueryShardReply
+from sim.groupview import GroupView
 
 
 @dataclass(frozen=True)
@@ -38,9 +39,10 @@ class QuerierBoot:
     timeout_s: float = 0.5
     give_up_s: float = 10.0
     stop_after_s: float = 1e9
+    agency: tuple[Any, ...] = ()  # set for a topic with shard groups: query each group meeting the range
 
 
-class ShardQuerier(ChorusActor):
+class ShardQuerier(GroupView, ChorusActor):
     def __init__(self) -> None:
         super().__init__()
         self.boot: QuerierBoot | None = None
@@ -62,9 +64,16 @@ class ShardQuerier(ChorusActor):
 
     def on_WakeupMessage(self, msg: Any, sender: Any) -> None:
         kind = msg.payload[0]
+        if kind == "gv_timeout":
+            self._gv_timeout(msg.payload[1])
+            return
         if kind == "next":
             if self.q is None and self.now() - self.started < self.boot.stop_after_s:
-                self._start()
+                if self.boot.agency:
+                    self.q = {"reading": True, "n": -1, "waiting": {}}  # read the group list first (fresh: a linearizable read)
+                    self._gv_refresh(self._start)
+                else:
+                    self._start()
             if self.now() - self.started < self.boot.stop_after_s:
                 self._think()
             return
@@ -80,7 +89,12 @@ class ShardQuerier(ChorusActor):
         to_ms = max(0, now_ms - self.rng.randint(0, 3000))
         from_ms = max(0, to_ms - span)
         params = check_params(from_ms, to_ms, None, self.boot.limit)
-        self.q = {"n": self.req, "params": params, "cursor": Cursor(query_id(self.boot.topic, params)),
+        if self.boot.agency:
+            groups = self.view.for_range(from_ms, to_ms) if self.view is not None else []
+            shards = [s for g in groups for s in g.shards]
+        else:
+            shards = list(range(self.boot.shards))
+        self.q = {"shards": shards, "n": self.req, "params": params, "cursor": Cursor(query_id(self.boot.topic, params)),
                   "start_t": self.now(), "results": [], "pages": {}, "waiting": {}, "follower": set(),
                   "pinned": {}}
         self._page()
@@ -88,7 +102,10 @@ class ShardQuerier(ChorusActor):
     def _page(self) -> None:
         q = self.q
         q["pages"] = {}
-        for i in range(self.boot.shards):
+        if not q["shards"]:
+            self._finish("ok")
+            return
+        for i in q["shards"]:
             c = q["cursor"].shards.get(i)
             if c is None or not c.done:
                 self._ask(i, 0)
@@ -146,4 +163,4 @@ class ShardQuerier(ChorusActor):
         self.record("query.done", querier=self.boot.querier, topic=self.boot.topic, from_ms=p.from_ms,
                     to_ms=p.to_ms, start_t=q["start_t"], status=status, results=q["results"],
                     pinned=dict(q["pinned"]),
-                    leader_only=sorted(set(range(self.boot.shards)) - q["follower"]))
+                    leader_only=sorted(set(q["shards"]) - q["follower"]))

@@ -77,7 +77,8 @@ CHECKS = (
 DATA_CHECKS = (
     "acked_writes_durable", "no_duplicates", "shard_order", "replicas_identical", "offsets_unique",
     "data_liveness", "delivered_to_subscriptions", "delivery_order", "hinted_writes_delivered",
-    "query_exact", "moves_settled", "moves_keep_majority", "moves_in_sync",
+    "query_exact", "moves_settled", "moves_keep_majority", "moves_in_sync", "retention_safe",
+    "dropped_data_removed",
 )
 MQTT_CHECKS = (
     "mqtt_at_least_once", "mqtt_exactly_once", "mqtt_single_session", "mqtt_order", "mqtt_routes_converge", "mqtt_retained_converge",
@@ -124,6 +125,8 @@ class DataTopic:
     name: str
     shards: int = 1
     replication_factor: int = 3
+    shard_group_ms: int | None = None  # shard groups by time (protocol/groups.py)
+    retention_ms: int | None = None
 
 
 @dataclass(frozen=True)
@@ -140,6 +143,7 @@ class DataPlane:
     queriers: int = 0  # history-query clients (sim/querier.py) on the first topic
     query_every_s: float = 0.5
     query_limit: int = 7  # records per page: small, so that every query pages
+    truncate_every_s: float = 0.0  # > 0: truncate-shards the first topic about this often (exponential)
 
 
 @dataclass(frozen=True)
@@ -315,7 +319,8 @@ def parse(doc: Any, source: str = "<scenario>") -> Scenario:
 
 def _data(v: _V, d: Any, nodes: int) -> DataPlane:
     d = v.mapping("data", d, ("topics", "producers", "rate_per_s", "records_per_batch", "level", "timeout_s",
-                              "grace_s", "tuning", "subscriptions", "queriers", "query_every_s", "query_limit"))
+                              "grace_s", "tuning", "subscriptions", "queriers", "query_every_s", "query_limit",
+                              "truncate_every_s"))
     subs = []
     for i, sd in enumerate(d.get("subscriptions", []) or []):
         sd = v.mapping(f"data.subscriptions[{i}]", sd, ("name", "mode", "consumers", "nack_ratio"))
@@ -330,12 +335,20 @@ def _data(v: _V, d: Any, nodes: int) -> DataPlane:
         v.fail("data.topics", "a non-empty list of topics", topics_doc)
     topics = []
     for i, t in enumerate(topics_doc):
-        t = v.mapping(f"data.topics[{i}]", t, ("name", "shards", "replication_factor"))
+        t = v.mapping(f"data.topics[{i}]", t, ("name", "shards", "replication_factor", "shard_group_ms",
+                                                "retention_ms"))
         name = v.string(f"data.topics[{i}].name", t.get("name"))
         if len(name.split("/")) != 4:
             v.fail(f"data.topics[{i}].name", "tenant/product/component/topic", name)
         rf = v.integer(f"data.topics[{i}].replication_factor", t.get("replication_factor", 3), 1, nodes)
-        topics.append(DataTopic(name, v.integer(f"data.topics[{i}].shards", t.get("shards", 1), 1, 64), rf))
+        group_ms = t.get("shard_group_ms")
+        retention = t.get("retention_ms")
+        if group_ms is not None:
+            group_ms = v.integer(f"data.topics[{i}].shard_group_ms", group_ms, 1000, 10**9)
+        if retention is not None:
+            retention = v.integer(f"data.topics[{i}].retention_ms", retention, 1000, 10**12)
+        topics.append(DataTopic(name, v.integer(f"data.topics[{i}].shards", t.get("shards", 1), 1, 64), rf,
+                                group_ms, retention))
     level = d.get("level", "quorum")
     levels = level if isinstance(level, list) else [level]
     for i, lv in enumerate(levels):
@@ -359,6 +372,7 @@ def _data(v: _V, d: Any, nodes: int) -> DataPlane:
         queriers=v.integer("data.queriers", d.get("queriers", 0), 0, 16),
         query_every_s=v.number("data.query_every_s", d.get("query_every_s", 0.5), 0.01, 600),
         query_limit=v.integer("data.query_limit", d.get("query_limit", 7), 1, 10_000),
+        truncate_every_s=v.number("data.truncate_every_s", d.get("truncate_every_s", 0.0), 0.0, 600),
     )
 
 

@@ -185,6 +185,10 @@ class MemoryStore:
                 lo, lo_incl = items[-1][0], False
             chunk = min(chunk * 2, SCAN_CHUNK_MAX)
 
+    def bytes_estimate(self) -> int:
+        """Key+value bytes held (what RocksStore.bytes_estimate approximates)."""
+        return sum(len(k) + len(v) for k, v in self._live().data.items())
+
     def sync(self) -> None:
         t = self._live()
         if t.undo:
@@ -229,6 +233,13 @@ class MemoryDisk:
             table.dead = True
             table.data = SortedDict()  # old handles must not reach the live data
         self._tables = fresh
+
+    def remove(self, name: str) -> None:
+        """Delete table ``name`` (a dropped shard's data); open handles die."""
+        table = self._tables.pop(name, None)
+        if table is not None:
+            table.dead = True
+            table.data = SortedDict()
 
     def names(self) -> list[str]:
         """Names of every table ever opened on this disk, sorted."""

@@ -183,6 +183,13 @@ class RocksStore:
         except DbClosedError as e:
             raise StoreClosed(str(e)) from e
 
+    def bytes_estimate(self) -> int:
+        """About how many bytes the database holds: its SST files plus its
+        memtables (RocksDB's own counters; cheap)."""
+        db = self._live()
+        return sum(db.property_int_value(p) or 0
+                   for p in ("rocksdb.total-sst-files-size", "rocksdb.cur-size-all-mem-tables"))
+
     def sync(self) -> None:
         """Make every write issued so far durable (fdatasync of the WAL)."""
         self._live().flush_wal(True)

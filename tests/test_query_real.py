@@ -15,13 +15,7 @@ N = 600
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    c = RealCluster(tmp_path_factory.mktemp("query"), n=3)
-    try:
-        c.start()
-        yield c
-    finally:
-        leftovers = c.stop_all()
-        assert leftovers == [], f"processes outlived SIGTERM: {leftovers}"
+    yield from RealCluster.running(tmp_path_factory.mktemp("query"), n=3)
 
 
 def _http_pages(c: RealCluster, nid: str, topic: str, params: dict, limit: int,

@@ -30,7 +30,7 @@ def test_queries_return_exactly_the_acknowledged_records_across_leader_crashes(s
 @pytest.mark.parametrize("sweep", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["recorded", "sweep"])
 def test_sweep_of_at_most_500_seeds_catches_a_token_that_drops_ties(sweep, catching_seed):
     scn = scenario().with_shard_bugs(ShardBugs(query_drops_ties=True))
-    found = catching_seed(scn, lambda r: "query_exact" in r.failed_checks(), 1, sweep)
+    found = catching_seed(scn, lambda r: "query_exact" in r.failed_checks(), 2, sweep)
     assert found is not None, "query_drops_ties not caught in 500 seeds"
     assert "query_drops_ties" in found.replay
     assert run(scenario(), found.seed).ok

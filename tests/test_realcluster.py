@@ -23,13 +23,7 @@ N_BULK = 100_000
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    c = RealCluster(tmp_path_factory.mktemp("three"), n=3)
-    try:
-        c.start()
-        yield c
-    finally:
-        leftovers = c.stop_all()
-        assert leftovers == [], f"processes outlived SIGTERM: {leftovers}"
+    yield from RealCluster.running(tmp_path_factory.mktemp("three"), n=3)
 
 
 def _read_all(c: RealCluster, via: str, topic: str, shards: int) -> dict[int, list[bytes]]:

@@ -112,7 +112,8 @@ def test_name_given_as_string_is_parsed() -> None:
     (dict(shards=True), "shards"),
     (dict(replication_factor=0), "replication_factor"),
     (dict(replication_factor=8), "replication_factor"),
-    (dict(retention_ms=59_999), "retention_ms must be at least 60000"),
+    (dict(retention_ms=999), "retention_ms must be at least 1000"),
+    (dict(shard_group_ms=999), "shard_group_ms must be at least 1000"),
     (dict(retention_ms=-1), "retention_ms"),
     (dict(retention_ms="1h"), "retention_ms"),
     (dict(retention_bytes=MIN_RETENTION_BYTES - 1), "retention_bytes must be at least 1048576"),
@@ -270,7 +271,8 @@ def test_paths() -> None:
     assert shard_path(NAME, 0) == "/chorus/plan/shards/acme/shop/orders/created/0"
     assert shard_path(NAME, 17) == "/chorus/plan/shards/acme/shop/orders/created/17"
     assert topic_from_path(topic_path(NAME)) == NAME
-    for bad in (-1, 1024, "1", True):
+    assert shard_path(NAME, 5000) == "/chorus/plan/shards/acme/shop/orders/created/5000"  # a later group
+    for bad in (-1, 1 << 40, "1", True):
         with pytest.raises(ValueError):
             shard_path(NAME, bad)  # type: ignore[arg-type]
     with pytest.raises(ValueError):

@@ -1,0 +1,141 @@
+"""Shard groups by time on a real three-node cluster: truncate-shards opens
+a second group and a history query spans both; retention drops a whole
+group from every replica and the agency and gives its disk space back."""
+from __future__ import annotations
+
+import random
+import time
+import urllib.parse
+from pathlib import Path
+
+import pytest
+
+from runtime.client import Client, Producer
+from runtime.realcluster import RealCluster
+
+HOUR_MS = 3_600_000
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    yield from RealCluster.running(tmp_path_factory.mktemp("groups"), n=3)
+
+
+def _wait(what: str, check, timeout_s: float = 60.0):
+    """``check()``'s first true answer, polled until ``timeout_s``."""
+    deadline, last = time.monotonic() + timeout_s, None
+    while time.monotonic() < deadline and not (last := check()):
+        time.sleep(0.2)
+    if last:
+        return last
+    raise TimeoutError(f"{what} not seen in {timeout_s}s (last: {last!r})")
+
+
+def _groups(c: RealCluster, nid: str, topic: str) -> list[dict]:
+    status, body = c.call(nid, "GET", f"/topics/{topic}")
+    assert status == 200, body
+    return body["groups"]
+
+
+def _shard_dirs(c: RealCluster, topic: str, shard_id: int) -> list[Path]:
+    name = f"shard_{topic.replace('/', '_')}#{shard_id}"
+    return [p for nid in sorted(c.cfgs) for p in Path(c.cfgs[nid].data_dir).glob(name + "*")]
+
+
+def _bytes(paths: list[Path]) -> int:
+    return sum(f.stat().st_size for p in paths for f in p.rglob("*") if f.is_file())
+
+
+def test_truncate_shards_then_a_query_across_two_groups(cluster: RealCluster) -> None:
+    topic = "grp/p/c/events"
+    status, body = cluster.call("n1", "POST", "/topics", {"name": topic, "shards": 2, "replication_factor": 3,
+                                                           "shard_group_ms": HOUR_MS})
+    assert status == 201, body
+    assert body["shard_group_ms"] == HOUR_MS
+    cluster.wait_leaders("n1", topic)
+    first = _wait("the first group", lambda: _groups(cluster, "n1", topic))
+    assert [g["shards"] for g in first] == [[0, 1]]
+
+    with Producer(cluster.client("n1"), level="quorum", linger_ms=2, **cluster.auth) as p:
+        futs = [p.send(topic, b"a%04d" % i, key=b"k%d" % (i % 5)) for i in range(200)]
+        p.flush()
+        assert all(f.result(30) for f in futs)
+    t_mid = int(time.time() * 1000)
+
+    status, body = cluster.call("n2", "POST", f"/topics/{topic}/truncate-shards")
+    assert status == 200, body
+    def two_groups():
+        g = _groups(cluster, "n1", topic)
+        return g if len(g) == 2 else None
+
+    groups = _wait("a second group", two_groups)
+    assert groups[0]["end_ms"] == groups[1]["start_ms"] and groups[1]["shards"] == [2, 3], groups
+    cluster.wait_leaders("n1", topic)
+    # every node's view has the second group before the next writes
+    for nid in sorted(cluster.cfgs):
+        _wait(f"{nid} sees the second group", lambda nid=nid: len(_groups(cluster, nid, topic)) == 2)
+
+    with Producer(cluster.client("n3"), level="quorum", linger_ms=2, **cluster.auth) as p:
+        futs = [p.send(topic, b"b%04d" % i, key=b"k%d" % (i % 5)) for i in range(200)]
+        p.flush()
+        assert all(f.result(30) for f in futs)
+
+    now = int(time.time() * 1000) + 1
+    with Client(cluster.client("n2"), **cluster.auth) as cl:
+        got = list(cl.query_iter(topic, 0, now, page=64))
+    assert sorted(r.value for r in got) == sorted([b"a%04d" % i for i in range(200)] +
+                                                  [b"b%04d" % i for i in range(200)])
+    assert [(r.timestamp_ms, r.shard, r.offset) for r in got] == sorted((r.timestamp_ms, r.shard, r.offset)
+                                                                          for r in got)
+    assert {r.shard for r in got if r.value.startswith(b"a")} <= {0, 1}
+    assert {r.shard for r in got if r.value.startswith(b"b")} <= {2, 3}
+    # a range within the first group only asks ... and finds only its records
+    status, body = cluster.call("n3", "GET", f"/query/{topic}?" + urllib.parse.urlencode(
+        {"from": 0, "to": t_mid, "limit": 1000}))
+    assert status == 200, body
+    assert sorted(r["value"] for r in body["records"]) == sorted("a%04d" % i for i in range(200))
+    # a topic without shard groups refuses truncate-shards with a clear error
+    cluster.create_topic("n1", "grp/p/c/plain", shards=1, rf=3)
+    status, body = cluster.call("n1", "POST", "/topics/grp/p/c/plain/truncate-shards")
+    assert status == 400 and "no shard groups" in body["error"]["message"], body
+
+
+def test_retention_drops_a_whole_group_and_gives_its_disk_space_back(cluster: RealCluster) -> None:
+    topic = "grp/p/c/metrics"
+    status, body = cluster.call("n1", "POST", "/topics", {"name": topic, "shards": 1, "replication_factor": 3,
+                                                           "shard_group_ms": 10_000, "retention_ms": 1000})
+    assert status == 201, body
+    cluster.wait_leaders("n1", topic)
+
+    def roomy_group():  # the current group, if it has at least 2 s to go
+        now = int(time.time() * 1000)
+        return next((g for g in _groups(cluster, "n1", topic) if g["start_ms"] <= now and g["end_ms"] - now >= 2000),
+                    None)
+
+    g0 = _wait("a current group with time to write", roomy_group, timeout_s=90)
+    cluster.wait_leaders("n1", topic)
+    rng = random.Random(7)
+    value_bytes = 2048  # random: RocksDB cannot compress them away
+    with Producer(cluster.client("n1"), level="quorum", linger_ms=5, **cluster.auth) as p:
+        futs = []
+        while int(time.time() * 1000) < g0["end_ms"] - 500 and len(futs) < 3000:
+            futs += [p.send(topic, rng.randbytes(value_bytes)) for _ in range(100)]
+            p.flush()
+        assert all(f.result(30) for f in futs)
+    written = len(futs)
+    assert written >= 300, written
+    dirs = _shard_dirs(cluster, topic, g0["shards"][0])
+    assert len(dirs) == 6, dirs  # the log and the metadata store on each of the 3 nodes
+    before = _bytes(dirs)
+    assert before >= 3 * written * value_bytes // 2, before
+    # dropped once end + retention + slack have passed: from the agency...
+    _wait("the first group to be dropped",
+          lambda: all(g["id"] != g0["id"] for g in _groups(cluster, "n1", topic)), timeout_s=60)
+    status, shards = cluster.call("n1", "GET", f"/shards?topic={topic}")
+    assert status == 200 and all(s["index"] not in g0["shards"] for s in shards), shards
+    # ... and from every replica's disk
+    _wait("the dropped group's databases to be deleted", lambda: not any(p.exists() for p in dirs), timeout_s=60)
+    after = _bytes(dirs)
+    print(f"\nretention: group {g0['id']} ({written} records of {value_bytes} B) held {before} bytes on 3 nodes; "
+          f"after the drop {after} bytes")
+    assert after == 0
