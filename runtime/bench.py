@@ -328,6 +328,15 @@ def run_failover(base: Path, size: int, progress: Callable[[int], None]) -> Resu
         c.stop_all()
 
 
+def run_rolling(base: Path, size: int, progress: Callable[[int], None]) -> Result:
+    """Each node of a fresh 3-node cluster restarted in turn under load
+    (runtime/rolling.py): lost records and each restart's client stalls."""
+    from runtime.rolling import run_rolling_restart
+
+    rr = run_rolling_restart(base, size=size, progress=progress)
+    return Result(ROLLING, rr.acked, rr.seconds, 0, [], rr.row())
+
+
 def _cpu_s(pids: list[int]) -> float:
     """CPU seconds (user + system) used so far by the processes ``pids``."""
     tick = os.sysconf("SC_CLK_TCK")
@@ -516,11 +525,8 @@ def run(cases: list[str], messages: int, size: int, rate: int, seconds: float,
                 progress = case_task("failover after kill -9", 2, "steps", 3, FAILOVER_EXPECTED_S)
                 results.append(run_failover(base, size, progress))
             elif case == "rolling-restart":
-                from runtime.rolling import run_rolling_restart
-
                 progress = case_task("rolling restart under load", 3, "nodes", 3, 45)
-                rr = run_rolling_restart(base, size=size, progress=progress)
-                results.append(Result(ROLLING, rr.acked, rr.seconds, 0, [], rr.row()))
+                results.append(run_rolling(base, size, progress))
             elif case in MQTT_CASES:
                 nodes, qos, target = MQTT_CASES[case]
                 opts = dict(mqtt or {})

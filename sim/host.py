@@ -34,6 +34,11 @@ from typing import TYPE_CHECKING, Any
 
 from thespian.actors import ActorAddress
 
+# Actors' log lines in a simulation are for whoever asks for them (a test's
+# caplog, a handler of one's own); without one they are dropped rather than
+# printed by logging's last-resort handler between a run's results.
+logging.getLogger("chorus.sim").addHandler(logging.NullHandler())
+
 if TYPE_CHECKING:  # pragma: no cover
     from sim.world import Node, World
 

@@ -39,6 +39,15 @@ def fake_cases(monkeypatch, calls: list):
         return Result(bench.FAILOVER, 5, 0.0, 0, [], {"killed": "n1", "new_leader": "n2", "outage_s": 1.0,
                                                        "leader_seen_s": 0.5, "failed": 0})
 
+    def rolling(base, size, progress):
+        for done in (0, 1, 2, 3):
+            progress(done)
+        calls.append(("rolling",))
+        return Result(bench.ROLLING, 100, 30.0, 0, [], {
+            "acked": 100, "failed": 0, "redelivered": 2, "lost_in_log": 0, "lost_to_consumer": 0,
+            "restarts": [{"node": n, "stop_s": 0.5, "start_s": 4.0, "producer_stall_s": 0.3,
+                          "consumer_stall_s": 0.4} for n in ("n1", "n2", "n3")]})
+
     def mqtt(base, case, seconds, size, progress, **opts):
         progress(0)
         progress(10)
@@ -50,6 +59,7 @@ def fake_cases(monkeypatch, calls: list):
     monkeypatch.setattr(bench, "run_e2e", e2e)
     monkeypatch.setattr(bench, "run_any", any_down)
     monkeypatch.setattr(bench, "run_failover", failover)
+    monkeypatch.setattr(bench, "run_rolling", rolling)
     monkeypatch.setattr(bench, "_quiet_disk", lambda path: None)
 
 
@@ -60,9 +70,9 @@ def test_run_returns_and_writes_what_the_cases_return(monkeypatch, tmp_path: Pat
     results = bench.run(list(bench.CASES), 4000, 100, 1000, 2.0, str(out))
     assert calls == [("throughput", 1, "one", 4000), ("throughput", 3, "quorum", 4000), ("any", 4000), ("e2e", 3),
                      ("e2e", 1),
-                     ("failover",), ("mqtt", "mqtt-qos0"), ("mqtt", "mqtt-qos1"), ("mqtt", "mqtt-cross")]
+                     ("failover",), ("rolling",), ("mqtt", "mqtt-qos0"), ("mqtt", "mqtt-qos1"), ("mqtt", "mqtt-cross")]
     assert [r.case for r in results] == ["1 nodes, one", "3 nodes, quorum", "3 nodes, any", "end to end", "end to end",
-                                         bench.FAILOVER, "MQTT mqtt-qos0", "MQTT mqtt-qos1", "MQTT mqtt-cross"]
+                                         bench.FAILOVER, bench.ROLLING, "MQTT mqtt-qos0", "MQTT mqtt-qos1", "MQTT mqtt-cross"]
     assert json.loads(out.read_text()) == [r.row() for r in results]
 
 
