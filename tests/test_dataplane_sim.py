@@ -41,7 +41,7 @@ def test_leader_crash_fails_over_within_two_simulated_seconds():
 @pytest.mark.parametrize("bug,name,expect,seed", [
     ("hw_before_quorum", "partition", {"acked_writes_durable", "offsets_unique"}, 1),
     ("accept_stale_epoch", "partition", {"acked_writes_durable", "offsets_unique", "replicas_identical"}, 1),
-    ("no_truncation", "old-leader-returns", {"replicas_identical", "acked_writes_durable"}, 159),
+    ("no_truncation", "old-leader-returns", {"replicas_identical", "acked_writes_durable"}, 139),
     ("promote_without_precondition", "supervisor-race", {"replicas_identical", "acked_writes_durable",
                                                           "offsets_unique", "no_duplicates"}, 4),
 ])
