@@ -703,7 +703,7 @@ class FetchesTwice(SubscriptionCore):
         super()._fetch(now_s, out)
 
 
-MUTANT_SETTINGS = settings(max_examples=400, stateful_step_count=60, deadline=None, database=None,
+MUTANT_SETTINGS = settings(max_examples=2000, stateful_step_count=60, deadline=None, database=None,
                            phases=[Phase.generate], suppress_health_check=list(HealthCheck))
 
 
