@@ -101,8 +101,11 @@ def test_move_the_leader_to_a_joined_node_drain_and_remove_it_under_quorum_write
         done = _wait("the move", lambda: (lambda m: m if m and m["phase"] in ("done", "rolled_back") else None)(
             _move(c, via, shard)))
         assert done["phase"] == "done", done
-        s = c.wait_leaders(via, TOPIC)[0]
-        assert s["leader"] == "n4" and sorted(s["replicas"]) == sorted({"n1", "n2", "n3", "n4"} - {leader}), s
+        # the node asked reads the plans on its next poll: wait for it to show the move's result
+        want = sorted({"n1", "n2", "n3", "n4"} - {leader})
+        s = _wait("the plan after the move", lambda: (lambda x: x if x["leader"] == "n4" and sorted(x["replicas"])
+                                                       == want else None)(c.wait_leaders(via, TOPIC)[0]), 30)
+        assert s["leader"] == "n4" and sorted(s["replicas"]) == want, s
         n_after_move = len(sent)
 
         # 2. drain the new node: its replica (and the leadership) moves off it
@@ -113,7 +116,8 @@ def test_move_the_leader_to_a_joined_node_drain_and_remove_it_under_quorum_write
                   (lambda m: m and m["phase"] == "done" and m["from"] == "n4")(_move(c, via, shard)))
         except AssertionError as exc:
             raise AssertionError(f"{exc}; moves {_moves(c, via)}; shards {c.get(via, '/shards')}") from None
-        s = c.wait_leaders(via, TOPIC)[0]
+        s = _wait("the plan after the drain", lambda: (lambda x: x if "n4" not in x["replicas"] and x["leader"] != "n4"
+                                                        else None)(c.wait_leaders(via, TOPIC)[0]), 30)
         assert "n4" not in s["replicas"] and s["leader"] != "n4" and len(s["replicas"]) == 3, s
         # nothing new is placed on a draining node
         status, body = c.call(via, "POST", "/shards/move", {"topic": TOPIC, "shard": 0,

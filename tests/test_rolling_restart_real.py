@@ -11,7 +11,7 @@ import pytest
 
 from runtime.rolling import run_rolling_restart
 
-pytestmark = pytest.mark.realnet
+pytestmark = [pytest.mark.realnet, pytest.mark.slow]  # about 50 s; `brokerctl bench --case rolling-restart` reports the same run
 
 
 def test_a_rolling_restart_under_load_loses_no_acknowledged_record(tmp_path) -> None:
