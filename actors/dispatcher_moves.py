@@ -45,13 +45,7 @@ class DispatcherMoves:
         self.send(self.boot.supervisor, msg)
 
     def on_MoveReply(self, msg: MoveReply, sender: Any) -> None:
-        p = self.pending.pop(msg.req_id, None)
-        if p is None:
-            return
-        if msg.status == "ok":
-            p.on_ok(msg)
-        else:
-            p.on_fail(None, msg.error or msg.status)
+        self.on_TopicReply(msg, sender)  # same shape: req_id, status, error
 
     def _shard_name(self, args: dict, fail: Callable) -> str | None:
         topic, index = args.get("topic"), args.get("shard")

@@ -129,34 +129,42 @@ class NodeActor(ChorusActor, NodeHandoff):
         me = self.boot.node_id
         for shard, plan in plans.items():
             if (me in plan.get("replicas", ()) or me in plan.get("learners", ())) and shard not in self.local:
-                self._create(shard, plan)
+                if not any(s == shard for _, s in self.dropping):  # else once its old replica's data is gone
+                    self._create(shard, plan)
             elif shard in self.local and plan.get("until_ms", -1) != self.until.get(shard, -1):
                 self.until[shard] = plan.get("until_ms", -1)
                 self.send(self.local[shard], GroupClose(shard, self.until[shard]))
         for shard in [s for s in self.local if s not in plans or (me not in plans[s].get("replicas", ())
                                                                   and me not in plans[s].get("learners", ()))]:
-            # the topic was deleted, or a move took the replica away: stop the
-            # replica (its data stays on disk); its shard group was dropped
-            # (past retention): delete its data too
+            # the topic was deleted, its shard group dropped (past retention),
+            # or a committed move took the replica away (the move removes a
+            # source only once the target holds the log): stop the replica
+            # and delete its data, giving the disk space back
             addr = self.local.pop(shard)
             self.until.pop(shard, None)
-            if shard not in plans and shard.rpartition("#")[0] in grouped and len(self.dropping) < REPLICAS_MAX:
+            if len(self.dropping) < REPLICAS_MAX:
                 # its databases are deleted once its process has exited (on_ChildActorExited)
                 self.dropping.append((addr, shard))
-                self.record("node.replica_dropped", node=self.boot.node_id, shard=shard)
+                self.record("node.replica_dropped", node=self.boot.node_id, shard=shard,
+                            why="moved" if shard in plans else
+                            "group dropped" if shard.rpartition("#")[0] in grouped else "topic deleted")
             self.send(addr, ActorExitRequest())
             self.known.pop((shard, self.boot.node_id), None)
             self.record("node.replica_stopped", node=self.boot.node_id, shard=shard)
 
     def on_ChildActorExited(self, msg: ChildActorExited, sender: Any) -> None:
-        """A dropped shard's replica has exited (its databases are closed):
-        delete them, giving the disk space back."""
+        """A stopped replica has exited (its databases are closed): delete
+        them, giving the disk space back."""
         for i, (addr, shard) in enumerate(self.dropping):
             if addr == msg.childAddress:
                 del self.dropping[i]
                 for name in (f"shard/{shard}", f"shard/{shard}.meta"):
                     self.host.remove_store(name)
                 self.record("node.shard_data_deleted", node=self.boot.node_id, shard=shard)
+                plan, me = self.plans.get(shard), self.boot.node_id
+                if plan is not None and shard not in self.local and (me in plan.get("replicas", ())
+                                                                     or me in plan.get("learners", ())):
+                    self._create(shard, plan)  # placed here again meanwhile: starts empty
                 return
 
     def _sweep_dropped(self, lists: list) -> None:

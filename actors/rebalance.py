@@ -6,8 +6,14 @@ ids, ties by id).  Each move takes one replica from the most loaded node to
 the least loaded node that holds no replica of that shard; a move of a
 leader's replica hands the leadership to the target (actors/moves.py), so
 when the source has more than its share of leaderships the leader replica
-is the one that moves.  Planning stops when the replica counts differ by at
-most one, or after ``moves_max`` moves.
+is the one that moves.  Replica moves stop when the replica counts differ
+by at most one.  Then leaderships are evened out the only way a move can
+carry one: a pair of moves that swaps replicas between the node with the
+most leaderships (H) and the one with the fewest (L) -- H's leader replica
+of a shard L does not hold goes to L, and a follower replica of L's goes
+to H, so the replica counts stay even.  Leaderships stop when they differ
+by at most one, or no such pair exists; everything stops after
+``moves_max`` moves.
 """
 from __future__ import annotations
 
@@ -68,8 +74,33 @@ def plan_rebalance(shards: list[tuple[str, tuple[str, ...], str]], nodes: list[s
                 best = cand
         if best is None:
             break
-        reps, leader = state[best.shard]
-        state[best.shard] = (tuple(best.to if n == best.frm else n for n in reps),
-                             best.to if best.leader else leader)
+        _apply(state, best)
         moves.append(best)
+    while len(moves) + 2 <= moves_max:
+        pair = _leader_swap(state, nodes)
+        if pair is None:
+            break
+        for m in pair:
+            _apply(state, m)
+            moves.append(m)
     return moves
+
+
+def _apply(state: dict[str, tuple[tuple[str, ...], str]], m: PlannedMove) -> None:
+    reps, leader = state[m.shard]
+    state[m.shard] = (tuple(m.to if n == m.frm else n for n in reps), m.to if m.leader else leader)
+
+
+def _leader_swap(state: dict[str, tuple[tuple[str, ...], str]], nodes: list[str]) -> tuple[PlannedMove, ...] | None:
+    """Two moves that give a leadership of the node with the most to the
+    node with the fewest and keep both nodes' replica counts, or None."""
+    load = load_of([(s, r, l) for s, (r, l) in state.items()], nodes)
+    pairs = sorted(((hi, lo) for hi in nodes for lo in nodes if load[hi][1] - load[lo][1] > 1),
+                   key=lambda p: (load[p[1]][1] - load[p[0]][1], p))
+    for hi, lo in pairs:
+        lead = next((s for s in sorted(state) if state[s][1] == hi and lo not in state[s][0]), None)
+        back = next((s for s in sorted(state) if s != lead and lo in state[s][0] and state[s][1] != lo
+                     and hi not in state[s][0]), None)
+        if lead is not None and back is not None:
+            return PlannedMove(lead, hi, lo, True), PlannedMove(back, lo, hi, False)
+    return None

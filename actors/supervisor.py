@@ -660,20 +660,29 @@ class Supervisor(ChorusActor):
             self.core.position(msg, self.now())
             self._flush()
 
+    def _to_active(self, msg: Any, sender: Any, reply: type) -> Any:
+        """Where to answer ``msg``, if this supervisor is the active one and
+        carries it out; otherwise pass it to the active supervisor (the one
+        on the agency leader's node), or fail it with ``reply``, and None."""
+        if self.core is None:
+            return None
+        to = msg.reply_to or sender
+        if self.core.active:
+            return to
+        target = self.sup_addrs.get(self.core.agency_leader or "")
+        if target is not None and self.core.agency_leader != self.boot.node_id:
+            self.send(target, replace(msg, reply_to=to))
+        else:
+            self.send(to, reply(msg.client, msg.req_id, "fail", error="no active supervisor; retry"))
+        return None
+
     def _topic_request(self, msg: CreateTopic | AlterTopic | DeleteTopic | TruncateShards, sender: Any) -> None:
         """Carry out a topic request if active, else pass it to the active
         supervisor (the one on the agency leader's node)."""
-        if self.core is None:
+        to = self._to_active(msg, sender, TopicReply)
+        if to is None:
             return
-        to = msg.reply_to or sender
         msg = replace(msg, reply_to=to)
-        if not self.core.active:
-            target = self.sup_addrs.get(self.core.agency_leader or "")
-            if target is not None and self.core.agency_leader != self.boot.node_id:
-                self.send(target, msg)
-            else:
-                self.send(to, TopicReply(msg.client, msg.req_id, "fail", error="no active supervisor; retry"))
-            return
         self.core.wall_ms = int(self.wall() * 1000)
         if isinstance(msg, CreateTopic):
             self.core.create_topic(msg, to, self.now())
@@ -694,20 +703,14 @@ class Supervisor(ChorusActor):
             self.send(self.sup_addrs[leader], replace(msg, reply_to=to))
             return
         self.send(to, FailoverStatsReply(self.core.node, self.core.active, self.core.watch.stats(), msg.req_id))
+
     def _move_request(self, msg: RequestMove | RequestDrain, sender: Any) -> None:
         """Moves and drains: the active supervisor writes them to the agency
         (actors/moves.py); another passes them on, as topic requests."""
-        if self.core is None:
+        to = self._to_active(msg, sender, MoveReply)
+        if to is None:
             return
-        to = msg.reply_to or sender
         msg = replace(msg, reply_to=to)
-        if not self.core.active:
-            target = self.sup_addrs.get(self.core.agency_leader or "")
-            if target is not None and self.core.agency_leader != self.boot.node_id:
-                self.send(target, msg)
-            else:
-                self.send(to, MoveReply(msg.client, msg.req_id, "fail", "no active supervisor; retry"))
-            return
         if isinstance(msg, RequestMove):
             self.core.moves.request_move(msg, to, self.now())
         else:

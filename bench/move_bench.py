@@ -1,7 +1,8 @@
 """Shard move benchmark on real node processes (actors/moves.py).
 
 Four nodes; a topic with one shard replicated on three of them.  The shard
-is filled with ``--mib`` MiB at quorum, then a producer writes at quorum
+is filled with ``--mib`` MiB of random (incompressible: batches are zstd
+compressed, so repeated bytes would measure nothing) records at quorum, then a producer writes at quorum
 for ``--seconds`` without a move (the baseline), and again while the
 shard's leader replica moves to the fourth node.  Prints the time the move
 took, the copy rate, the extrapolated time for 1 GiB, and the write
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import threading
@@ -30,13 +32,13 @@ TOPIC = "acme/bench/ops/move"
 
 def _produce(c: RealCluster, via: str, seconds: float, size: int, stop: threading.Event | None = None) -> float:
     """Records per second acknowledged at quorum for ``seconds`` (or until ``stop``)."""
-    payload = b"x" * size
+    pool = [os.urandom(size) for _ in range(4096)]  # no repeats inside one batch
     n = 0
     t0 = time.monotonic()
     with Producer(c.client(via), level="quorum", linger_ms=5, delivery_timeout_s=120, **c.auth) as p:
         futures = []
         while time.monotonic() - t0 < seconds and not (stop is not None and stop.is_set()):
-            futures.append(p.send(TOPIC, payload))
+            futures.append(p.send(TOPIC, pool[n % len(pool)]))
             n += 1
             if len(futures) >= 2000:
                 for f in futures:
@@ -49,12 +51,16 @@ def _produce(c: RealCluster, via: str, seconds: float, size: int, stop: threadin
 
 
 def _fill(c: RealCluster, via: str, mib: int, size: int = 64 << 10) -> None:
-    payload = b"f" * size
-    with Producer(c.client(via), level="quorum", linger_ms=5, delivery_timeout_s=300, **c.auth) as p:
-        futures = [p.send(TOPIC, payload) for _ in range((mib << 20) // size)]
+    with Producer(c.client(via), level="quorum", linger_ms=5, delivery_timeout_s=600, max_block_s=600,
+                  **c.auth) as p:
+        futures = [p.send(TOPIC, os.urandom(size)) for _ in range((mib << 20) // size)]
         p.flush()
         for f in futures:
             f.result(timeout=300)
+
+
+def _disk_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
 def main() -> None:
@@ -84,6 +90,7 @@ def main() -> None:
         th = threading.Thread(target=lambda: rates.append(_produce(c, via, 3600, a.record_bytes, stop)))
         th.start()
         time.sleep(1.0)
+        spare_before = _disk_bytes(c.base_dir / spare)
         t_move = time.monotonic()
         status, body = c.call(via, "POST", "/shards/move", {"topic": TOPIC, "shard": 0, "from": s["leader"],
                                                             "to": spare})
@@ -98,9 +105,10 @@ def main() -> None:
         move_s = time.monotonic() - t_move
         stop.set()
         th.join(300)
-        size_mib = a.mib + (base_rate * a.seconds * a.record_bytes) / (1 << 20)
+        # what landed on the target's disk (its RocksDB, before compaction)
+        size_mib = (_disk_bytes(c.base_dir / spare) - spare_before) / (1 << 20)
         out = {
-            "shard_mib": round(size_mib, 1), "fill_s": round(fill_s, 1), "move_phase": mv and mv["phase"],
+            "copied_mib_on_disk": round(size_mib, 1), "fill_s": round(fill_s, 1), "move_phase": mv and mv["phase"],
             "move_s": round(move_s, 2), "copy_mib_per_s": round(size_mib / move_s, 1),
             "move_1gib_s_extrapolated": round(1024 / (size_mib / move_s), 1),
             "writes_per_s_without_move": round(base_rate), "writes_per_s_during_move": round(rates[0]) if rates else None,

@@ -271,6 +271,20 @@ class _Ctx:
                     "whose data/admin.password a node wrote (--data-dir)") if exc.status == 401 else ""
             _fail(EXIT_API_ERROR, f"{exc.code}: {exc.message}{hint}", prefix=f"error (HTTP {exc.status}) ")
 
+    def poll(self, method: str, path: str, **kw) -> Any:
+        """``call`` for a loop that follows long work: None when the node did
+        not answer in time or answered 5xx (a busy or failing-over cluster;
+        the loop asks again until its own deadline); other errors fail."""
+        try:
+            return request(self.url, method, path, timeout=self.timeout, context=self.context,
+                           headers=self.headers, **kw)
+        except Unreachable:
+            return None
+        except ApiError as exc:
+            if exc.status >= 500:
+                return None
+            return self.call(method, path, **kw)
+
     def print_json(self, data: Any) -> None:
         typer.echo(json.dumps(data, indent=2, sort_keys=False))
 

@@ -55,9 +55,11 @@ def _move_of(c: _Ctx, shard: str) -> dict | None:
     return next((m for m in c.call("GET", "moves")["moves"] if m.get("shard") == shard), None)
 
 
-def _follow_moves(c: _Ctx, shards: list[str], deadline_s: float, title: str) -> dict[str, dict]:
-    """Poll until every move of ``shards`` finished or rolled back; a bar
-    per move (its phase) and one for the whole."""
+def _follow_moves(c: _Ctx, shards: dict[str, tuple[str, str]], deadline_s: float, title: str) -> dict[str, dict]:
+    """Poll until every move of ``shards`` (shard -> (from, to)) finished or
+    rolled back; a bar per move (its phase) and one for the whole.  A
+    shard's earlier move, which a node one poll behind may still show, is
+    not taken for this one."""
     final: dict[str, dict] = {}
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[phase]}"),
                   TimeElapsedColumn(), console=out, transient=False) as bar:
@@ -66,11 +68,16 @@ def _follow_moves(c: _Ctx, shards: list[str], deadline_s: float, title: str) -> 
         while len(final) < len(shards):
             if time.monotonic() > deadline_s:
                 break
-            moves = {m.get("shard"): m for m in c.call("GET", "moves")["moves"]}
+            r = c.poll("GET", "moves")
+            moves = {m.get("shard"): m for m in r["moves"]} if r else {}
+            if r is None:
+                bar.update(total, phase="(no answer; asking again)")
             for s in shards:
                 if s in final:
                     continue
-                m = moves.get(s) or {}
+                m = moves.get(s)
+                if m is None or (m.get("from"), m.get("to")) != shards[s]:
+                    continue
                 phase = str(m.get("phase", "requested"))
                 step = PHASES.index(phase) if phase in PHASES else len(PHASES) - 1
                 bar.update(tasks[s], completed=step, phase=phase + (" (leader handed over)" if m.get("handed_over")
@@ -99,6 +106,22 @@ def _report(final: dict[str, dict], wanted: list[str]) -> None:
         raise typer.Exit(EXIT_API_ERROR)
 
 
+def _request_move(c: _Ctx, topic: str, index: int, frm: str, to: str, deadline_s: float) -> None:
+    """Ask for a move; an answer lost to a timeout (503, or none) is asked
+    again unless the move is already recorded as running."""
+    shard = f"{topic}#{index}"
+    while True:
+        if c.poll("POST", "shards/move", body={"topic": topic, "shard": index, "from": frm, "to": to}) is not None:
+            return
+        r = c.poll("GET", "moves")
+        m = next((x for x in r["moves"] if x.get("shard") == shard), None) if r else None
+        if m is not None and m.get("from") == frm and m.get("to") == to and m.get("phase") in PHASES:
+            return
+        if time.monotonic() > deadline_s:
+            _fail(EXIT_API_ERROR, f"no node accepted the move of {shard} {frm} -> {to} in time")
+        time.sleep(POLL_S)
+
+
 @shards_app.command("move")
 def shards_move(topic: Annotated[str, typer.Argument(help="tenant/product/component/topic")],
                 shard: Annotated[int, typer.Argument(min=0, help="the shard's index")],
@@ -119,7 +142,7 @@ def shards_move(topic: Annotated[str, typer.Argument(help="tenant/product/compon
     if not wait:
         out.print(f"move of {_esc(name)} {_esc(frm)} -> {_esc(to)} requested; follow it with brokerctl shards moves")
         return
-    final = _follow_moves(c, [name], time.monotonic() + wait_timeout, "move")
+    final = _follow_moves(c, {name: (frm, to)}, time.monotonic() + wait_timeout, "move")
     if as_json:
         return c.print_json(final.get(name) or _move_of(c, name) or {})
     _report(final, [name])
@@ -167,7 +190,10 @@ def nodes_drain(node_id: Annotated[str, typer.Argument(help="the node to empty")
                   TimeElapsedColumn(), console=out) as bar:
         task = None
         while time.monotonic() < deadline:
-            moves = c.call("GET", "moves")
+            moves = c.poll("GET", "moves")
+            if moves is None:
+                time.sleep(POLL_S)
+                continue
             left = int(moves["replicas"].get(node_id, 0))
             if start is None:
                 start = max(left, 1)
@@ -241,14 +267,25 @@ def cluster_rebalance(url: UrlOpt = DEFAULT_URL, timeout: TimeoutOpt = DEFAULT_T
         return
     deadline = time.monotonic() + wait_timeout
     final: dict[str, dict] = {}
-    for i in range(0, len(plan), parallel):
-        batch = plan[i:i + parallel]
+    done = 0
+    while done < len(plan):
+        batch: list = []  # up to --parallel moves, each of another shard (a shard moves one replica at a time)
+        for m in plan[done:]:
+            if len(batch) == parallel or any(b.shard == m.shard for b in batch):
+                break
+            batch.append(m)
         for m in batch:
             topic, _, idx = m.shard.rpartition("#")
-            c.call("POST", "shards/move", body={"topic": topic, "shard": int(idx), "from": m.frm, "to": m.to})
-        final.update(_follow_moves(c, [m.shard for m in batch], deadline,
-                                   f"moves {i + 1}-{i + len(batch)} of {len(plan)}"))
-    _report(final, [m.shard for m in plan])
+            _request_move(c, topic, int(idx), m.frm, m.to, deadline)
+        got = _follow_moves(c, {m.shard: (m.frm, m.to) for m in batch}, deadline,
+                            f"moves {done + 1}-{done + len(batch)} of {len(plan)}")
+        final.update(got)
+        done += len(batch)
+        if any(got.get(m.shard, {}).get("phase") != "done" for m in batch):
+            break  # the rest of the plan assumed these moves: stop, say what happened
+    _report(final, list(dict.fromkeys(m.shard for m in plan[:done])))
+    if done < len(plan):
+        _fail(EXIT_API_ERROR, f"stopped after {done} of {len(plan)} moves; run brokerctl cluster rebalance again")
 
 
 def register(app: typer.Typer, nodes_app: typer.Typer) -> tuple[typer.Typer, ...]:

@@ -298,3 +298,24 @@ def test_shards_move_drain_remove_and_rebalance(gw, url):
     out = ok("cluster", "rebalance", "--dry-run", "--url", url).plain
     assert "Before" in out and "Plan:" in out and "After" in out
     assert "move_shard" not in {c[0] for c in gw.calls[-3:]}  # a dry run moves nothing
+
+
+def test_following_a_move_rides_out_an_unanswered_poll_and_an_earlier_move(gw, url):
+    from runtime.gateway import GatewayError
+
+    shard = f"{TOPIC}#1"
+    answers = [GatewayError(503, "unavailable", "no answer for MovesQuery before the deadline"),
+               {"moves": [{"shard": shard, "from": "n2", "to": "n1", "phase": "done"}]},  # the shard's earlier move
+               {"moves": [{"shard": shard, "from": "n1", "to": "n3", "phase": "learning"}]},
+               {"moves": [{"shard": shard, "from": "n1", "to": "n3", "phase": "done"}]}]
+
+    async def moves() -> dict:
+        a = answers.pop(0) if len(answers) > 1 else answers[0]
+        if isinstance(a, Exception):
+            raise a
+        return {"drains": [], "replicas": {}, **a}
+
+    gw.moves = moves
+    out = ok("shards", "move", TOPIC, "1", "--from", "n1", "--to", "n3", "--url", url, "--wait-timeout", "30").plain
+    assert f"{shard}: moved n1 -> n3" in out, out
+    assert len(answers) == 1  # it asked until the move it started was done

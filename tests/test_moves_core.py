@@ -4,6 +4,9 @@
 (tests/test_moves_sim.py) and on real processes (tests/test_moves_real.py)."""
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from actors.rebalance import load_of, plan_rebalance
 from actors.replication import FOLLOWER, LEADER
 from protocol.shard import Assign, Handover, HandoverReady, Push, ShardTuning
@@ -141,3 +144,36 @@ def test_rebalance_empties_a_node_that_may_not_hold_replicas():
     assert {m.shard for m in plan if m.frm == "n1"} == {"t#0", "t#1"}
     assert all(m.to != "n1" for m in plan)
 
+
+
+def _after(shards, plan):
+    after = {s: (r, l) for s, r, l in shards}
+    for m in plan:
+        reps, lead = after[m.shard]
+        assert m.frm in reps and m.to not in reps
+        after[m.shard] = (tuple(m.to if n == m.frm else n for n in reps), m.to if m.leader else lead)
+    return [(s, r, l) for s, (r, l) in after.items()]
+
+
+def test_rebalance_gives_a_new_node_leaderships_by_swapping_replicas():
+    # replica moves alone left n5 without a leadership here (n2 and n3 kept two each)
+    shards = [("t#0", ("n1", "n2", "n3"), "n2"), ("s#0", ("n1", "n2"), "n1"), ("s#1", ("n1", "n3"), "n3"),
+              ("s#2", ("n3", "n1"), "n3"), ("s#3", ("n1", "n3"), "n3")]
+    nodes = ["n1", "n2", "n3", "n5"]
+    load = load_of(_after(shards, plan_rebalance(shards, nodes)), nodes)
+    assert load["n5"][1] >= 1 and max(v[1] for v in load.values()) <= 2, load
+    assert max(v[0] for v in load.values()) - min(v[0] for v in load.values()) <= 1, load
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.permutations(["n1", "n2", "n3"]), st.integers(2, 3), st.integers(0, 2)),
+                min_size=1, max_size=14))
+def test_rebalance_onto_a_new_node_evens_replicas_and_leaderships(layout):
+    shards = [(f"t#{i}", tuple(p[:rf]), p[lead % rf]) for i, (p, rf, lead) in enumerate(layout)]
+    nodes = ["n1", "n2", "n3", "n4"]
+    after = _after(shards, plan_rebalance(shards, nodes))
+    load = load_of(after, nodes)
+    reps, leads = [v[0] for v in load.values()], [v[1] for v in load.values()]
+    assert max(reps) - min(reps) <= 1 and sum(reps) == sum(len(r) for _, r, _ in shards), load
+    assert max(leads) - min(leads) <= 2, load
+    assert plan_rebalance(after, nodes) == []  # a second run finds nothing to do
