@@ -191,7 +191,8 @@ class NodeActor(ChorusActor, NodeHandoff):
         leader = plan.get("leader") or None
         self.until[shard] = int(plan.get("until_ms", -1))
         self.send(addr, ShardBoot(shard, b.node_id, tuple(plan["replicas"]), peers, int(plan["epoch"]), leader,
-                                  b.tuning, b.host, tuple(self.sups), self.until[shard]))
+                                  b.tuning, b.host, tuple(self.sups), self.until[shard],
+                                  tuple(plan.get("learners", ()))))
         note = ReplicaAddress(shard, b.node_id, addr)
         for node in sorted(self.node_addrs):
             if node != b.node_id:

@@ -242,15 +242,19 @@ class ShardCore:
                      leader=self.leader)
         return self._take()
 
-    def resume(self, epoch: int, leader: str | None, replicas: tuple[str, ...], now_s: float) -> ShardReady:
+    def resume(self, epoch: int, leader: str | None, replicas: tuple[str, ...], now_s: float,
+               learners: tuple[str, ...] = ()) -> ShardReady:
         """After a restart: take up the role the boot plan gives, if it is
-        for the epoch we hold (a newer epoch we persisted wins)."""
+        for the epoch we hold (a newer epoch we persisted wins).  The plan's
+        learners come along: a leader restarted during a move's copy goes
+        on copying to the target (nothing else would tell it: its epoch and
+        role match the plan, so the supervisor sends no Assign)."""
         if replicas:
             self.replicas = tuple(replicas)
         if epoch > self.epoch:
             self._adopt_epoch(epoch)
         if epoch == self.epoch and leader is not None:
-            return self.assign(Assign(self.shard, epoch, leader, self.replicas), now_s)
+            return self.assign(Assign(self.shard, epoch, leader, self.replicas, tuple(learners)), now_s)
         return self._take()
 
     def _become_leader(self, now_s: float) -> None:

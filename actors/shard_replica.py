@@ -86,7 +86,7 @@ class ShardReplica(ChorusActor):
         # resuming the leadership of an epoch this replica led before the
         # restart: its subscriptions may deliver again what it delivered then
         self.resumed = (epoch, self.log.end_offset) if self.log.last_epoch == epoch else None
-        self._handle(self.core.resume(msg.epoch, msg.leader, msg.replicas, self.now()))
+        self._handle(self.core.resume(msg.epoch, msg.leader, msg.replicas, self.now(), msg.learners))
         self._arm()
 
     def on_ReplicaAddress(self, msg: Any, sender: Any) -> None:

@@ -28,6 +28,7 @@ class ShardBoot:
     host: Any = None  # HostConfig in production
     supervisors: tuple[Any, ...] = ()  # where to report state (every node's Supervisor)
     until_ms: int = -1  # the shard's group closes then (wall clock ms; -1: never)
+    learners: tuple[str, ...] = ()  # a move's target copying the log (the plan's learners)
 
 
 @dataclass(frozen=True)

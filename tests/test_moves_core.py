@@ -72,6 +72,26 @@ def test_the_copy_to_a_learner_is_rate_limited():
     assert net["d"].log.end_offset == net["a"].log.end_offset  # and it gets there
 
 
+def test_a_leader_restarted_during_the_copy_goes_on_copying_to_the_learner():
+    # the shard-move scenario found a move learning forever: the restarted
+    # leader led the planned epoch, so no Assign came, and it had forgotten d
+    net = _with_learner()
+    net.settle()
+    net.isolate("d")
+    for k in range(5):
+        net.produce("a", b"r%d" % k, req_id=k)
+        net.deliver()
+    net.heal()
+    again = type(net["a"])(SHARD, "a", net["a"].log, net.tuning, epoch=2, replicas=("a", "b", "c"))
+    net.cores["a"] = again
+    net.absorb("a", again.resume(2, "a", ("a", "b", "c"), net.now, ("d",)))
+    assert again.role == LEADER and again.learners == ("d",)
+    for _ in range(20):
+        net.tick(0.1)
+        net.deliver()
+    assert net.payloads("d") == net.payloads("a") and len(net.payloads("d")) == 5
+
+
 def test_handover_freezes_the_leader_until_a_newer_epoch_and_survives_a_restart():
     net = _with_learner()
     net.settle()
