@@ -41,6 +41,7 @@ from thespian.actors import ThespianWatch
 
 from actors.base import ChorusActor
 from actors.dispatcher_groups import GROUP_RETRIES_MAX, DispatcherGroups
+from actors.dispatcher_gsubs import DispatcherGroupSubs
 from actors.dispatcher_handoff import DispatcherHandoff
 from actors.dispatcher_metrics import DispatcherMetrics
 from actors.dispatcher_mqtt import DispatcherMqtt
@@ -180,7 +181,7 @@ class _Sub:
 
 
 class Dispatcher(ChorusActor, DispatcherMqtt, DispatcherUsers, DispatcherHandoff, DispatcherQuery,
-                 DispatcherMetrics, DispatcherMoves, DispatcherGroups):
+                 DispatcherMetrics, DispatcherMoves, DispatcherGroups, DispatcherGroupSubs):
     def __init__(self) -> None:
         super().__init__()
         self.boot: DispatcherBoot | None = None
@@ -346,6 +347,7 @@ class Dispatcher(ChorusActor, DispatcherMqtt, DispatcherUsers, DispatcherHandoff
             (list(reply.result["values"]) + [None] * 6)[:6]
         self._users_polled(users_tree)
         self._groups_polled(groups_tree)
+        self._gsub_view()
         self.topics = dict(_walk_topics(topics_tree or {}))
         self.plans = dict(walk_plans(plans_tree or {}))
         self.nodes = {k: v for k, v in (nodes_tree or {}).items() if isinstance(v, dict)}
@@ -659,6 +661,8 @@ class Dispatcher(ChorusActor, DispatcherMqtt, DispatcherUsers, DispatcherHandoff
         if len(mine) >= SUBSCRIPTIONS_PER_CONN_MAX:
             raise Refusal(ErrorCode.OVERLOADED, 503, "overloaded", "too many subscriptions on this connection")
         consumer = f"{m.consumer_id}@{self.boot.node_id}.{conn}"
+        if self._gsub_subscribe(conn, corr, m, consumer, spec, first):  # a topic with shard groups
+            return
         n = int(spec.get("shards", 1))
         fresh = [i for i in range(n) if (f"{m.topic}#{i}", m.subscription, consumer) not in self.subs]
         if not fresh:
@@ -689,6 +693,8 @@ class Dispatcher(ChorusActor, DispatcherMqtt, DispatcherUsers, DispatcherHandoff
             if not s.answered:
                 s.answered = True
                 self._subscribe_progress(s, None)
+            if msg.drained:
+                self._gsub_drained(s)
             return
         code, _st, _slug = _classify(msg.error)
         if code is ErrorCode.NOT_LEADER:
@@ -713,6 +719,7 @@ class Dispatcher(ChorusActor, DispatcherMqtt, DispatcherUsers, DispatcherHandoff
             self._frame(s.conn, s.corr, SubscribeResponse(active=True))
 
     def _drop_subscription(self, conn: int, corr: int) -> None:
+        self._gsub_forget(conn, corr)
         keep = []
         for s in self.conn_subs.get(conn, []):
             if s.corr == corr:
@@ -745,6 +752,7 @@ class Dispatcher(ChorusActor, DispatcherMqtt, DispatcherUsers, DispatcherHandoff
                                          tuple(o for o, _p, _r in msg.records), negative=True))
             return
         s.replica = sender
+        self._gsub_delivered(s, [o for o, _p, _r in msg.records])
         recs = tuple(DeliveredRecord(offset=o, redelivery=bool(r), payload=bytes(p)) for o, p, r in msg.records)
         self._frame(s.conn, s.corr, DeliveryFrame(topic=s.topic, shard=s.index, subscription=s.subscription,
                                                   records=recs), answers=False)
@@ -752,16 +760,21 @@ class Dispatcher(ChorusActor, DispatcherMqtt, DispatcherUsers, DispatcherHandoff
     def _ack(self, conn: int, corr: int, m: AckRequest) -> None:
         shard = f"{m.topic}#{m.shard}"
         consumer = f"{m.consumer_id}@{self.boot.node_id}.{conn}"
-        s = self.subs.get((shard, m.subscription, consumer))
+        offsets = tuple(m.offsets)
+        walked = self._gsub_ack_target(conn, m, consumer)  # a topic with shard groups
+        s = self.subs.get((shard, m.subscription, consumer)) if walked is None else walked[0]
+        if walked is not None:
+            shard, offsets = s.shard, walked[1]
         if s is None:
             raise Refusal(ErrorCode.INVALID_REQUEST, 400, "bad_request",
                           f"consumer {m.consumer_id!r} is not subscribed to {m.subscription!r} on {shard} "
                           "on this connection")
-        if s.replica is not None and m.offsets:
-            self.send(s.replica, AckRecords(shard, m.subscription, consumer, tuple(m.offsets), negative=m.nack))
+        if s.replica is not None and offsets:
+            self.send(s.replica, AckRecords(shard, m.subscription, consumer, offsets, negative=m.nack))
         self._frame(conn, corr, AckResponse())
 
     def _closed(self, conn: int) -> None:
+        self._gsub_forget(conn)
         for s in self.conn_subs.pop(conn, []):
             self.subs.pop((s.shard, s.subscription, s.consumer), None)
             if s.replica is not None:

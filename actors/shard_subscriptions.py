@@ -38,6 +38,7 @@ from protocol.records import Record, decode_batch
 CURSOR = b"cursor"
 SUBSCRIPTIONS_MAX = 1_000
 CONSUMERS_MAX = 10_000
+DRAINED_SCAN_MAX = 1_000  # records read past the cursor to tell a drained subscription
 
 
 def cursor_record(subscription: str, mode: str, offset: int) -> Record:
@@ -107,7 +108,10 @@ class ShardSubscriptions:
         return core
 
     # ------------------------------------------------------------- inputs
-    def subscribe(self, m: Subscribe, reply_to: Any, now_s: float, read: Any) -> None:
+    def subscribe(self, m: Subscribe, reply_to: Any, now_s: float, read: Any, closed: bool = False) -> None:
+        """``closed``: the shard's group takes no more records (and every
+        record it has is committed); a subscription that acknowledged all of
+        them is answered ``drained`` on every Subscribe."""
         core = self._core(m.subscription, m.mode)
         if isinstance(core, str):
             self.out.append((reply_to, SubscribeReply(m.shard, m.subscription, m.consumer, "fail", error=core)))
@@ -133,8 +137,20 @@ class ShardSubscriptions:
                 self.out.append((reply_to, SubscribeReply(m.shard, m.subscription, m.consumer, "fail",
                                                           error=refused[0].reason)))
                 return
-            self.out.append((reply_to, SubscribeReply(m.shard, m.subscription, m.consumer, "ok")))
+            self.out.append((reply_to, SubscribeReply(m.shard, m.subscription, m.consumer, "ok",
+                                                      drained=closed and self.drained(m.subscription, read))))
             self._effects(m.subscription, effects, now_s, read)
+        elif closed and self.drained(m.subscription, read):
+            self.out.append((reply_to, SubscribeReply(m.shard, m.subscription, m.consumer, "ok", drained=True)))
+
+    def drained(self, name: str, read: Any) -> bool:
+        """Every committed data record is acknowledged: nothing but control
+        records (cursors) from the committed cursor on."""
+        core = self.cores.get(name)
+        if core is None:
+            return False
+        rest = read(core.cursors().get(0, 0), DRAINED_SCAN_MAX)
+        return len(rest) < DRAINED_SCAN_MAX and all(r is None for r in rest)
 
     def _take_over(self, subscription: str, consumer: str, now_s: float, read: Any) -> None:
         """A consumer that comes back over another connection (a node

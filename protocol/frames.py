@@ -62,7 +62,7 @@ __all__ = [
     "FetchRequest", "FetchResponse", "SubscribeRequest", "SubscribeResponse", "AckRequest", "AckResponse",
     "CommitRequest", "CommitResponse", "Heartbeat", "HeartbeatResponse", "ErrorResponse",
     "QueryRequest", "QueryResponse", "QueriedRecord", "QueryHeader",
-    "DeliveredRecord", "Delivery",
+    "DeliveredRecord", "Delivery", "SubscriptionReset",
     "FRAME_TYPES", "REQUEST_TYPES", "RESPONSE_TYPES",
     "encode_frame", "decode_message", "decode_frame", "negotiate_version", "FrameDecoder",
 ]
@@ -701,6 +701,24 @@ class Delivery(Message):
     shard: int = wire(U32)
     subscription: str = wire(STR)
     records: tuple[DeliveredRecord, ...] = wire(_List(_Nested(DeliveredRecord)), ())
+
+
+@_frame(0x22)
+class SubscriptionReset(Message):
+    """Server push, framed with the correlation id of the SubscribeRequest
+    that attached the consumer: records of shard index ``shard`` were
+    skipped.  The consumer's position was in a shard group that retention
+    dropped before every record of it was acknowledged; the subscription
+    continues at the oldest remaining record of that index -- the start of
+    shard ``next_shard_id`` (like Kafka's reset to the earliest offset when
+    a committed offset is out of range).  Not a response."""
+
+    topic: str = wire(STR)
+    shard: int = wire(U32)  # shard index within the topic
+    subscription: str = wire(STR)
+    dropped_shard_id: int = wire(U32)  # the group's shard the consumer was reading (now dropped)
+    next_shard_id: int = wire(U32)  # where it continues (U32_MAX: no live group has the index)
+    reason: str = wire(STR, "")
 
 
 @_frame(0xFE)

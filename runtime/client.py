@@ -424,6 +424,13 @@ class Consumer(_Blocking):
     def active(self) -> bool:
         return self._consumer.active
 
+    @property
+    def resets(self) -> list[Any]:
+        """``SubscriptionReset`` notices received (the last 100): records
+        this subscription skipped because retention dropped their shard group."""
+        with self._consumer._lock:
+            return list(self._consumer.resets)
+
     def poll(self, timeout_s: float | None = None) -> Message | None:
         """The next message, or None after ``timeout_s`` or once closed."""
         c = self._consumer

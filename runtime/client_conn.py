@@ -370,7 +370,7 @@ class _Connection:
 
     def _dispatch(self, frame: fr.Frame) -> None:
         msg = frame.message
-        if isinstance(msg, fr.Delivery):
+        if isinstance(msg, (fr.Delivery, fr.SubscriptionReset)):  # pushes
             if self.on_delivery is not None:
                 try:
                     self.on_delivery(msg)

@@ -1,5 +1,6 @@
 """Shard groups by time on a real three-node cluster: truncate-shards opens
-a second group and a history query spans both; retention drops a whole
+a second group, a history query spans both and a consumer subscribed
+before the truncate reads both groups in order; retention drops a whole
 group from every replica and the agency and gives its disk space back."""
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.client import Client, Producer
+from runtime.client import Client, Consumer, Producer
 from runtime.realcluster import RealCluster
 
 HOUR_MS = 3_600_000
@@ -56,6 +57,7 @@ def test_truncate_shards_then_a_query_across_two_groups(cluster: RealCluster) ->
     first = _wait("the first group", lambda: _groups(cluster, "n1", topic))
     assert [g["shards"] for g in first] == [[0, 1]]
 
+    consumer = Consumer(cluster.client("n2"), topic, "audit", consumer_id="audit-1", **cluster.auth)
     with Producer(cluster.client("n1"), level="quorum", linger_ms=2, **cluster.auth) as p:
         futs = [p.send(topic, b"a%04d" % i, key=b"k%d" % (i % 5)) for i in range(200)]
         p.flush()
@@ -79,6 +81,27 @@ def test_truncate_shards_then_a_query_across_two_groups(cluster: RealCluster) ->
         futs = [p.send(topic, b"b%04d" % i, key=b"k%d" % (i % 5)) for i in range(200)]
         p.flush()
         assert all(f.result(30) for f in futs)
+
+    # the consumer subscribed before the truncate reads the first group's
+    # shard of each index to its end, then the second group's: every
+    # record, in order per shard index (a key's records stay in order)
+    got: dict[int, list[bytes]] = {}
+    deadline = time.monotonic() + 90
+    try:
+        while sum(len(v) for v in got.values()) < 400 and time.monotonic() < deadline:
+            msg = consumer.poll(1.0)
+            if msg is not None:
+                if not msg.redelivery or msg.value not in got.get(msg.shard, []):
+                    got.setdefault(msg.shard, []).append(msg.value)
+                msg.ack()
+    finally:
+        consumer.close()
+    values = [v for vs in got.values() for v in vs]
+    assert sorted(values) == sorted([b"a%04d" % i for i in range(200)] + [b"b%04d" % i for i in range(200)]), (
+        len(values), sorted(set(values))[-3:])
+    for index, vs in got.items():
+        assert vs == sorted(vs), (index, vs)  # the a-records (first group) before the b-records, each in order
+    assert consumer.resets == []
 
     now = int(time.time() * 1000) + 1
     with Client(cluster.client("n2"), **cluster.auth) as cl:
