@@ -93,8 +93,7 @@ class GroupWalk:
             return []  # older than a view already taken: ignore
         self.newest_seen = max([self.newest_seen] + ids)
         self.chains = {i: [g.shards[i] for g in groups.groups if i < len(g.shards)] for i in range(self.indices)}
-        live = set(ids)
-        self.done &= live
+        self.done &= set(ids) | set(self.at.values())  # an attached drained shard stays drained when dropped
         return self._step()
 
     def drained(self, shard: int) -> list[Any]:

@@ -243,7 +243,7 @@ class ShardSubscriptions:
                     again = e.redelivery or e.offset < self.redeliver_below
                     deliveries.setdefault(e.consumer, []).append((e.offset, e.record, again))
             elif isinstance(e, PersistCursor):
-                if e.offset > self.persisted.get(name, -1):
+                if e.offset > self.persisted.get(name, -1) and self._moved_over_data(name, e.offset, read):
                     self.dirty[name] = e.offset
             elif isinstance(e, FetchMore):
                 self.fetches[name] = e
@@ -257,6 +257,19 @@ class ShardSubscriptions:
             self._effects(name, core.ack(consumer, 0, off, now_s), now_s, read)
         if any(isinstance(e, FetchMore) for e in effects):
             self.feed(now_s, read)
+
+    def _moved_over_data(self, name: str, offset: int, read: Any) -> bool:
+        """Whether a cursor advance to ``offset`` passed a data record since
+        the last cursor persisted (or about to be).  One that passed only
+        control records -- cursors themselves -- is not persisted: they are
+        acknowledged again at once after a restore, and persisting it would
+        append a cursor record that moves the cursor again, every
+        ``cursor_flush_s``, for as long as a consumer is attached."""
+        prev = max(self.persisted.get(name, -1), self.dirty.get(name, -1))
+        if prev < 0 or offset - prev > DRAINED_SCAN_MAX:
+            return True
+        between = read(prev, offset - prev)
+        return len(between) < offset - prev or any(r is not None for r in between)
 
     def take(self) -> list[tuple[Any, Any]]:
         out, self.out = self.out, []

@@ -154,6 +154,8 @@ class Harness:
             spec = {"name": t.name, "shards": t.shards, "replication_factor": t.replication_factor}
             if t.shard_group_ms is not None:
                 spec.update(shard_group_ms=t.shard_group_ms, retention_ms=t.retention_ms)
+                if t.retention_bytes is not None:
+                    spec["retention_bytes"] = t.retention_bytes
             req = CreateTopic("harness", i, spec)
             # any node takes it; repeat until the agency and supervisor are up (idempotent: absent precondition)
             for k, at in enumerate((1.0, 2.0, 3.0, 5.0)):
@@ -171,7 +173,7 @@ class Harness:
                                 refresh_s=1e9,  # like a client: re-read the groups when a write is refused
                                 nodes=node_addrs, rate_per_s=d.rate_per_s,
                                 records_per_batch=d.records_per_batch, level=d.level[(i - 1) % len(d.level)],
-                                timeout_s=d.timeout_s,
+                                timeout_s=d.timeout_s, pad_bytes=d.record_pad_bytes,
                                 stop_after_s=scn.duration_s + scn.settle_s / 2)
             self.world.spawn(p, ShardProducer, "producer", boot)
         if d.truncate_every_s > 0:

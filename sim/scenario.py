@@ -127,6 +127,7 @@ class DataTopic:
     replication_factor: int = 3
     shard_group_ms: int | None = None  # shard groups by time (protocol/groups.py)
     retention_ms: int | None = None
+    retention_bytes: int | None = None  # retention by size, per shard index over all groups
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,7 @@ class DataPlane:
     query_every_s: float = 0.5
     query_limit: int = 7  # records per page: small, so that every query pages
     truncate_every_s: float = 0.0  # > 0: truncate-shards the first topic about this often (exponential)
+    record_pad_bytes: int = 0  # random header bytes on every produced record (to fill logs: retention by size)
 
 
 @dataclass(frozen=True)
@@ -334,7 +336,7 @@ def _pause(v: _V, path: str, p: Any) -> tuple[float, ...]:
 def _data(v: _V, d: Any, nodes: int) -> DataPlane:
     d = v.mapping("data", d, ("topics", "producers", "rate_per_s", "records_per_batch", "level", "timeout_s",
                               "grace_s", "tuning", "subscriptions", "queriers", "query_every_s", "query_limit",
-                              "truncate_every_s"))
+                              "truncate_every_s", "record_pad_bytes"))
     subs = []
     for i, sd in enumerate(d.get("subscriptions", []) or []):
         sd = v.mapping(f"data.subscriptions[{i}]", sd, ("name", "mode", "consumers", "nack_ratio", "pause_s"))
@@ -351,7 +353,7 @@ def _data(v: _V, d: Any, nodes: int) -> DataPlane:
     topics = []
     for i, t in enumerate(topics_doc):
         t = v.mapping(f"data.topics[{i}]", t, ("name", "shards", "replication_factor", "shard_group_ms",
-                                                "retention_ms"))
+                                                "retention_ms", "retention_bytes"))
         name = v.string(f"data.topics[{i}].name", t.get("name"))
         if len(name.split("/")) != 4:
             v.fail(f"data.topics[{i}].name", "tenant/product/component/topic", name)
@@ -362,8 +364,11 @@ def _data(v: _V, d: Any, nodes: int) -> DataPlane:
             group_ms = v.integer(f"data.topics[{i}].shard_group_ms", group_ms, 1000, 10**9)
         if retention is not None:
             retention = v.integer(f"data.topics[{i}].retention_ms", retention, 1000, 10**12)
+        size = t.get("retention_bytes")
+        if size is not None:
+            size = v.integer(f"data.topics[{i}].retention_bytes", size, 1, 10**15)
         topics.append(DataTopic(name, v.integer(f"data.topics[{i}].shards", t.get("shards", 1), 1, 64), rf,
-                                group_ms, retention))
+                                group_ms, retention, size))
     level = d.get("level", "quorum")
     levels = level if isinstance(level, list) else [level]
     for i, lv in enumerate(levels):
@@ -388,6 +393,7 @@ def _data(v: _V, d: Any, nodes: int) -> DataPlane:
         query_every_s=v.number("data.query_every_s", d.get("query_every_s", 0.5), 0.01, 600),
         query_limit=v.integer("data.query_limit", d.get("query_limit", 7), 1, 10_000),
         truncate_every_s=v.number("data.truncate_every_s", d.get("truncate_every_s", 0.0), 0.0, 600),
+        record_pad_bytes=v.integer("data.record_pad_bytes", d.get("record_pad_bytes", 0), 0, 1 << 20),
     )
 
 
