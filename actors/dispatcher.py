@@ -69,6 +69,8 @@ from protocol.frames import (
     ErrorCode,
     FetchRequest,
     FetchResponse,
+    GroupFetchRequest,
+    GroupsRequest,
     Level,
     MetadataRequest,
     MetadataResponse,
@@ -416,6 +418,10 @@ class Dispatcher(ChorusActor, DispatcherMqtt, DispatcherUsers, DispatcherHandoff
             self._ack(conn, corr, m)
         elif isinstance(m, QueryRequest):
             self._query_frame(conn, corr, m)
+        elif isinstance(m, GroupsRequest):
+            self._groups_frame(conn, corr, m)
+        elif isinstance(m, GroupFetchRequest):
+            self._group_fetch_frame(conn, corr, m)
         elif isinstance(m, CommitRequest):
             raise Refusal(ErrorCode.INVALID_REQUEST, 400, "bad_request",
                           "CommitRequest is not supported yet: acknowledge records with AckRequest")
@@ -1224,6 +1230,9 @@ class Dispatcher(ChorusActor, DispatcherMqtt, DispatcherUsers, DispatcherHandoff
             fail(404, "not_found", f"topic {topic!r} has no shard {index}")
             return
         offset = int(args.get("offset") or 0)
+        at = self._group_at(topic, index, args.get("group"), fail)  # (group id, shard name) on a grouped topic
+        if at is False:
+            return
 
         def done(reply: ReadShardReply) -> None:
             out = []
@@ -1233,13 +1242,16 @@ class Dispatcher(ChorusActor, DispatcherMqtt, DispatcherUsers, DispatcherHandoff
                     if r.offset < offset or is_control(r):
                         continue
                     out.append(_record_json(r))
-            ok({"topic": topic, "shard": index, "high_watermark": reply.hw, "records": out})
+            res = {"topic": topic, "shard": index, "high_watermark": reply.hw, "records": out}
+            if at is not None:
+                res.update(group=at[0], shard_id=int(at[1].rpartition("#")[2]))
+            ok(res)
 
         def failed(code: Any, text: str) -> None:
             _c, status, slug = _classify(text)
             fail(status, slug, text)
 
-        self._read(self._group_shard(topic, index) or f"{topic}#{index}", offset,
+        self._read(at[1] if at is not None else f"{topic}#{index}", offset,
                    int(args.get("max_bytes") or (1 << 20)), 0.0, done, failed)
 
     def _admin_subscriptions(self, args: dict, ok: Callable, fail: Callable) -> None:

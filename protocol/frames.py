@@ -63,6 +63,7 @@ __all__ = [
     "CommitRequest", "CommitResponse", "Heartbeat", "HeartbeatResponse", "ErrorResponse",
     "QueryRequest", "QueryResponse", "QueriedRecord", "QueryHeader",
     "DeliveredRecord", "Delivery", "SubscriptionReset",
+    "GroupMetadata", "GroupsRequest", "GroupsResponse", "GroupFetchRequest", "GroupFetchResponse",
     "FRAME_TYPES", "REQUEST_TYPES", "RESPONSE_TYPES",
     "encode_frame", "decode_message", "decode_frame", "negotiate_version", "FrameDecoder",
 ]
@@ -682,6 +683,50 @@ class QueriedRecord(_Struct):
 class QueryResponse(Message):
     records: tuple[QueriedRecord, ...] = wire(_List(_Nested(QueriedRecord)), ())
     next_token: str = wire(STR, "")  # "": the query is complete
+
+
+@_structure
+class GroupMetadata(_Struct):
+    """One live shard group of a topic with shard groups."""
+
+    group: int = wire(U32)  # the group's id
+    start_ms: int = wire(U64)  # wall clock span [start_ms, end_ms) of the writes it took
+    end_ms: int = wire(U64)
+    shard_ids: tuple[int, ...] = wire(_List(U32), ())  # shard_ids[i]: the group's shard of index i
+    shards: tuple[ShardMetadata, ...] = wire(_List(_Nested(ShardMetadata)), ())  # by index, with their leaders
+
+
+@_frame(0x13)
+class GroupsRequest(Message):
+    """The live shard groups of a topic (oldest first)."""
+
+    topic: str = wire(STR)
+
+
+@_frame(0x14)
+class GroupsResponse(Message):
+    topic: str = wire(STR)
+    groups: tuple[GroupMetadata, ...] = wire(_List(_Nested(GroupMetadata)), ())  # empty: the topic has no groups
+
+
+@_frame(0x15)
+class GroupFetchRequest(Message):
+    """A FetchRequest of shard index ``shard`` in group ``group`` of a topic
+    with shard groups (FetchRequest reads the current group)."""
+
+    topic: str = wire(STR)
+    group: int = wire(U32)
+    shard: int = wire(U32)  # shard index
+    offset: int = wire(U64)
+    max_bytes: int = wire(U32, 1 << 20)
+    max_wait_ms: int = wire(U32, 0)
+
+
+@_frame(0x16)
+class GroupFetchResponse(Message):
+    high_watermark: int = wire(U64)
+    shard_id: int = wire(U32)  # the group's shard of the index
+    batches: tuple[bytes, ...] = wire(_List(BYTES), ())
 
 
 @_structure

@@ -106,6 +106,19 @@ def test_truncate_shards_then_a_query_across_two_groups(cluster: RealCluster) ->
     now = int(time.time() * 1000) + 1
     with Client(cluster.client("n2"), **cluster.auth) as cl:
         got = list(cl.query_iter(topic, 0, now, page=64))
+        # the binary protocol lists both groups and reads the older one's shards
+        gms = cl.groups(topic)
+        assert [(g.group, list(g.shard_ids)) for g in gms] == [(groups[0]["id"], [0, 1]), (groups[1]["id"], [2, 3])]
+        assert all(s.leader for g in gms for s in g.shards), gms
+        old = [r.payload for i in range(2) for r in cl.fetch_all(topic, i, group=gms[0].group)]
+        assert sorted(old) == [b"a%04d" % i for i in range(200)]
+        assert {r.payload[:1] for r in cl.fetch(topic, 0).records} <= {b"b"}  # no group: the current one
+    # ... and so does the HTTP API
+    status, body = cluster.call("n1", "GET", f"/fetch/{topic}?shard=1&group={groups[0]['id']}")
+    assert status == 200 and body["shard_id"] == 1 and body["records"], body
+    assert all(r["value"].startswith("a") for r in body["records"]), body["records"][:3]
+    status, body = cluster.call("n1", "GET", f"/fetch/{topic}?shard=1&group=999")
+    assert status == 404 and "no live shard group 999" in body["error"]["message"], body
     assert sorted(r.value for r in got) == sorted([b"a%04d" % i for i in range(200)] +
                                                   [b"b%04d" % i for i in range(200)])
     assert [(r.timestamp_ms, r.shard, r.offset) for r in got] == sorted((r.timestamp_ms, r.shard, r.offset)
