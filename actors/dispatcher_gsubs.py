@@ -62,13 +62,13 @@ class DispatcherGroupSubs:
             if first:
                 self._after_poll(conn, corr, lambda: self._subscribe(conn, corr, m, False))
                 return True
-            from actors.dispatcher import Refusal
+            from actors.dispatcher_common import Refusal
             from protocol.frames import ErrorCode
 
             raise Refusal(ErrorCode.OVERLOADED, 503, "unavailable",
                           f"topic {m.topic!r} has no shard group list yet; retry")
         n = int(spec.get("shards", 1))
-        from actors.dispatcher import _Sub
+        from actors.dispatcher_subs import _Sub
         from protocol.frames import SubscribeResponse
 
         walks = self._gsubs()

@@ -270,8 +270,8 @@ async def fetch(request: web.Request) -> web.Response:
     offset = _query_int(request, "offset", default=0, minimum=0)
     max_bytes = _query_int(request, "max_bytes", default=FETCH_BYTES_DEFAULT, minimum=1,
                            maximum=FETCH_BYTES_MAX)
-    group = _query_int(request, "group", default=None, minimum=0)
-    kw = {} if group is None else {"group": group}  # a topic with shard groups: an older group's shard
+    # a topic with shard groups: an older group's shard (default: the current group's)
+    kw = {"group": _query_int(request, "group", default=0, minimum=0)} if request.query.get("group") else {}
     return web.json_response(await _gateway(request).fetch(
         request.match_info["name"], shard, offset=offset, max_bytes=max_bytes, **kw))
 
