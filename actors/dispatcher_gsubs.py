@@ -103,8 +103,8 @@ class DispatcherGroupSubs:
     def _gsub_apply(self, w: _Walk, effects: list[Any]) -> None:
         now = self.now()
         for e in effects:
-            s = w.subs.get(e.index)
-            if s is None:
+            s = w.subs.get(getattr(e, "index", -1))
+            if s is None:  # (Refresh: the next poll, within POLL_S, brings a fresher list anyway)
                 continue
             if isinstance(e, Reset):
                 self._gsub_report(w, s, e)

@@ -150,6 +150,9 @@ def test_retention_drops_a_whole_group_and_gives_its_disk_space_back(cluster: Re
 
     g0 = _wait("a current group with time to write", roomy_group, timeout_s=90)
     cluster.wait_leaders("n1", topic)
+    # a consumer that receives but never acknowledges: retention drops the
+    # group under its cursor, and it is told (like Kafka's offset reset)
+    stuck = Consumer(cluster.client("n1"), topic, "stuck", consumer_id="stuck-1", **cluster.auth)
     rng = random.Random(7)
     value_bytes = 2048  # random: RocksDB cannot compress them away
     with Producer(cluster.client("n1"), level="quorum", linger_ms=5, **cluster.auth) as p:
@@ -171,6 +174,30 @@ def test_retention_drops_a_whole_group_and_gives_its_disk_space_back(cluster: Re
     assert status == 200 and all(s["index"] not in g0["shards"] for s in shards), shards
     # ... and from every replica's disk
     _wait("the dropped group's databases to be deleted", lambda: not any(p.exists() for p in dirs), timeout_s=60)
+    try:
+        reset = _wait("the stuck consumer's reset notice", lambda: stuck.resets, timeout_s=30)[0]
+    finally:
+        stuck.close()
+    assert reset.shard == 0 and reset.dropped_shard_id <= g0["shards"][0] < reset.next_shard_id, reset
+    assert "dropped by retention" in reset.reason, reset
+
+    def resets_counted() -> float:
+        n = 0.0
+        for nid in sorted(cluster.cfgs):
+            status, _h, body = cluster.http_raw(nid, "/metrics")
+            assert status == 200, body[:300]
+            n += sum(float(line.split()[-1]) for line in body.decode().splitlines()
+                     if line.startswith("chorus_subscription_resets_total"))
+        return n
+
+    assert _wait("the reset counted in /metrics", resets_counted, timeout_s=30) >= 1
+
+    def reset_logged() -> list[str]:
+        return [line for nid in sorted(cluster.cfgs)
+                for line in (Path(cluster.cfgs[nid].data_dir) / "logs" / "actors.log").read_text().splitlines()
+                if "subscription reset" in line and "subscription=stuck" in line]
+
+    assert "level=warning" in _wait("the reset in a node's log", reset_logged, timeout_s=30)[0]
     after = _bytes(dirs)
     print(f"\nretention: group {g0['id']} ({written} records of {value_bytes} B) held {before} bytes on 3 nodes; "
           f"after the drop {after} bytes")
