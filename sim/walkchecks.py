@@ -15,17 +15,12 @@ supervisor's ``groups.created``/``groups.dropped``):
   deliveries never decrease -- a consumer never goes back to an older
   group, so it finished each group's shard before taking the next one's
   (order within a shard is ``delivery_order``'s).
-
-Records acknowledged in the last ``LATE_S`` of the producers' run are not
-required (the consumers may stop before reaching their group).
 """
 from __future__ import annotations
 
 from typing import Any
 
 from sim.history import Violation
-
-LATE_S = 0.0
 
 
 def check_walk(history: list[Any], topic: str, shards: int, subscriptions: list[str],
