@@ -13,11 +13,9 @@ What it does with them is the same as what the simulator's clients do:
   (actors/dispatcher_handoff.py, actors/node_handoff.py);
 * other ``ProduceRequest`` -> ``Produce`` to the local NodeActor, which forwards
   it to the shard's leader (node-side routing: any node coordinates any
-  request); ``FetchRequest`` -> ``ReadShard``; ``SubscribeRequest`` ->
-  one ``Subscribe`` per shard, kept alive every ``KEEPALIVE_S`` while the
-  connection lives; ``Delivery`` messages from the leaders become
-  ``Delivery`` frames; ``AckRequest`` -> ``AckRecords`` to the replica that
-  delivered.
+  request); ``FetchRequest`` -> ``ReadShard``; ``SubscribeRequest`` and
+  ``AckRequest`` -> subscriptions on the shards' leaders
+  (actors/dispatcher_subs.py; across shard groups, dispatcher_gsubs.py).
 * A replica that is not the leader answers with the leader's name; the
   request is sent again through ``Routed`` (at most ``HOPS_MAX`` times), and
   while a shard has no leader the request is retried every
@@ -41,11 +39,14 @@ from thespian.actors import ThespianWatch
 
 from actors.base import ChorusActor
 from actors.dispatcher_groups import GROUP_RETRIES_MAX, DispatcherGroups
+from actors.dispatcher_gsubs import DispatcherGroupSubs
 from actors.dispatcher_handoff import DispatcherHandoff
 from actors.dispatcher_metrics import DispatcherMetrics
 from actors.dispatcher_mqtt import DispatcherMqtt
 from actors.dispatcher_moves import DispatcherMoves
 from actors.dispatcher_query import DispatcherQuery
+from actors.dispatcher_common import RETRY_S, Refusal, _classify  # noqa: F401 (Refusal: imported from here too)
+from actors.dispatcher_subs import DispatcherSubs, _Sub  # noqa: F401 (_Sub: imported from here too)
 from actors.dispatcher_users import DispatcherUsers
 from actors.supervisor import PLAN_ROOT, walk_plans
 from protocol.agency import (
@@ -59,15 +60,14 @@ from protocol.agency import (
     StatusReply,
     Txn,
 )
-from protocol.consume import AckRecords, Delivery, Subscribe, SubscribeReply, Unsubscribe
 from protocol.frames import (
     AckRequest,
-    AckResponse,
     CommitRequest,
-    DeliveredRecord,
     ErrorCode,
     FetchRequest,
     FetchResponse,
+    GroupFetchRequest,
+    GroupsRequest,
     Level,
     MetadataRequest,
     MetadataResponse,
@@ -76,10 +76,8 @@ from protocol.frames import (
     QueryRequest,
     ShardMetadata,
     SubscribeRequest,
-    SubscribeResponse,
     TopicMetadata,
 )
-from protocol.frames import Delivery as DeliveryFrame
 from protocol.groups import GROUPS_ROOT
 from protocol.hashing import RoundRobin
 from protocol.node import (
@@ -105,41 +103,12 @@ NODES_ROOT = "/chorus/nodes"
 NAMESPACES_ROOT = "/chorus/namespaces"
 POLL_S = 0.25
 TICK_S = 0.05
-RETRY_S = 0.1
-KEEPALIVE_S = 0.5
 HOPS_MAX = 3
 NODE_ALIVE_S = 3.0  # a node the supervisor heard from this recently is alive
 CONVENTION_MEMBERS_MAX = 1000  # convention members (and refused ones) a Dispatcher keeps
 PENDING_MAX = 100_000
-SUBSCRIPTIONS_PER_CONN_MAX = 256
 FETCH_WAIT_MS_MAX = 30_000
 HTTP_RECORDS_MAX = 1000
-
-
-class Refusal(Exception):
-    """A request this node refuses: a wire error code, an HTTP status and a text."""
-
-    def __init__(self, code: ErrorCode, status: int, slug: str, message: str) -> None:
-        super().__init__(message)
-        self.code, self.status, self.slug, self.message = code, status, slug, message
-
-
-def _classify(error: str) -> tuple[ErrorCode, int, str]:
-    """Map an internal failure text to (wire code, HTTP status, slug)."""
-    e = error.lower()
-    if "out-of-order" in e:
-        return ErrorCode.OUT_OF_ORDER_SEQUENCE, 409, "out_of_order_sequence"
-    if "overloaded" in e or "too many" in e:
-        return ErrorCode.OVERLOADED, 503, "overloaded"
-    if "bad batch" in e:
-        return ErrorCode.INVALID_REQUEST, 400, "bad_request"
-    if "busy" in e or "exclusive" in e:
-        return ErrorCode.SUBSCRIPTION_BUSY, 409, "subscription_busy"
-    if "not " in e and "is " in e and "subscription" in e:
-        return ErrorCode.INVALID_REQUEST, 409, "conflict"
-    if "timed out" in e or "timeout" in e:
-        return ErrorCode.TIMEOUT, 504, "timeout"
-    return ErrorCode.NOT_LEADER, 503, "unavailable"
 
 
 class _Pending:
@@ -162,25 +131,8 @@ class _Pending:
         self.shard = shard
 
 
-class _Sub:
-    """One client subscription on one shard."""
-
-    __slots__ = ("conn", "corr", "topic", "index", "shard", "subscription", "mode", "consumer", "replica",
-                 "answered", "hint", "last_sent")
-
-    def __init__(self, conn: int, corr: int, topic: str, index: int, subscription: str, mode: str,
-                 consumer: str) -> None:
-        self.conn, self.corr, self.topic, self.index = conn, corr, topic, index
-        self.shard = f"{topic}#{index}"
-        self.subscription, self.mode, self.consumer = subscription, mode, consumer
-        self.replica: Any = None
-        self.answered = False
-        self.hint: str | None = None
-        self.last_sent = -1e9
-
-
 class Dispatcher(ChorusActor, DispatcherMqtt, DispatcherUsers, DispatcherHandoff, DispatcherQuery,
-                 DispatcherMetrics, DispatcherMoves, DispatcherGroups):
+                 DispatcherMetrics, DispatcherMoves, DispatcherGroups, DispatcherGroupSubs, DispatcherSubs):
     def __init__(self) -> None:
         super().__init__()
         self.boot: DispatcherBoot | None = None
@@ -346,6 +298,7 @@ class Dispatcher(ChorusActor, DispatcherMqtt, DispatcherUsers, DispatcherHandoff
             (list(reply.result["values"]) + [None] * 6)[:6]
         self._users_polled(users_tree)
         self._groups_polled(groups_tree)
+        self._gsub_view()
         self.topics = dict(_walk_topics(topics_tree or {}))
         self.plans = dict(walk_plans(plans_tree or {}))
         self.nodes = {k: v for k, v in (nodes_tree or {}).items() if isinstance(v, dict)}
@@ -414,6 +367,10 @@ class Dispatcher(ChorusActor, DispatcherMqtt, DispatcherUsers, DispatcherHandoff
             self._ack(conn, corr, m)
         elif isinstance(m, QueryRequest):
             self._query_frame(conn, corr, m)
+        elif isinstance(m, GroupsRequest):
+            self._groups_frame(conn, corr, m)
+        elif isinstance(m, GroupFetchRequest):
+            self._group_fetch_frame(conn, corr, m)
         elif isinstance(m, CommitRequest):
             raise Refusal(ErrorCode.INVALID_REQUEST, 400, "bad_request",
                           "CommitRequest is not supported yet: acknowledge records with AckRequest")
@@ -644,130 +601,6 @@ class Dispatcher(ChorusActor, DispatcherMqtt, DispatcherUsers, DispatcherHandoff
                                             epoch=int(plan.get("epoch", 0))))
             out.append(TopicMetadata(topic=t, shards=tuple(shards)))
         self._frame(conn, corr, MetadataResponse(topics=tuple(out)))
-
-    # ------------------------------------------------------ subscriptions
-    def _subscribe(self, conn: int, corr: int, m: SubscribeRequest, first: bool = True) -> None:
-        spec = self.topics.get(m.topic)
-        if spec is None:
-            if first:
-                self._after_poll(conn, corr, lambda: self._subscribe(conn, corr, m, False))
-                return
-            raise Refusal(ErrorCode.UNKNOWN_TOPIC, 404, "not_found", f"topic {m.topic!r} does not exist")
-        if not m.subscription or not m.consumer_id:
-            raise Refusal(ErrorCode.INVALID_REQUEST, 400, "bad_request", "subscription and consumer_id are required")
-        mine = self.conn_subs.setdefault(conn, [])
-        if len(mine) >= SUBSCRIPTIONS_PER_CONN_MAX:
-            raise Refusal(ErrorCode.OVERLOADED, 503, "overloaded", "too many subscriptions on this connection")
-        consumer = f"{m.consumer_id}@{self.boot.node_id}.{conn}"
-        n = int(spec.get("shards", 1))
-        fresh = [i for i in range(n) if (f"{m.topic}#{i}", m.subscription, consumer) not in self.subs]
-        if not fresh:
-            # a keep-alive of a subscription this connection holds: the
-            # Dispatcher keeps the leaders' side alive itself
-            self._frame(conn, corr, SubscribeResponse(active=True))
-            return
-        wait = {"left": len(fresh), "deadline": self.now() + self.boot.listen.request_timeout_s}
-        self.subscribe_waits[(conn, corr)] = wait
-        for i in fresh:
-            s = _Sub(conn, corr, m.topic, i, m.subscription, str(m.mode), consumer)
-            self.subs[(s.shard, s.subscription, s.consumer)] = s
-            mine.append(s)
-            self._send_subscribe(s, self.now())
-
-    def _send_subscribe(self, s: _Sub, now: float) -> None:
-        s.last_sent = now
-        msg = Subscribe(s.shard, s.subscription, s.mode, s.consumer)
-        self.send(self.boot.node, msg if s.hint is None else Routed(msg, s.hint))
-
-    def on_SubscribeReply(self, msg: SubscribeReply, sender: Any) -> None:
-        s = self.subs.get((msg.shard, msg.subscription, msg.consumer))
-        if s is None:
-            return
-        if msg.status == "ok":
-            s.replica = sender
-            s.hint = None
-            if not s.answered:
-                s.answered = True
-                self._subscribe_progress(s, None)
-            return
-        code, _st, _slug = _classify(msg.error)
-        if code is ErrorCode.NOT_LEADER:
-            s.hint = msg.leader if msg.leader and msg.leader != s.hint else None
-            if s.hint:
-                self._send_subscribe(s, self.now())
-            return
-        self._subscribe_progress(s, (code, msg.error))
-
-    def _subscribe_progress(self, s: _Sub, failure: tuple | None) -> None:
-        wait = self.subscribe_waits.get((s.conn, s.corr))
-        if wait is None:
-            return
-        if failure is not None:
-            del self.subscribe_waits[(s.conn, s.corr)]
-            self._drop_subscription(s.conn, s.corr)
-            self._error(s.conn, s.corr, failure[0], failure[1])
-            return
-        wait["left"] -= 1
-        if wait["left"] <= 0:
-            del self.subscribe_waits[(s.conn, s.corr)]
-            self._frame(s.conn, s.corr, SubscribeResponse(active=True))
-
-    def _drop_subscription(self, conn: int, corr: int) -> None:
-        keep = []
-        for s in self.conn_subs.get(conn, []):
-            if s.corr == corr:
-                self.subs.pop((s.shard, s.subscription, s.consumer), None)
-                if s.replica is not None:
-                    self.send(s.replica, Unsubscribe(s.shard, s.subscription, s.consumer))
-            else:
-                keep.append(s)
-        self.conn_subs[conn] = keep
-
-    def _keepalive(self, now: float) -> None:
-        for s in list(self.subs.values()):
-            if now - s.last_sent >= (KEEPALIVE_S if s.answered else RETRY_S * 3):
-                if s.replica is not None and s.hint is None:
-                    self.send(s.replica, Subscribe(s.shard, s.subscription, s.mode, s.consumer))
-                    s.last_sent = now
-                else:
-                    self._send_subscribe(s, now)
-        for key, wait in list(self.subscribe_waits.items()):
-            if now >= wait["deadline"]:
-                del self.subscribe_waits[key]
-                self._drop_subscription(*key)
-                self._error(key[0], key[1], ErrorCode.TIMEOUT, "no leader answered the subscription in time")
-
-    def on_Delivery(self, msg: Delivery, sender: Any) -> None:
-        s = self.subs.get((msg.shard, msg.subscription, msg.consumer))
-        if s is None:
-            # nobody here any more: hand the records back at once
-            self.send(sender, AckRecords(msg.shard, msg.subscription, msg.consumer,
-                                         tuple(o for o, _p, _r in msg.records), negative=True))
-            return
-        s.replica = sender
-        recs = tuple(DeliveredRecord(offset=o, redelivery=bool(r), payload=bytes(p)) for o, p, r in msg.records)
-        self._frame(s.conn, s.corr, DeliveryFrame(topic=s.topic, shard=s.index, subscription=s.subscription,
-                                                  records=recs), answers=False)
-
-    def _ack(self, conn: int, corr: int, m: AckRequest) -> None:
-        shard = f"{m.topic}#{m.shard}"
-        consumer = f"{m.consumer_id}@{self.boot.node_id}.{conn}"
-        s = self.subs.get((shard, m.subscription, consumer))
-        if s is None:
-            raise Refusal(ErrorCode.INVALID_REQUEST, 400, "bad_request",
-                          f"consumer {m.consumer_id!r} is not subscribed to {m.subscription!r} on {shard} "
-                          "on this connection")
-        if s.replica is not None and m.offsets:
-            self.send(s.replica, AckRecords(shard, m.subscription, consumer, tuple(m.offsets), negative=m.nack))
-        self._frame(conn, corr, AckResponse())
-
-    def _closed(self, conn: int) -> None:
-        for s in self.conn_subs.pop(conn, []):
-            self.subs.pop((s.shard, s.subscription, s.consumer), None)
-            if s.replica is not None:
-                self.send(s.replica, Unsubscribe(s.shard, s.subscription, s.consumer))
-        for key in [k for k in self.subscribe_waits if k[0] == conn]:
-            del self.subscribe_waits[key]
 
     # ------------------------------------------------------------- admin
     def _admin(self, token: int, kind: str, args: dict) -> None:
@@ -1211,6 +1044,9 @@ class Dispatcher(ChorusActor, DispatcherMqtt, DispatcherUsers, DispatcherHandoff
             fail(404, "not_found", f"topic {topic!r} has no shard {index}")
             return
         offset = int(args.get("offset") or 0)
+        at = self._group_at(topic, index, args.get("group"), fail)  # (group id, shard name) on a grouped topic
+        if at is False:
+            return
 
         def done(reply: ReadShardReply) -> None:
             out = []
@@ -1220,13 +1056,16 @@ class Dispatcher(ChorusActor, DispatcherMqtt, DispatcherUsers, DispatcherHandoff
                     if r.offset < offset or is_control(r):
                         continue
                     out.append(_record_json(r))
-            ok({"topic": topic, "shard": index, "high_watermark": reply.hw, "records": out})
+            res = {"topic": topic, "shard": index, "high_watermark": reply.hw, "records": out}
+            if at is not None:
+                res.update(group=at[0], shard_id=int(at[1].rpartition("#")[2]))
+            ok(res)
 
         def failed(code: Any, text: str) -> None:
             _c, status, slug = _classify(text)
             fail(status, slug, text)
 
-        self._read(self._group_shard(topic, index) or f"{topic}#{index}", offset,
+        self._read(at[1] if at is not None else f"{topic}#{index}", offset,
                    int(args.get("max_bytes") or (1 << 20)), 0.0, done, failed)
 
     def _admin_subscriptions(self, args: dict, ok: Callable, fail: Callable) -> None:

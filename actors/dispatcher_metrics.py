@@ -132,6 +132,7 @@ class DispatcherMetrics:
                 "topics": len(self.topics),
                 "handoff": self._hh_status_json(), "failovers": res.get("failovers"),
                 "leader_changes": self.leader_changes, "leader_log": list(self.leader_log),
+                "subscription_resets": self.gsub_resets(),
                 "mqtt": res.get("mqtt")})
 
         self._metrics_parts(parts, done)

@@ -17,6 +17,7 @@ from actors.replication import ShardCore
 from actors.shard_stats import ShardStats, follower_positions
 from actors.shard_subscriptions import ShardSubscriptions, cursor_record
 from protocol.consume import AckRecords, Delivery, Subscribe, SubscribeReply, Unsubscribe
+from protocol.groups import CLOSE_SLACK_MS
 from protocol.query import QueryShard, QueryShardReply
 from protocol.shard import (
     GROUP_CLOSED,
@@ -298,8 +299,17 @@ class ShardReplica(ChorusActor):
             self.send(to, SubscribeReply(msg.shard, msg.subscription, msg.consumer, "fail",
                                          c.leader if c else None, "not the leader"))
             return
-        self.subs.subscribe(msg, to, self.now(), c.committed_records)
+        self.subs.subscribe(msg, to, self.now(), c.committed_records, closed=self._group_final())
         self._flush_subs()
+
+    def _group_final(self) -> bool:
+        """The shard's group is closed for good: past ``until_ms`` by
+        ``CLOSE_SLACK_MS`` (a replica that learns of an early close late
+        may take writes until then, protocol/groups.py) and every record
+        in the log is committed."""
+        c = self.core
+        return (0 <= self.until_ms and self.until_ms + CLOSE_SLACK_MS <= int(self.wall() * 1000)
+                and c.hw >= self.log.end_offset)
 
     def on_Unsubscribe(self, msg: Unsubscribe, sender: Any) -> None:
         if self.leading:

@@ -38,6 +38,7 @@ from protocol.records import Record, decode_batch
 CURSOR = b"cursor"
 SUBSCRIPTIONS_MAX = 1_000
 CONSUMERS_MAX = 10_000
+DRAINED_SCAN_MAX = 1_000  # records read past the cursor to tell a drained subscription
 
 
 def cursor_record(subscription: str, mode: str, offset: int) -> Record:
@@ -107,7 +108,10 @@ class ShardSubscriptions:
         return core
 
     # ------------------------------------------------------------- inputs
-    def subscribe(self, m: Subscribe, reply_to: Any, now_s: float, read: Any) -> None:
+    def subscribe(self, m: Subscribe, reply_to: Any, now_s: float, read: Any, closed: bool = False) -> None:
+        """``closed``: the shard's group takes no more records (and every
+        record it has is committed); a subscription that acknowledged all of
+        them is answered ``drained`` on every Subscribe."""
         core = self._core(m.subscription, m.mode)
         if isinstance(core, str):
             self.out.append((reply_to, SubscribeReply(m.shard, m.subscription, m.consumer, "fail", error=core)))
@@ -133,8 +137,20 @@ class ShardSubscriptions:
                 self.out.append((reply_to, SubscribeReply(m.shard, m.subscription, m.consumer, "fail",
                                                           error=refused[0].reason)))
                 return
-            self.out.append((reply_to, SubscribeReply(m.shard, m.subscription, m.consumer, "ok")))
+            self.out.append((reply_to, SubscribeReply(m.shard, m.subscription, m.consumer, "ok",
+                                                      drained=closed and self.drained(m.subscription, read))))
             self._effects(m.subscription, effects, now_s, read)
+        elif closed and self.drained(m.subscription, read):
+            self.out.append((reply_to, SubscribeReply(m.shard, m.subscription, m.consumer, "ok", drained=True)))
+
+    def drained(self, name: str, read: Any) -> bool:
+        """Every committed data record is acknowledged: nothing but control
+        records (cursors) from the committed cursor on."""
+        core = self.cores.get(name)
+        if core is None:
+            return False
+        rest = read(core.cursors().get(0, 0), DRAINED_SCAN_MAX)
+        return len(rest) < DRAINED_SCAN_MAX and all(r is None for r in rest)
 
     def _take_over(self, subscription: str, consumer: str, now_s: float, read: Any) -> None:
         """A consumer that comes back over another connection (a node
@@ -227,7 +243,7 @@ class ShardSubscriptions:
                     again = e.redelivery or e.offset < self.redeliver_below
                     deliveries.setdefault(e.consumer, []).append((e.offset, e.record, again))
             elif isinstance(e, PersistCursor):
-                if e.offset > self.persisted.get(name, -1):
+                if e.offset > self.persisted.get(name, -1) and self._moved_over_data(name, e.offset, read):
                     self.dirty[name] = e.offset
             elif isinstance(e, FetchMore):
                 self.fetches[name] = e
@@ -241,6 +257,19 @@ class ShardSubscriptions:
             self._effects(name, core.ack(consumer, 0, off, now_s), now_s, read)
         if any(isinstance(e, FetchMore) for e in effects):
             self.feed(now_s, read)
+
+    def _moved_over_data(self, name: str, offset: int, read: Any) -> bool:
+        """Whether a cursor advance to ``offset`` passed a data record since
+        the last cursor persisted (or about to be).  One that passed only
+        control records -- cursors themselves -- is not persisted: they are
+        acknowledged again at once after a restore, and persisting it would
+        append a cursor record that moves the cursor again, every
+        ``cursor_flush_s``, for as long as a consumer is attached."""
+        prev = max(self.persisted.get(name, -1), self.dirty.get(name, -1))
+        if prev < 0 or offset - prev > DRAINED_SCAN_MAX:
+            return True
+        between = read(prev, offset - prev)
+        return len(between) < offset - prev or any(r is not None for r in between)
 
     def take(self) -> list[tuple[Any, Any]]:
         out, self.out = self.out, []

@@ -159,6 +159,7 @@ class SupervisorGroups:
                 drop = [g for g in gl.groups if g.end_ms + retention // 2 <= now_ms and g is not gl.current(now_ms)]
             else:
                 drop = gl.expired(now_ms, retention)
+            by_time = {g.id for g in drop}
             if spec.retention_bytes is not None:
                 by_size = gl.oversize(self._shard_bytes(topic), spec.retention_bytes, now_ms)
                 drop = sorted({g.id: g for g in drop + by_size}.values(), key=lambda g: g.id)
@@ -166,7 +167,8 @@ class SupervisorGroups:
                 from actors.supervisor import plan_path
 
                 muts = [Mutation(plan_path(f"{topic}#{s}"), "delete") for g in drop for s in g.shards]
-                self._group_txn(topic, "drop", raw, gl.without(drop), muts, tuple(drop))
+                why = tuple("time" if g.id in by_time else "size" for g in drop)
+                self._group_txn(topic, "drop", raw, gl.without(drop), muts, (tuple(drop), why))
 
     def _shard_bytes(self, topic: str) -> dict[int, int]:
         """shard id -> the largest log size its replicas last reported."""
@@ -247,14 +249,14 @@ class SupervisorGroups:
             self.records.append(("groups.created", {"topic": topic, "group": g.id, "start_ms": g.start_ms,
                                                     "end_ms": g.end_ms, "shards": list(g.shards)}))
         elif kind == "drop":
-            for g in extra:
+            for g, why in zip(*extra):
                 for s in g.shards:
                     self.plans.pop(f"{topic}#{s}", None)
                     self.plan_since.pop(f"{topic}#{s}", None)
                     self.failovers.pop(f"{topic}#{s}", None)
                 self.records.append(("groups.dropped", {"topic": topic, "group": g.id, "start_ms": g.start_ms,
                                                         "end_ms": g.end_ms, "shards": list(g.shards),
-                                                        "at_ms": self.wall_ms}))
+                                                        "at_ms": self.wall_ms, "by": why}))
         else:
             m, reply_to, fresh = extra
             cur = gl.current(self.wall_ms) if gl is not None else None

@@ -118,6 +118,11 @@ class SubscribeReply:
     status: str  # ok | fail
     leader: str | None = None
     error: str = ""
+    # the shard's group is closed for good and this subscription has
+    # acknowledged every record of it: a consumer of a topic with shard
+    # groups moves on to the same shard index of the next group
+    # (actors/group_walk.py).  Sent in answer to every Subscribe then.
+    drained: bool = False
 
 
 @dataclass(frozen=True)

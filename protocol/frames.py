@@ -62,7 +62,8 @@ __all__ = [
     "FetchRequest", "FetchResponse", "SubscribeRequest", "SubscribeResponse", "AckRequest", "AckResponse",
     "CommitRequest", "CommitResponse", "Heartbeat", "HeartbeatResponse", "ErrorResponse",
     "QueryRequest", "QueryResponse", "QueriedRecord", "QueryHeader",
-    "DeliveredRecord", "Delivery",
+    "DeliveredRecord", "Delivery", "SubscriptionReset",
+    "GroupMetadata", "GroupsRequest", "GroupsResponse", "GroupFetchRequest", "GroupFetchResponse",
     "FRAME_TYPES", "REQUEST_TYPES", "RESPONSE_TYPES",
     "encode_frame", "decode_message", "decode_frame", "negotiate_version", "FrameDecoder",
 ]
@@ -685,6 +686,50 @@ class QueryResponse(Message):
 
 
 @_structure
+class GroupMetadata(_Struct):
+    """One live shard group of a topic with shard groups."""
+
+    group: int = wire(U32)  # the group's id
+    start_ms: int = wire(U64)  # wall clock span [start_ms, end_ms) of the writes it took
+    end_ms: int = wire(U64)
+    shard_ids: tuple[int, ...] = wire(_List(U32), ())  # shard_ids[i]: the group's shard of index i
+    shards: tuple[ShardMetadata, ...] = wire(_List(_Nested(ShardMetadata)), ())  # by index, with their leaders
+
+
+@_frame(0x13)
+class GroupsRequest(Message):
+    """The live shard groups of a topic (oldest first)."""
+
+    topic: str = wire(STR)
+
+
+@_frame(0x14)
+class GroupsResponse(Message):
+    topic: str = wire(STR)
+    groups: tuple[GroupMetadata, ...] = wire(_List(_Nested(GroupMetadata)), ())  # empty: the topic has no groups
+
+
+@_frame(0x15)
+class GroupFetchRequest(Message):
+    """A FetchRequest of shard index ``shard`` in group ``group`` of a topic
+    with shard groups (FetchRequest reads the current group)."""
+
+    topic: str = wire(STR)
+    group: int = wire(U32)
+    shard: int = wire(U32)  # shard index
+    offset: int = wire(U64)
+    max_bytes: int = wire(U32, 1 << 20)
+    max_wait_ms: int = wire(U32, 0)
+
+
+@_frame(0x16)
+class GroupFetchResponse(Message):
+    high_watermark: int = wire(U64)
+    shard_id: int = wire(U32)  # the group's shard of the index
+    batches: tuple[bytes, ...] = wire(_List(BYTES), ())
+
+
+@_structure
 class DeliveredRecord(_Struct):
     offset: int = wire(U64)  # position in the shard's log
     redelivery: bool = wire(BOOL, False)  # delivered before and not acknowledged
@@ -701,6 +746,24 @@ class Delivery(Message):
     shard: int = wire(U32)
     subscription: str = wire(STR)
     records: tuple[DeliveredRecord, ...] = wire(_List(_Nested(DeliveredRecord)), ())
+
+
+@_frame(0x22)
+class SubscriptionReset(Message):
+    """Server push, framed with the correlation id of the SubscribeRequest
+    that attached the consumer: records of shard index ``shard`` were
+    skipped.  The consumer's position was in a shard group that retention
+    dropped before every record of it was acknowledged; the subscription
+    continues at the oldest remaining record of that index -- the start of
+    shard ``next_shard_id`` (like Kafka's reset to the earliest offset when
+    a committed offset is out of range).  Not a response."""
+
+    topic: str = wire(STR)
+    shard: int = wire(U32)  # shard index within the topic
+    subscription: str = wire(STR)
+    dropped_shard_id: int = wire(U32)  # the group's shard the consumer was reading (now dropped)
+    next_shard_id: int = wire(U32)  # where it continues (U32_MAX: no live group has the index)
+    reason: str = wire(STR, "")
 
 
 @_frame(0xFE)

@@ -162,18 +162,21 @@ class GroupList:
         return [g for g in self.groups if g.end_ms + retention_ms + slack_ms <= now_ms
                 and g is not self.current(now_ms)]
 
-    def oversize(self, bytes_of: Mapping[int, int], retention_bytes: int | None, now_ms: int) -> list[ShardGroup]:
+    def oversize(self, bytes_of: Mapping[int, int], retention_bytes: int | None, now_ms: int,
+                 slack_ms: int = CLOSE_SLACK_MS) -> list[ShardGroup]:
         """The oldest closed groups to drop so that every shard index holds
         at most ``retention_bytes`` over all groups (``bytes_of[shard id]``:
         one replica's log, unknown counts 0) -- retention by size is per
-        shard, like Kafka's per partition.  Open groups are never dropped."""
+        shard, like Kafka's per partition.  Only groups closed for good
+        (``end_ms + slack_ms <= now``: a replica that has not yet heard of
+        an early close may take writes until then) are dropped."""
         if retention_bytes is None or not self.groups:
             return []
         width = max(len(g.shards) for g in self.groups)
         totals = [sum(bytes_of.get(g.shards[i], 0) for g in self.groups if i < len(g.shards)) for i in range(width)]
         out = []
         for g in self.groups:
-            if max(totals) <= retention_bytes or g.end_ms > now_ms:
+            if max(totals) <= retention_bytes or g.end_ms + slack_ms > now_ms:
                 break
             out.append(g)
             for i, s in enumerate(g.shards):

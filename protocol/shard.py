@@ -201,6 +201,8 @@ class ShardBugs:
     move_same_epoch: bool = False  # a leader move changes the leader within the epoch (no new epoch, no handover)
     drop_group_early: bool = False  # the supervisor drops a shard group half its retention early
     write_closed_group: bool = False  # a shard's leader takes writes after its shard group closed
+    skip_next_group: bool = False  # a consumer done with a group's shard skips the next group (actors/group_walk.py)
+    reset_to_newest: bool = False  # a consumer whose shard was dropped moves to the newest group, not the oldest left
 
     def any(self) -> bool:
         return any(getattr(self, f) for f in self.__dataclass_fields__)

@@ -246,8 +246,11 @@ def frame_needs(msg: Any) -> list[tuple[str, str]]:
     """The (action, tenant) pairs a binary-protocol request needs."""
     if isinstance(msg, fr.ProduceRequest):
         return [("produce", tenant_of(msg.topic))]
-    if isinstance(msg, (fr.FetchRequest, fr.SubscribeRequest, fr.AckRequest, fr.CommitRequest, fr.QueryRequest)):
+    if isinstance(msg, (fr.FetchRequest, fr.SubscribeRequest, fr.AckRequest, fr.CommitRequest, fr.QueryRequest,
+                        fr.GroupFetchRequest)):
         return [("consume", tenant_of(msg.topic))]
+    if isinstance(msg, fr.GroupsRequest):
+        return [(DESCRIBE, tenant_of(msg.topic))]
     if isinstance(msg, fr.MetadataRequest):
         return [(DESCRIBE, tenant_of(t)) for t in msg.topics]  # every topic: the answer is filtered
     return [(ADMIN, "")]  # a request type this table does not know: admins only

@@ -656,9 +656,10 @@ class BridgeGateway:
         return await self.bridge.call("produce", {"topic": topic, "records": records, "level": level,
                                                   "shard": shard})
 
-    async def fetch(self, topic: str, shard: int, offset: int = 0, max_bytes: int = 1 << 20) -> dict:
+    async def fetch(self, topic: str, shard: int, offset: int = 0, max_bytes: int = 1 << 20,
+                    group: int | None = None) -> dict:
         return await self.bridge.call("fetch", {"topic": topic, "shard": shard, "offset": offset,
-                                                "max_bytes": max_bytes})
+                                                "max_bytes": max_bytes, "group": group})
 
     async def query(self, topic: str, from_ms: int, to_ms: int, key: str | None = None, limit: int = 1000,
                     after: str | None = None) -> dict:

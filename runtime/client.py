@@ -251,14 +251,19 @@ class Client(_Blocking):
         return self._thread.run(self._client.metadata(topic, refresh=refresh))
 
     def fetch(self, topic: str, shard: int, offset: int = 0, *, max_bytes: int = 1 << 20,
-              max_wait_ms: int = 0, include_control: bool = False) -> FetchResult:
+              max_wait_ms: int = 0, include_control: bool = False, group: int | None = None) -> FetchResult:
         """See :meth:`AsyncClient.fetch`."""
         return self._thread.run(self._client.fetch(topic, shard, offset, max_bytes=max_bytes,
-                                                   max_wait_ms=max_wait_ms, include_control=include_control))
+                                                   max_wait_ms=max_wait_ms, include_control=include_control,
+                                                   group=group))
 
-    def fetch_all(self, topic: str, shard: int, start: int = 0) -> list[Record]:
+    def fetch_all(self, topic: str, shard: int, start: int = 0, *, group: int | None = None) -> list[Record]:
         """See :meth:`AsyncClient.fetch_all`."""
-        return self._thread.run(self._client.fetch_all(topic, shard, start))
+        return self._thread.run(self._client.fetch_all(topic, shard, start, group=group))
+
+    def groups(self, topic: str) -> tuple[Any, ...]:
+        """See :meth:`AsyncClient.groups`."""
+        return self._thread.run(self._client.groups(topic))
 
     def query(self, topic: str, from_ts: int, to_ts: int, *, key: bytes | str | None = None, limit: int = 1000,
               after: str | None = None) -> "QueryResult":
@@ -423,6 +428,13 @@ class Consumer(_Blocking):
     @property
     def active(self) -> bool:
         return self._consumer.active
+
+    @property
+    def resets(self) -> list[Any]:
+        """``SubscriptionReset`` notices received (the last 100): records
+        this subscription skipped because retention dropped their shard group."""
+        with self._consumer._lock:
+            return list(self._consumer.resets)
 
     def poll(self, timeout_s: float | None = None) -> Message | None:
         """The next message, or None after ``timeout_s`` or once closed."""

@@ -370,7 +370,7 @@ class _Connection:
 
     def _dispatch(self, frame: fr.Frame) -> None:
         msg = frame.message
-        if isinstance(msg, fr.Delivery):
+        if isinstance(msg, (fr.Delivery, fr.SubscriptionReset)):  # pushes
             if self.on_delivery is not None:
                 try:
                     self.on_delivery(msg)
@@ -700,17 +700,32 @@ class AsyncClient(_AsyncContext):
         is its shard count); ``ChorusError(UNKNOWN_TOPIC)`` if it does not exist."""
         return await self._cluster.metadata(topic, refresh=refresh)
 
+    async def groups(self, topic: str) -> tuple[fr.GroupMetadata, ...]:
+        """The live shard groups of a topic with shard groups, oldest first
+        (empty for a topic without); ``ChorusError(UNKNOWN_TOPIC)``."""
+        resp = await self._cluster.call(fr.GroupsRequest(topic=topic))
+        if not isinstance(resp, fr.GroupsResponse):
+            raise ChorusError(None, f"unexpected answer {type(resp).__name__} to a GroupsRequest")
+        return resp.groups
+
     async def fetch(self, topic: str, shard: int, offset: int = 0, *, max_bytes: int = 1 << 20,
-                    max_wait_ms: int = 0, include_control: bool = False) -> FetchResult:
+                    max_wait_ms: int = 0, include_control: bool = False, group: int | None = None) -> FetchResult:
         """Records of ``topic``'s shard ``shard`` from ``offset`` on (about
         ``max_bytes`` of batches; waits up to ``max_wait_ms`` for records when
         there are none yet).  Control records, which the broker writes itself
         (``records.is_control``), are left out unless ``include_control``;
-        :attr:`FetchResult.next_offset` steps over them either way."""
-        req = fr.FetchRequest(topic=topic, shard=shard, offset=offset, max_bytes=max_bytes, max_wait_ms=max_wait_ms)
+        :attr:`FetchResult.next_offset` steps over them either way.  On a
+        topic with shard groups the current group's shard is read, or group
+        ``group``'s (an id from :meth:`groups`)."""
+        if group is None:
+            req: Any = fr.FetchRequest(topic=topic, shard=shard, offset=offset, max_bytes=max_bytes,
+                                       max_wait_ms=max_wait_ms)
+        else:
+            req = fr.GroupFetchRequest(topic=topic, group=group, shard=shard, offset=offset, max_bytes=max_bytes,
+                                       max_wait_ms=max_wait_ms)
         resp = await self._cluster.call(req, timeout_s=self._cluster.request_timeout_s + max_wait_ms / 1000)
-        if not isinstance(resp, fr.FetchResponse):
-            raise ChorusError(None, f"unexpected answer {type(resp).__name__} to a FetchRequest")
+        if not isinstance(resp, (fr.FetchResponse, fr.GroupFetchResponse)):
+            raise ChorusError(None, f"unexpected answer {type(resp).__name__} to a {type(req).__name__}")
         records: list[Record] = []
         end = offset
         for data in resp.batches:
@@ -746,13 +761,14 @@ class AsyncClient(_AsyncContext):
                 return
             after = res.next_token
 
-    async def fetch_all(self, topic: str, shard: int, start: int = 0, *, max_bytes: int = 1 << 20) -> list[Record]:
+    async def fetch_all(self, topic: str, shard: int, start: int = 0, *, max_bytes: int = 1 << 20,
+                        group: int | None = None) -> list[Record]:
         """Every record of the shard from ``start`` up to its high watermark, in
         order (control records left out)."""
         out: list[Record] = []
         offset = start
         while True:
-            result = await self.fetch(topic, shard, offset, max_bytes=max_bytes)
+            result = await self.fetch(topic, shard, offset, max_bytes=max_bytes, group=group)
             out.extend(result.records)
             if result.next_offset <= offset or result.next_offset >= result.high_watermark:
                 return out

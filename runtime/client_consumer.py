@@ -19,6 +19,7 @@ from runtime.client_conn import (
 from runtime.tls import client_ssl
 
 log = logging.getLogger("runtime.client")
+RESETS_MAX = 100
 
 
 class AsyncConsumer(_AsyncContext):
@@ -60,6 +61,9 @@ class AsyncConsumer(_AsyncContext):
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)
         self._messages: deque[Message] = deque()
+        # SubscriptionReset notices (the last RESETS_MAX): records skipped
+        # because retention dropped the shard group the subscription was in
+        self.resets: deque[fr.SubscriptionReset] = deque(maxlen=RESETS_MAX)
         self._ready = asyncio.Event()  # set when messages arrive or the consumer ends (loop thread)
         self._ended = False
         self._round: _AckRound | None = None  # acknowledgements being collected
@@ -155,8 +159,15 @@ class AsyncConsumer(_AsyncContext):
             raise self._error.copy()
         return None
 
-    def _on_delivery(self, d: fr.Delivery) -> None:
+    def _on_delivery(self, d: fr.Delivery | fr.SubscriptionReset) -> None:
         if self._closed or d.topic != self.topic or d.subscription != self.subscription:
+            return
+        if isinstance(d, fr.SubscriptionReset):
+            # records were skipped: retention dropped the shard group this
+            # subscription was reading (like Kafka's offset reset to earliest)
+            log.warning("subscription %s of %s, shard %d: %s", self.subscription, self.topic, d.shard, d.reason)
+            with self._lock:
+                self.resets.append(d)
             return
         settle = self._settle
         msgs = [Message(d.topic, d.shard, r.offset, r.payload, r.redelivery, d.subscription, settle)

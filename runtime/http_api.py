@@ -270,8 +270,10 @@ async def fetch(request: web.Request) -> web.Response:
     offset = _query_int(request, "offset", default=0, minimum=0)
     max_bytes = _query_int(request, "max_bytes", default=FETCH_BYTES_DEFAULT, minimum=1,
                            maximum=FETCH_BYTES_MAX)
+    # a topic with shard groups: an older group's shard (default: the current group's)
+    kw = {"group": _query_int(request, "group", default=0, minimum=0)} if request.query.get("group") else {}
     return web.json_response(await _gateway(request).fetch(
-        request.match_info["name"], shard, offset=offset, max_bytes=max_bytes))
+        request.match_info["name"], shard, offset=offset, max_bytes=max_bytes, **kw))
 
 
 async def query(request: web.Request) -> web.Response:
@@ -433,7 +435,10 @@ ROUTES: tuple[Route, ...] = (
           query=(Param("shard", {"type": "integer", "minimum": 0}, "the shard's index", required=True),
                  Param("offset", {"type": "integer", "minimum": 0, "default": 0}, "first offset to read"),
                  Param("max_bytes", {"type": "integer", "minimum": 1, "maximum": FETCH_BYTES_MAX,
-                                     "default": FETCH_BYTES_DEFAULT}, "stop after about this many bytes")),
+                                     "default": FETCH_BYTES_DEFAULT}, "stop after about this many bytes"),
+                 Param("group", {"type": "integer", "minimum": 0},
+                       "a topic with shard groups: the group to read (its id, GET /topics/{name}); "
+                       "default: the current group")),
           errors=(404, 503, 504), path_doc=_TOPIC_PARAM),
     Route("GET", "/query/{name:.+}", query,
           "History query: a topic's records by producer timestamp, merged across its shards", "data",
@@ -558,7 +563,8 @@ SCHEMAS: dict[str, dict] = {
                                         "description": "present when key and value are base64"}},
                           ["offset", "key", "value", "headers", "timestamp_ms"]),
     "FetchResult": _obj({"topic": _STR, "shard": _INT, "high_watermark": _INT,
-                         "records": _list_of("FetchedRecord")}),
+                         "records": _list_of("FetchedRecord"), "group": _INT, "shard_id": _INT},
+                        ["topic", "shard", "high_watermark", "records"]),
     "QueryResult": _obj({"topic": _STR, "records": _list_of("QueriedRecord"),
                          "next": {"type": ["string", "null"],
                                   "description": "continuation token for the next page; null: no more"}}),

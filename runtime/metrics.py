@@ -197,6 +197,9 @@ class ChorusCollector(Collector):
         yield g("chorus_replicas_local", "Shard replicas placed on this node", value=s.get("replicas_local", 0))
         yield c("chorus_shard_leader_changes", "Shard leader changes this node has seen in the agency's plans",
                 value=s.get("leader_changes", 0))
+        yield c("chorus_subscription_resets", "Times a subscription's consumer on this node skipped records: "
+                "its shard group was dropped by retention before it acknowledged all of it",
+                value=s.get("subscription_resets", 0))
 
     def _info(self, s: dict) -> Any:
         fam = GaugeMetricFamily("chorus_node_info", "This node (value 1)", labels=["node_id", "version"])

@@ -50,6 +50,7 @@ class ProducerBoot:
     agency: tuple[Any, ...] = ()
     nodes: tuple[tuple[str, Any], ...] = ()
     refresh_s: float = 1.0
+    pad_bytes: int = 0  # a header of this many random bytes on every record (retention by size)
 
 
 def payload(producer: str, shard: str, seq: int) -> bytes:
@@ -134,7 +135,9 @@ class ShardProducer(GroupView, ChorusActor):
         seq = self.seq.get(shard, 0)
         count = b.records_per_batch
         self.seq[shard] = seq + count
-        recs = [Record(key=None, payload=payload(b.producer, shard, seq + i), producer_ts_ms=int(self.wall() * 1000))
+        pad = (("pad", self.rng.randbytes(b.pad_bytes)),) if b.pad_bytes else ()  # random: zstd keeps its size
+        recs = [Record(key=None, payload=payload(b.producer, shard, seq + i), producer_ts_ms=int(self.wall() * 1000),
+                       headers=pad)
                 for i in range(count)]
         batch = encode_batch(recs, producer_id=b.producer_id, base_sequence=seq)
         self.req += 1

@@ -8,6 +8,9 @@ history (``produce.invoke``/``produce.done``, the supervisor's
   the leader appended it no earlier than that, so this never accuses a
   correct drop).  Records of shards that still exist are judged by
   ``acked_writes_durable`` as always.
+  A group dropped by size (``retention_bytes``) must have been closed for
+  good: its records were written at least half of ``CLOSE_SLACK_MS``
+  before the drop.
 * ``dropped_data_removed`` -- a dropped shard's databases are gone from the
   disk of every node that was up from the drop to the end (the space is
   given back), also of nodes that were down at the drop (they delete what
@@ -22,7 +25,7 @@ from __future__ import annotations
 from typing import Any
 
 from protocol.agency import Read
-from protocol.groups import GroupList, groups_path
+from protocol.groups import CLOSE_SLACK_MS, GroupList, groups_path
 from sim.history import Violation
 
 
@@ -50,10 +53,13 @@ def check_retention(h: Any, scn: Any, leaders: dict) -> tuple[dict[str, list[Vio
     spec = scn.data.topics[0]
     history = h.world.history
     dropped: dict[str, float] = {}  # shard -> sim time of the drop
+    by_size: set[str] = set()
     for r in history:
         if r.kind == "groups.dropped" and r.fields["topic"] == topic:
             for s in r.fields["shards"]:
                 dropped.setdefault(f"{topic}#{s}", r.t)
+                if r.fields.get("by") == "size":
+                    by_size.add(f"{topic}#{s}")
     stats = {"groups_created": sum(1 for r in history if r.kind == "groups.created"),
              "groups_dropped": sum(1 for r in history if r.kind == "groups.dropped"),
              "groups_truncated": sum(1 for r in history if r.kind == "groups.truncated"),
@@ -73,6 +79,16 @@ def check_retention(h: Any, scn: Any, leaders: dict) -> tuple[dict[str, list[Vio
         stats["records_dropped"] += f["count"]
         d = dropped[f["shard"]]
         t = invoked.get((f["producer"], f["shard"], f["seq"]), r.t)
+        if f["shard"] in by_size:
+            # dropped by size: only a group closed for good (CLOSE_SLACK_MS
+            # past its end) may go, so its writes are that much older (half
+            # of it is left for the nodes' clock offsets)
+            if t > d - CLOSE_SLACK_MS / 2000.0:
+                out["retention_safe"].append(Violation(
+                    "retention_safe", f"shard {f['shard']} was dropped by size at t={d:.3f}s, but {f['producer']} "
+                    f"seq {f['seq']} written there at t={t:.3f}s (acknowledged at t={r.t:.3f}s) was too recent for "
+                    "its group to be closed for good", {"shard": f["shard"]}))
+            continue
         if t >= d - retention_s:
             out["retention_safe"].append(Violation(
                 "retention_safe", f"shard {f['shard']} was dropped at t={d:.3f}s, but {f['producer']} seq "

@@ -154,6 +154,8 @@ class Harness:
             spec = {"name": t.name, "shards": t.shards, "replication_factor": t.replication_factor}
             if t.shard_group_ms is not None:
                 spec.update(shard_group_ms=t.shard_group_ms, retention_ms=t.retention_ms)
+                if t.retention_bytes is not None:
+                    spec["retention_bytes"] = t.retention_bytes
             req = CreateTopic("harness", i, spec)
             # any node takes it; repeat until the agency and supervisor are up (idempotent: absent precondition)
             for k, at in enumerate((1.0, 2.0, 3.0, 5.0)):
@@ -171,7 +173,7 @@ class Harness:
                                 refresh_s=1e9,  # like a client: re-read the groups when a write is refused
                                 nodes=node_addrs, rate_per_s=d.rate_per_s,
                                 records_per_batch=d.records_per_batch, level=d.level[(i - 1) % len(d.level)],
-                                timeout_s=d.timeout_s,
+                                timeout_s=d.timeout_s, pad_bytes=d.record_pad_bytes,
                                 stop_after_s=scn.duration_s + scn.settle_s / 2)
             self.world.spawn(p, ShardProducer, "producer", boot)
         if d.truncate_every_s > 0:
@@ -186,14 +188,18 @@ class Harness:
                 node, t.name, t.shards, node_addrs, every_s=d.query_every_s, limit=d.query_limit, agency=raft_addrs,
                 stop_after_s=scn.duration_s + 0.5 * scn.settle_s))
         self.consumers: list[str] = []
-        for name, mode, count, nack in d.subscriptions:
+        walk_bug = next((b for b in ("skip_next_group", "reset_to_newest") if getattr(bugs, b)), "")
+        for name, mode, count, nack, pause in d.subscriptions:
             for k in range(1, count + 1):
                 node = f"{name}-c{k}"
                 self.world.add_node(node)
                 self.consumers.append(node)
-                self.world.spawn(node, ShardConsumer, "consumer",
-                                 ConsumerBoot(node, name, mode, routes, nack_ratio=nack,
-                                              stop_after_s=scn.duration_s + 0.8 * scn.settle_s))
+                # a topic with shard groups: the consumer walks the first topic's groups
+                boot = ConsumerBoot(node, name, mode, () if grouped else routes, nack_ratio=nack,
+                                    stop_after_s=scn.duration_s + 0.8 * scn.settle_s,
+                                    topic=d.topics[0].name if grouped else "", indices=d.topics[0].shards,
+                                    agency=raft_addrs, nodes=node_addrs, walk_bug=walk_bug, pause_s=pause)
+                self.world.spawn(node, ShardConsumer, "consumer", boot)
 
     def _schedule_truncates(self, d, node_addrs: tuple) -> None:
         """truncate-shards of the first topic, sent to a random node, at
@@ -761,6 +767,13 @@ def judge_data(h: Harness, scn: Scenario, checks: set[str]) -> dict[str, list[Vi
 
         found_r, stats["retention"] = check_retention(h, scn, leaders)
         out.update({k: v for k, v in found_r.items() if k in checks})
+    if "groups_consumed" in checks and getattr(h, "grouped_topic", None):
+        from sim.walkchecks import check_walk
+
+        subs = [sd[0] for sd in scn.data.subscriptions]
+        out["groups_consumed"], stats["consumption"] = check_walk(
+            w.history, h.grouped_topic, scn.data.topics[0].shards, subs,
+            {sd[0]: sd[1] for sd in scn.data.subscriptions})
     if "data_liveness" in checks:
         late = [r for r in w.history if r.kind == "produce.done" and r.t >= scn.duration_s
                 and r.fields["status"] == "ok"]

@@ -78,7 +78,7 @@ DATA_CHECKS = (
     "acked_writes_durable", "no_duplicates", "shard_order", "replicas_identical", "offsets_unique",
     "data_liveness", "delivered_to_subscriptions", "delivery_order", "hinted_writes_delivered",
     "query_exact", "moves_settled", "moves_keep_majority", "moves_in_sync", "retention_safe",
-    "dropped_data_removed",
+    "dropped_data_removed", "groups_consumed",
 )
 MQTT_CHECKS = (
     "mqtt_at_least_once", "mqtt_exactly_once", "mqtt_single_session", "mqtt_order", "mqtt_routes_converge", "mqtt_retained_converge",
@@ -127,6 +127,7 @@ class DataTopic:
     replication_factor: int = 3
     shard_group_ms: int | None = None  # shard groups by time (protocol/groups.py)
     retention_ms: int | None = None
+    retention_bytes: int | None = None  # retention by size, per shard index over all groups
 
 
 @dataclass(frozen=True)
@@ -139,11 +140,13 @@ class DataPlane:
     timeout_s: float = 0.5
     grace_s: float = 0.6
     tuning: dict = field(default_factory=dict)
-    subscriptions: tuple[tuple[str, str, int, float], ...] = ()  # (name, mode, consumers, nack_ratio)
+    # (name, mode, consumers, nack_ratio, (pause from_s, to_s) or ())
+    subscriptions: tuple[tuple[str, str, int, float, tuple[float, ...]], ...] = ()
     queriers: int = 0  # history-query clients (sim/querier.py) on the first topic
     query_every_s: float = 0.5
     query_limit: int = 7  # records per page: small, so that every query pages
     truncate_every_s: float = 0.0  # > 0: truncate-shards the first topic about this often (exponential)
+    record_pad_bytes: int = 0  # random header bytes on every produced record (to fill logs: retention by size)
 
 
 @dataclass(frozen=True)
@@ -317,26 +320,40 @@ def parse(doc: Any, source: str = "<scenario>") -> Scenario:
     )
 
 
+def _pause(v: _V, path: str, p: Any) -> tuple[float, ...]:
+    """``pause_s: [from, to]``: the subscription's consumers go quiet (no
+    heartbeats, no acks) from ``from`` to ``to`` seconds, then come back."""
+    if p is None:
+        return ()
+    if not isinstance(p, list) or len(p) != 2:
+        v.fail(path, "[from_s, to_s]", p)
+    a, b = v.number(path + "[0]", p[0], 0, 1e6), v.number(path + "[1]", p[1], 0, 1e6)
+    if b <= a:
+        v.fail(path, "from_s < to_s", p)
+    return (float(a), float(b))
+
+
 def _data(v: _V, d: Any, nodes: int) -> DataPlane:
     d = v.mapping("data", d, ("topics", "producers", "rate_per_s", "records_per_batch", "level", "timeout_s",
                               "grace_s", "tuning", "subscriptions", "queriers", "query_every_s", "query_limit",
-                              "truncate_every_s"))
+                              "truncate_every_s", "record_pad_bytes"))
     subs = []
     for i, sd in enumerate(d.get("subscriptions", []) or []):
-        sd = v.mapping(f"data.subscriptions[{i}]", sd, ("name", "mode", "consumers", "nack_ratio"))
+        sd = v.mapping(f"data.subscriptions[{i}]", sd, ("name", "mode", "consumers", "nack_ratio", "pause_s"))
         mode = sd.get("mode", "exclusive")
         if mode not in ("exclusive", "shared", "failover"):
             v.fail(f"data.subscriptions[{i}].mode", "one of ['exclusive', 'shared', 'failover']", mode)
         subs.append((v.string(f"data.subscriptions[{i}].name", sd.get("name")), mode,
                      v.integer(f"data.subscriptions[{i}].consumers", sd.get("consumers", 1), 1, 16),
-                     v.number(f"data.subscriptions[{i}].nack_ratio", sd.get("nack_ratio", 0.0), 0, 0.5)))
+                     v.number(f"data.subscriptions[{i}].nack_ratio", sd.get("nack_ratio", 0.0), 0, 0.5),
+                     _pause(v, f"data.subscriptions[{i}].pause_s", sd.get("pause_s"))))
     topics_doc = d.get("topics")
     if not isinstance(topics_doc, list) or not topics_doc:
         v.fail("data.topics", "a non-empty list of topics", topics_doc)
     topics = []
     for i, t in enumerate(topics_doc):
         t = v.mapping(f"data.topics[{i}]", t, ("name", "shards", "replication_factor", "shard_group_ms",
-                                                "retention_ms"))
+                                                "retention_ms", "retention_bytes"))
         name = v.string(f"data.topics[{i}].name", t.get("name"))
         if len(name.split("/")) != 4:
             v.fail(f"data.topics[{i}].name", "tenant/product/component/topic", name)
@@ -347,8 +364,11 @@ def _data(v: _V, d: Any, nodes: int) -> DataPlane:
             group_ms = v.integer(f"data.topics[{i}].shard_group_ms", group_ms, 1000, 10**9)
         if retention is not None:
             retention = v.integer(f"data.topics[{i}].retention_ms", retention, 1000, 10**12)
+        size = t.get("retention_bytes")
+        if size is not None:
+            size = v.integer(f"data.topics[{i}].retention_bytes", size, 1, 10**15)
         topics.append(DataTopic(name, v.integer(f"data.topics[{i}].shards", t.get("shards", 1), 1, 64), rf,
-                                group_ms, retention))
+                                group_ms, retention, size))
     level = d.get("level", "quorum")
     levels = level if isinstance(level, list) else [level]
     for i, lv in enumerate(levels):
@@ -373,6 +393,7 @@ def _data(v: _V, d: Any, nodes: int) -> DataPlane:
         query_every_s=v.number("data.query_every_s", d.get("query_every_s", 0.5), 0.01, 600),
         query_limit=v.integer("data.query_limit", d.get("query_limit", 7), 1, 10_000),
         truncate_every_s=v.number("data.truncate_every_s", d.get("truncate_every_s", 0.0), 0.0, 600),
+        record_pad_bytes=v.integer("data.record_pad_bytes", d.get("record_pad_bytes", 0), 0, 1 << 20),
     )
 
 

@@ -31,6 +31,12 @@ from protocol.frames import (
     CommitResponse,
     DeliveredRecord,
     Delivery,
+    SubscriptionReset,
+    GroupMetadata,
+    GroupsRequest,
+    GroupsResponse,
+    GroupFetchRequest,
+    GroupFetchResponse,
     QueriedRecord,
     QueryHeader,
     QueryRequest,
@@ -113,6 +119,16 @@ MESSAGES = {
     Delivery: st.builds(Delivery, topic=text, shard=u32, subscription=text,
                         records=tuples(st.builds(DeliveredRecord, offset=u64, redelivery=st.booleans(),
                                                  payload=blobs), 4)),
+    GroupsRequest: st.builds(GroupsRequest, topic=text),
+    GroupsResponse: st.builds(GroupsResponse, topic=text, groups=tuples(st.builds(
+        GroupMetadata, group=u32, start_ms=u64, end_ms=u64, shard_ids=tuples(u32, 3),
+        shards=tuples(st.builds(ShardMetadata, shard=u32, leader=text, host=text, port=st.integers(0, 0xFFFF),
+                                epoch=u32), 2)), 2)),
+    GroupFetchRequest: st.builds(GroupFetchRequest, topic=text, group=u32, shard=u32, offset=u64, max_bytes=u32,
+                                 max_wait_ms=u32),
+    GroupFetchResponse: st.builds(GroupFetchResponse, high_watermark=u64, shard_id=u32, batches=tuples(blobs, 3)),
+    SubscriptionReset: st.builds(SubscriptionReset, topic=text, shard=u32, subscription=text,
+                                 dropped_shard_id=u32, next_shard_id=u32, reason=text),
     QueryRequest: st.builds(QueryRequest, topic=text, from_ms=u64, to_ms=u64, has_key=st.booleans(), key=blobs,
                             limit=u32, after=text),
     QueryResponse: st.builds(QueryResponse, next_token=text, records=tuples(st.builds(
@@ -371,7 +387,7 @@ def test_unsupported_version(version: int) -> None:
     assert err.correlation_id == 42
 
 
-@pytest.mark.parametrize("ftype", [0x00, 0x13, 0x7F, 0xFD, 0xFF])
+@pytest.mark.parametrize("ftype", [0x00, 0x17, 0x7F, 0xFD, 0xFF])
 def test_unknown_type(ftype: int) -> None:
     err = expect_error(raw_frame(ftype, b"", 9), ErrorCode.UNKNOWN_TYPE, rf"unknown frame type 0x{ftype:02x}")
     assert err.correlation_id == 9
@@ -407,6 +423,12 @@ SAMPLES = [
     ErrorResponse(code=ErrorCode.TIMEOUT, message="slow"),
     Delivery(topic="t", shard=2, subscription="s",
              records=(DeliveredRecord(offset=7, payload=b"x"), DeliveredRecord(offset=8, redelivery=True, payload=b""))),
+    SubscriptionReset(topic="t", shard=1, subscription="s", dropped_shard_id=3, next_shard_id=5, reason="dropped"),
+    GroupsRequest(topic="t"),
+    GroupsResponse(topic="t", groups=(GroupMetadata(group=2, start_ms=5, end_ms=9, shard_ids=(4, 5), shards=(
+        ShardMetadata(shard=0, leader="n1", host="h", port=1, epoch=2),)),)),
+    GroupFetchRequest(topic="t", group=2, shard=1, offset=3, max_wait_ms=5),
+    GroupFetchResponse(high_watermark=9, shard_id=5, batches=(b"b",)),
     QueryRequest(topic="t", from_ms=1, to_ms=9, has_key=True, key=b"k", limit=5, after="tok"),
     QueryResponse(records=(QueriedRecord(shard=1, offset=2, timestamp_ms=3, broker_timestamp_ms=4, value=b"v",
                                          headers=(QueryHeader(name="h", value=b"x"),)),), next_token="n"),
@@ -656,7 +678,7 @@ def doc_section(title: str) -> str:
 
 
 @pytest.mark.parametrize("cls", [*FRAME_TYPES.values(), Limits, TopicMetadata, ShardMetadata, DeliveredRecord,
-                                 QueriedRecord, QueryHeader],
+                                 QueriedRecord, QueryHeader, GroupMetadata],
                          ids=lambda c: c.__name__)
 def test_docs_list_every_field_in_order(cls) -> None:
     title = f"0x{cls.TYPE:02X} {cls.__name__}" if cls in FRAME_TYPES.values() else cls.__name__

@@ -56,7 +56,8 @@ def test_expired_groups_are_whole_groups_past_retention_and_slack() -> None:
 def test_oversize_drops_the_oldest_closed_groups_per_shard_index() -> None:
     gl = GroupList.first(2, T0, H).next_group(2, 1001 * H, H).next_group(2, 1002 * H, H)
     sizes = {0: 5, 1: 1, 2: 5, 3: 1, 4: 5, 5: 1}  # index 0 holds 15, index 1 holds 3
-    now = 1002 * H + 1  # groups 0 and 1 are closed, 2 is open
+    now = 1002 * H + CLOSE_SLACK_MS  # groups 0 and 1 are closed for good, 2 is open
+    assert [g.id for g in gl.oversize(sizes, 1, now - 1)] == [0]  # group 1 closed, but within the slack
     assert gl.oversize(sizes, 15, now) == []
     assert [g.id for g in gl.oversize(sizes, 10, now)] == [0]
     assert [g.id for g in gl.oversize(sizes, 1, now)] == [0, 1]  # never the open group
@@ -130,8 +131,8 @@ def test_supervisor_rolls_over_truncates_and_drops_in_guarded_transactions() -> 
 
 def test_supervisor_drops_by_size_from_the_replicas_reports() -> None:
     spec = TopicSpec(NAME, shards=1, replication_factor=1, retention_bytes=2 << 20, shard_group_ms=H)
-    core = _core(1.0, 1001 * H + 5)
-    gl = GroupList.first(1, T0, H).next_group(1, 1001 * H, H)  # group 0 closed, group 1 open
+    core = _core(1.0, 1001 * H + CLOSE_SLACK_MS)
+    gl = GroupList.first(1, T0, H).next_group(1, 1001 * H, H)  # group 0 closed for good, group 1 open
     core.group_specs = {NAME: spec}
     core.group_lists = {NAME: gl.to_json()}
     core.replica_state(ReplicaState(f"{NAME}#0", "n1", 1, "leader", "n1", 1, 10, 10, log_bytes=2 << 20), 1.0)

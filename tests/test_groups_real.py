@@ -1,5 +1,6 @@
 """Shard groups by time on a real three-node cluster: truncate-shards opens
-a second group and a history query spans both; retention drops a whole
+a second group, a history query spans both and a consumer subscribed
+before the truncate reads both groups in order; retention drops a whole
 group from every replica and the agency and gives its disk space back."""
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.client import Client, Producer
+from runtime.client import Client, Consumer, Producer
 from runtime.realcluster import RealCluster
 
 HOUR_MS = 3_600_000
@@ -56,6 +57,7 @@ def test_truncate_shards_then_a_query_across_two_groups(cluster: RealCluster) ->
     first = _wait("the first group", lambda: _groups(cluster, "n1", topic))
     assert [g["shards"] for g in first] == [[0, 1]]
 
+    consumer = Consumer(cluster.client("n2"), topic, "audit", consumer_id="audit-1", **cluster.auth)
     with Producer(cluster.client("n1"), level="quorum", linger_ms=2, **cluster.auth) as p:
         futs = [p.send(topic, b"a%04d" % i, key=b"k%d" % (i % 5)) for i in range(200)]
         p.flush()
@@ -80,9 +82,43 @@ def test_truncate_shards_then_a_query_across_two_groups(cluster: RealCluster) ->
         p.flush()
         assert all(f.result(30) for f in futs)
 
+    # the consumer subscribed before the truncate reads the first group's
+    # shard of each index to its end, then the second group's: every
+    # record, in order per shard index (a key's records stay in order)
+    got: dict[int, list[bytes]] = {}
+    deadline = time.monotonic() + 90
+    try:
+        while sum(len(v) for v in got.values()) < 400 and time.monotonic() < deadline:
+            msg = consumer.poll(1.0)
+            if msg is not None:
+                if not msg.redelivery or msg.value not in got.get(msg.shard, []):
+                    got.setdefault(msg.shard, []).append(msg.value)
+                msg.ack()
+    finally:
+        consumer.close()
+    values = [v for vs in got.values() for v in vs]
+    assert sorted(values) == sorted([b"a%04d" % i for i in range(200)] + [b"b%04d" % i for i in range(200)]), (
+        len(values), sorted(set(values))[-3:])
+    for index, vs in got.items():
+        assert vs == sorted(vs), (index, vs)  # the a-records (first group) before the b-records, each in order
+    assert consumer.resets == []
+
     now = int(time.time() * 1000) + 1
     with Client(cluster.client("n2"), **cluster.auth) as cl:
         got = list(cl.query_iter(topic, 0, now, page=64))
+        # the binary protocol lists both groups and reads the older one's shards
+        gms = cl.groups(topic)
+        assert [(g.group, list(g.shard_ids)) for g in gms] == [(groups[0]["id"], [0, 1]), (groups[1]["id"], [2, 3])]
+        assert all(s.leader for g in gms for s in g.shards), gms
+        old = [r.payload for i in range(2) for r in cl.fetch_all(topic, i, group=gms[0].group)]
+        assert sorted(old) == [b"a%04d" % i for i in range(200)]
+        assert {r.payload[:1] for r in cl.fetch(topic, 0).records} <= {b"b"}  # no group: the current one
+    # ... and so does the HTTP API
+    status, body = cluster.call("n1", "GET", f"/fetch/{topic}?shard=1&group={groups[0]['id']}")
+    assert status == 200 and body["shard_id"] == 1 and body["records"], body
+    assert all(r["value"].startswith("a") for r in body["records"]), body["records"][:3]
+    status, body = cluster.call("n1", "GET", f"/fetch/{topic}?shard=1&group=999")
+    assert status == 404 and "no live shard group 999" in body["error"]["message"], body
     assert sorted(r.value for r in got) == sorted([b"a%04d" % i for i in range(200)] +
                                                   [b"b%04d" % i for i in range(200)])
     assert [(r.timestamp_ms, r.shard, r.offset) for r in got] == sorted((r.timestamp_ms, r.shard, r.offset)
@@ -114,6 +150,9 @@ def test_retention_drops_a_whole_group_and_gives_its_disk_space_back(cluster: Re
 
     g0 = _wait("a current group with time to write", roomy_group, timeout_s=90)
     cluster.wait_leaders("n1", topic)
+    # a consumer that receives but never acknowledges: retention drops the
+    # group under its cursor, and it is told (like Kafka's offset reset)
+    stuck = Consumer(cluster.client("n1"), topic, "stuck", consumer_id="stuck-1", **cluster.auth)
     rng = random.Random(7)
     value_bytes = 2048  # random: RocksDB cannot compress them away
     with Producer(cluster.client("n1"), level="quorum", linger_ms=5, **cluster.auth) as p:
@@ -135,6 +174,30 @@ def test_retention_drops_a_whole_group_and_gives_its_disk_space_back(cluster: Re
     assert status == 200 and all(s["index"] not in g0["shards"] for s in shards), shards
     # ... and from every replica's disk
     _wait("the dropped group's databases to be deleted", lambda: not any(p.exists() for p in dirs), timeout_s=60)
+    try:
+        reset = _wait("the stuck consumer's reset notice", lambda: stuck.resets, timeout_s=30)[0]
+    finally:
+        stuck.close()
+    assert reset.shard == 0 and reset.dropped_shard_id <= g0["shards"][0] < reset.next_shard_id, reset
+    assert "dropped by retention" in reset.reason, reset
+
+    def resets_counted() -> float:
+        n = 0.0
+        for nid in sorted(cluster.cfgs):
+            status, _h, body = cluster.http_raw(nid, "/metrics")
+            assert status == 200, body[:300]
+            n += sum(float(line.split()[-1]) for line in body.decode().splitlines()
+                     if line.startswith("chorus_subscription_resets_total"))
+        return n
+
+    assert _wait("the reset counted in /metrics", resets_counted, timeout_s=30) >= 1
+
+    def reset_logged() -> list[str]:
+        return [line for nid in sorted(cluster.cfgs)
+                for line in (Path(cluster.cfgs[nid].data_dir) / "logs" / "actors.log").read_text().splitlines()
+                if "subscription reset" in line and "subscription=stuck" in line]
+
+    assert "level=warning" in _wait("the reset in a node's log", reset_logged, timeout_s=30)[0]
     after = _bytes(dirs)
     print(f"\nretention: group {g0['id']} ({written} records of {value_bytes} B) held {before} bytes on 3 nodes; "
           f"after the drop {after} bytes")

@@ -178,8 +178,8 @@ class FakeGateway:
                         "timestamp_ms": 1_700_000_000_000 + base + i})
         return {"topic": topic, "shard": shard, "base_offset": base, "count": len(records), "level": level}
 
-    async def fetch(self, topic: str, shard: int, offset: int = 0, max_bytes: int = 1 << 20) -> dict:
-        self._call("fetch", topic, shard, offset, max_bytes)
+    async def fetch(self, topic: str, shard: int, offset: int = 0, max_bytes: int = 1 << 20, **group) -> dict:
+        self._call("fetch", topic, shard, offset, max_bytes, *group.values())
         self._topic(topic)
         if (topic, shard) not in self.logs:
             raise not_found(f"{topic} has no shard {shard}")
@@ -387,6 +387,11 @@ def test_produce_then_fetch():
         assert gw.calls[-1] == ("fetch", TOPIC, 1, 1, 1 << 20)
         await call(c, "GET", f"/api/v1/fetch/{TOPIC}", params={"shard": "0", "max_bytes": "100"}, status=200)
         assert gw.calls[-1] == ("fetch", TOPIC, 0, 0, 100)
+        # a topic with shard groups: an older group's shard
+        await call(c, "GET", f"/api/v1/fetch/{TOPIC}", params={"shard": "0", "group": "3"}, status=200)
+        assert gw.calls[-1] == ("fetch", TOPIC, 0, 0, 1 << 20, 3)
+        await error(c, "GET", f"/api/v1/fetch/{TOPIC}", params={"shard": "0", "group": "x"}, status=400,
+                    code="bad_request")
         await error(c, "GET", f"/api/v1/fetch/{TOPIC}", params={"shard": "7"}, status=404, code="not_found")
         # without shard the gateway picks one
         res = await call(c, "POST", f"/api/v1/produce/{TOPIC}", status=200, json={"records": [{"value": "d"}]})
@@ -595,7 +600,7 @@ def test_openapi_describes_exactly_the_served_routes():
     assert len(op_ids) == len(set(op_ids))
     fetch = doc["paths"]["/api/v1/fetch/{name}"]["get"]
     assert {p["name"]: p["required"] for p in fetch["parameters"] if p["in"] == "query"} == {
-        "shard": True, "offset": False, "max_bytes": False}
+        "shard": True, "offset": False, "max_bytes": False, "group": False}
 
 
 @pytest.mark.parametrize("query, needle", [

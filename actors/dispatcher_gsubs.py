@@ -1,0 +1,162 @@
+"""The Dispatcher's subscriptions on topics with shard groups (a mixin).
+
+A client's ``SubscribeRequest`` on a topic with shard groups attaches one
+``_Sub`` per shard index, as on any topic, but each index's ``_Sub``
+walks the groups (actors/group_walk.py): it starts at the index's shard in
+the oldest live group, moves to the next group's shard once that shard's
+leader answers a keep-alive with ``drained`` (the group is closed for good
+and the subscription acknowledged all of it), and -- when retention drops
+the group it is reading before that -- moves to the oldest remaining
+group and reports it:
+
+* a log line (``subscription reset``, level warning) with the topic,
+  subscription, shard index and the dropped and next shard ids;
+* the counter ``chorus_subscription_resets_total`` in /metrics;
+* a ``SubscriptionReset`` push frame to the consumer's connection, which
+  the client logs and keeps (``Consumer.resets``).
+
+Cursors stay per shard id, in each shard's own log, so acknowledgements,
+redelivery and failover work unchanged; deliveries and acks name the
+shard *index*, which maps to the shard the index is attached to now.
+After a reset, acks of offsets above the highest this connection was
+delivered from the new shard are ignored: they were meant for records of
+the dropped group.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from actors.group_walk import Attach, Detach, GroupWalk, Reset
+from protocol.consume import Unsubscribe
+
+RESETS_LOG_MAX = 50  # the last resets kept for the metrics snapshot
+NO_SHARD = 0xFFFF_FFFF
+
+
+class _Walk:
+    __slots__ = ("topic", "subscription", "mode", "consumer", "walk", "subs", "hi", "reset")
+
+    def __init__(self, topic: str, subscription: str, mode: str, consumer: str, indices: int) -> None:
+        self.topic, self.subscription, self.mode, self.consumer = topic, subscription, mode, consumer
+        self.walk = GroupWalk(indices)
+        self.subs: dict[int, Any] = {}  # index -> _Sub
+        self.hi: dict[int, int] = {}  # index -> highest offset delivered from the current shard
+        self.reset: set[int] = set()  # indices reset to a new shard (acks above ``hi`` are stale)
+
+
+class DispatcherGroupSubs:
+    """Mixed into :class:`actors.dispatcher.Dispatcher`."""
+
+    def _gsubs(self) -> dict[tuple[int, int], _Walk]:
+        return self.__dict__.setdefault("gwalks", {})
+
+    def gsub_resets(self) -> int:
+        return self.__dict__.get("gsub_reset_count", 0)
+
+    def _gsub_subscribe(self, conn: int, corr: int, m: Any, consumer: str, spec: dict, first: bool) -> bool:
+        """Handle a SubscribeRequest on a topic with groups; False for a topic without."""
+        if spec.get("shard_group_ms") is None:
+            return False
+        gl = self._group_list(m.topic)
+        if gl is None:  # the topic is new here: its group list comes with the next poll
+            if first:
+                self._after_poll(conn, corr, lambda: self._subscribe(conn, corr, m, False))
+                return True
+            from actors.dispatcher_common import Refusal
+            from protocol.frames import ErrorCode
+
+            raise Refusal(ErrorCode.OVERLOADED, 503, "unavailable",
+                          f"topic {m.topic!r} has no shard group list yet; retry")
+        n = int(spec.get("shards", 1))
+        from actors.dispatcher_subs import _Sub
+        from protocol.frames import SubscribeResponse
+
+        walks = self._gsubs()
+        for w in walks.values():  # (the consumer's name carries its connection)
+            if (w.topic, w.subscription, w.consumer) == (m.topic, m.subscription, consumer):
+                self._frame(conn, corr, SubscribeResponse(active=True))  # a keep-alive
+                return True
+        w = _Walk(m.topic, m.subscription, str(m.mode), consumer, n)
+        walks[(conn, corr)] = w
+        self.subscribe_waits[(conn, corr)] = {"left": n, "deadline": self.now() + self.boot.listen.request_timeout_s}
+        mine = self.conn_subs.setdefault(conn, [])
+        for i in range(n):
+            s = _Sub(conn, corr, m.topic, i, m.subscription, str(m.mode), consumer)
+            s.shard = ""
+            w.subs[i] = s
+            mine.append(s)
+        self._gsub_apply(w, w.walk.view(gl))
+        return True
+
+    def _gsub_view(self) -> None:
+        """After each poll: walk every subscription with the new group lists."""
+        for w in list(self._gsubs().values()):
+            gl = self._group_list(w.topic)
+            if gl is not None:
+                self._gsub_apply(w, w.walk.view(gl))
+
+    def _gsub_drained(self, s: Any) -> None:
+        w = self._gsubs().get((s.conn, s.corr))
+        if w is not None and s.shard:
+            self._gsub_apply(w, w.walk.drained(int(s.shard.rpartition("#")[2])))
+
+    def _gsub_apply(self, w: _Walk, effects: list[Any]) -> None:
+        now = self.now()
+        for e in effects:
+            s = w.subs.get(getattr(e, "index", -1))
+            if s is None:  # (Refresh: the next poll, within POLL_S, brings a fresher list anyway)
+                continue
+            if isinstance(e, Reset):
+                self._gsub_report(w, s, e)
+            elif isinstance(e, Detach):
+                if self.subs.get((s.shard, s.subscription, s.consumer)) is s:
+                    del self.subs[(s.shard, s.subscription, s.consumer)]
+                if s.replica is not None:
+                    self.send(s.replica, Unsubscribe(s.shard, s.subscription, s.consumer))
+                s.shard, s.replica, s.hint = "", None, None
+            elif isinstance(e, Attach):
+                s.shard = f"{w.topic}#{e.shard}"
+                s.replica, s.hint = None, None
+                w.hi[e.index] = -1
+                self.subs[(s.shard, s.subscription, s.consumer)] = s
+                self._send_subscribe(s, now)
+
+    def _gsub_report(self, w: _Walk, s: Any, e: Reset) -> None:
+        from protocol.frames import SubscriptionReset
+
+        self.__dict__["gsub_reset_count"] = self.gsub_resets() + 1
+        w.reset.add(e.index)
+        reason = (f"shard {w.topic}#{e.dropped} was dropped by retention before subscription "
+                  f"{w.subscription!r} acknowledged all of it; continuing at the oldest remaining record"
+                  + (f", the start of shard {w.topic}#{e.to}" if e.to >= 0 else ""))
+        self.log_event("warning", "subscription reset", topic=w.topic, subscription=w.subscription,
+                       index=e.index, dropped_shard=e.dropped, next_shard=e.to,
+                       consumer=w.consumer.rpartition("@")[0])
+        self.record("dispatcher.subscription_reset", topic=w.topic, subscription=w.subscription, index=e.index,
+                    dropped=e.dropped, to=e.to)
+        self._frame(s.conn, s.corr, SubscriptionReset(
+            topic=w.topic, shard=e.index, subscription=w.subscription, dropped_shard_id=e.dropped,
+            next_shard_id=e.to if e.to >= 0 else NO_SHARD, reason=reason), answers=False)
+
+    def _gsub_delivered(self, s: Any, offsets: list[int]) -> None:
+        w = self._gsubs().get((s.conn, s.corr))
+        if w is not None and offsets:
+            w.hi[s.index] = max(w.hi.get(s.index, -1), max(offsets))
+
+    def _gsub_ack_target(self, conn: int, m: Any, consumer: str) -> tuple[Any, tuple[int, ...]] | None:
+        """(the _Sub an ack of shard index ``m.shard`` goes to, the offsets
+        to pass on); None when the topic has no groups."""
+        for w in self._gsubs().values():
+            s = w.subs.get(m.shard)
+            if s is None or s.conn != conn or (w.topic, w.subscription, w.consumer) != (
+                    m.topic, m.subscription, consumer):
+                continue
+            offsets = tuple(m.offsets)
+            if m.shard in w.reset:  # acks of the dropped group's records must not hit the new shard's
+                offsets = tuple(o for o in offsets if o <= w.hi.get(m.shard, -1))
+            return s, offsets
+        return None
+
+    def _gsub_forget(self, conn: int, corr: int | None = None) -> None:
+        for key in [k for k in self._gsubs() if k[0] == conn and (corr is None or k[1] == corr)]:
+            del self._gsubs()[key]
