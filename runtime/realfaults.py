@@ -31,7 +31,7 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import Any
 
-from sim.scenario import Fault, Scenario
+from sim.scenario import Fault, Scenario, expand_groups  # noqa: F401 - the harness resolves groups with it
 
 # What real processes can do, and why the rest is skipped.
 REAL_VERBS = ("crash", "restart", "pause", "resume", "partition", "partition_oneway", "bridge", "heal")
@@ -211,20 +211,3 @@ def pairs_between(groups: list[list[str]], nodes: list[str]) -> list[tuple[str, 
 
 def describe_groups(groups: list[list[str]]) -> str:
     return " | ".join(",".join(g) for g in groups)
-
-
-def expand_groups(groups: list[list[str]], resolve: Any, everyone: list[str]) -> list[list[str]]:
-    """Resolve the names of partition groups (``rest``: everyone not named)."""
-    named: list[list[str]] = []
-    for g in groups:
-        out = []
-        for n in g:
-            if n == "rest":
-                continue
-            r = resolve(n)
-            if r is not None and r not in out:
-                out.append(r)
-        named.append(out)
-    used = {n for g in named for n in g}
-    rest = [n for n in everyone if n not in used]
-    return [g + (rest if "rest" in orig else []) for g, orig in zip(named, groups)]

@@ -30,6 +30,7 @@ def store_path(data_dir: str, name: str) -> Path:
 
 def read_shard_log(data_dir: str, shard: str) -> list[bytes] | None:
     """Every batch of ``shard``'s replica on a stopped node (None: no replica)."""
+    from actors.replication import ShardCore
     from storage.rocks import RocksStore
     from storage.shardlog import ShardLog
 
@@ -38,19 +39,7 @@ def read_shard_log(data_dir: str, shard: str) -> list[bytes] | None:
     except FileNotFoundError:
         return None
     try:
-        log = ShardLog(store)
-        out: list[bytes] = []
-        pos = log.start_offset
-        while pos < log.end_offset:
-            chunk = log.read(pos, 1 << 24)
-            if not chunk:
-                break
-            out.extend(chunk)
-            from protocol.records import read_header
-
-            h = read_header(chunk[-1])
-            pos = h.base_offset + h.record_count
-        return out
+        return ShardCore.all_batches(SimpleNamespace(log=ShardLog(store)))  # what the replica itself reads
     finally:
         store.close()
 

@@ -227,7 +227,7 @@ class RealRun:
         self.answered = list(got)
         for st in got.values():
             ag = st.get("agency") or {} if isinstance(st, dict) else {}
-            if ag.get("leader") and (best is None or (ag.get("term") or 0) > best[0]):
+            if ag.get("leader") in self.peers and (best is None or (ag.get("term") or 0) > best[0]):
                 best = (ag.get("term") or 0, ag["leader"])
         return best[1] if best else None
 
@@ -261,6 +261,10 @@ class RealRun:
     def _resolve(self, target: str) -> str | None:
         if target in self.peers:
             return target
+        node = self._resolve_role(target)
+        return node if node in self.peers else None  # never a name the cluster does not have
+
+    def _resolve_role(self, target: str) -> str | None:
         with self.view_lock:
             gone = self.down | set(self.booting)
         if target == "leader":
@@ -275,7 +279,7 @@ class RealRun:
         with self.view_lock:
             shards = list(self.view_shards)
         if target == "shard_leader":
-            lead = shards[0].get("leader") if shards else None
+            lead = (shards[0].get("leader") or None) if shards else None  # "" or null: leaderless
             return lead if lead not in gone else None
         if target == "shard_follower":
             if not shards:
@@ -509,7 +513,7 @@ class RealRun:
             st = c.get(n, "/status", timeout_s=HTTP_S)
             if not isinstance(st, dict):
                 return False, f"{n} does not answer /status"
-            leaders.add((st.get("agency") or {}).get("leader"))
+            leaders.add((st.get("agency") or {}).get("leader") or None)
         if len(leaders) != 1 or None in leaders:
             return False, f"agency leaders named: {sorted(map(str, leaders))}"
         shards = self._shards()

@@ -6,25 +6,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from rich.table import Table
-
 from runtime.realjudge import report_lines
 from runtime.realsim import RealResult, run_real
 
 
 def _verdicts(console: Any, r: RealResult) -> None:
-    t = Table(title=f"Checks (seed {r.seed})")
-    t.add_column("check")
-    t.add_column("verdict")
-    t.add_column("first violation", overflow="fold")
-    for name, vs in r.violations.items():
-        t.add_row(name, "[green]pass[/]" if not vs else f"[red]FAIL ({len(vs)})[/]",
-                  "" if not vs else str(vs[0]).splitlines()[0][:300])
-    for name in r.skipped_checks:
-        t.add_row(name, "[yellow]skipped[/]", r.skipped_checks[name])
-    if r.error:
-        t.add_row("harness", "[red]failed[/]", r.error.strip().splitlines()[-1][:300])
-    console.print(t)
+    from runtime.cli import _verdicts as table
+
+    table(r)  # the simulator's table: every check run, its verdict and first violation (skipped ones: above)
 
 
 def simulate_real(console: Any, scn: Any, seeds: list[int], time_scale: float, work_dir: Path | None) -> int:
