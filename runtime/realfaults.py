@@ -29,9 +29,8 @@ import random
 import shutil
 import subprocess
 from dataclasses import dataclass, field
-from typing import Any
 
-from sim.scenario import Fault, Scenario, expand_groups  # noqa: F401 - the harness resolves groups with it
+from sim.scenario import Fault, Scenario
 
 # What real processes can do, and why the rest is skipped.
 REAL_VERBS = ("crash", "restart", "pause", "resume", "partition", "partition_oneway", "bridge", "heal")

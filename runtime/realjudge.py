@@ -144,7 +144,8 @@ def report_lines(res: Any) -> list[str]:
              f"{'network namespaces' if res.netns else 'loopback, no namespaces'}): "
              f"{res.wall_seconds:.0f} s"]
     counts = ", ".join(f"{v} {k}" for k, v in sorted(res.fault_counts.items())) or "none"
-    lines.append(f"faults injected: {counts}")
+    lines.append(f"faults injected: {counts}" + (f"; {res.skipped_firings} firings skipped" if res.skipped_firings
+                                                   else ""))
     for verb, why in sorted(res.skipped_faults.items()):
         lines.append(f"fault not available, skipped: {verb} -- {why}")
     for chk, why in sorted(res.skipped_checks.items()):

@@ -44,10 +44,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from sim.history import Record, Violation
-from sim.scenario import Scenario
+from sim.history import Violation
+from sim.scenario import Scenario, expand_groups
 
 from runtime import realfaults as rf
+from runtime.realhistory import Recorder, keys_for_shards, outcome, payload
 
 SKIPPED_CHECKS = {
     "linearizability": "the agency's key-value operations are not on the client protocol: no real KV workload",
@@ -78,6 +79,7 @@ class RealResult:
     lost: int = 0  # acknowledged at quorum or all, missing from the final log
     lost_weak: int = 0  # acknowledged at one/any and missing (allowed, counted)
     failed_sends: int = 0
+    skipped_firings: int = 0  # firings not applied (verb not available here, or no such node then)
     deliveries: int = 0
     raft_records: int = 0
     wall_seconds: float = 0.0
@@ -92,62 +94,19 @@ class RealResult:
         return [k for k, v in self.violations.items() if v] + (["harness"] if self.error else [])
 
 
+def check_runnable(scn: Scenario, time_scale: float) -> None:
+    """Raise ValueError saying why ``scn`` cannot run on real processes."""
+    if scn.data is None or not scn.data.topics:
+        raise ValueError(f"{scn.path or scn.name}: the real runner needs a data section (topics, producers); "
+                         "agency-only scenarios have no real workload")
+    if scn.mqtt is not None:
+        raise ValueError(f"{scn.path or scn.name}: MQTT scenarios are not mapped to the real runner")
+    if not 0.05 <= time_scale <= 10:
+        raise ValueError(f"--time-scale must be in [0.05, 10], got {time_scale:g}")
+
+
 def replay_command(scn: Scenario, seed: int, scale: float) -> str:
     return f"brokerctl simulate {scn.path or scn.name} --real --seed {seed} --time-scale {scale:g}"
-
-
-class Recorder:
-    """The run's history, in the simulator's format, from many threads.
-    ``t`` is scenario seconds since ``t0`` (real seconds / scale)."""
-
-    def __init__(self, t0: float, scale: float) -> None:
-        self.t0, self.scale = t0, scale
-        self.records: list[Record] = []
-        self._lock = threading.Lock()
-
-    def now(self) -> float:
-        return (time.monotonic() - self.t0) / self.scale
-
-    def record(self, node: str, actor: str, kind: str, **fields: Any) -> Record:
-        with self._lock:
-            r = Record(self.now(), node, actor, kind, fields)
-            self.records.append(r)
-            return r
-
-    def produce_done(self, producer: str, shard: str, seq: int, level: str, md: Any, error: BaseException | None,
-                     leader: str | None = None) -> Record:
-        """One record's outcome as the producer saw it (``count`` 1): its
-        offset and the level the node reached, or ``unknown`` on an error
-        (the record may or may not be stored)."""
-        if error is None:
-            return self.record(producer, "producer", "produce.done", producer=producer, shard=shard, seq=seq,
-                               count=1, level=level, status="ok", base_offset=md.offset, duplicate=False,
-                               leader=leader, error="", level_met=str(md.level))
-        return self.record(producer, "producer", "produce.done", producer=producer, shard=shard, seq=seq, count=1,
-                           level=level, status="unknown", base_offset=-1, duplicate=False, leader=leader,
-                           error=repr(error)[:200], level_met="")
-
-    def snapshot(self) -> list[Record]:
-        with self._lock:
-            return sorted(self.records, key=lambda r: r.t)
-
-
-def payload(producer: str, shard: str, seq: int) -> bytes:
-    """The record payload the data checkers parse (``producer|shard|seq``)."""
-    return f"{producer}|{shard}|{seq}".encode()
-
-
-def keys_for_shards(shards: int) -> list[bytes]:
-    """One key per shard that routes to it (the clients' key hashing)."""
-    from protocol.hashing import shard_for_key
-
-    out: dict[int, bytes] = {}
-    k = 0
-    while len(out) < shards:
-        key = b"k%d" % k
-        out.setdefault(shard_for_key(key, shards), key)
-        k += 1
-    return [out[i] for i in range(shards)]
 
 
 class RealRun:
@@ -155,12 +114,7 @@ class RealRun:
 
     def __init__(self, scn: Scenario, seed: int, base_dir: Path, *, time_scale: float = DEFAULT_TIME_SCALE,
                  progress: Callable[[str], None] = lambda _s: None, use_netns: bool | None = None) -> None:
-        if scn.data is None or not scn.data.topics:
-            raise ValueError(f"{scn.name}: the real runner needs a data section (topics, producers)")
-        if scn.mqtt is not None:
-            raise ValueError(f"{scn.name}: MQTT scenarios are not mapped to the real runner")
-        if not 0.05 <= time_scale <= 10:
-            raise ValueError("time_scale must be in [0.05, 10]")
+        check_runnable(scn, time_scale)
         self.scn, self.seed, self.scale = scn, seed, time_scale
         self.base = Path(base_dir)
         self.say = progress
@@ -302,6 +256,7 @@ class RealRun:
     def _skip(self, text: str) -> None:
         assert self.hist is not None
         self.res.faults.append((self.hist.now(), text + ": skipped"))
+        self.res.skipped_firings += 1
         self.say(f"t={self.hist.now():5.1f}s {text}: skipped")
 
     def _signal_node(self, node: str, sig: int) -> int:
@@ -370,14 +325,14 @@ class RealRun:
             return None
         assert self.lab is not None
         if do == "partition":
-            groups = rf.expand_groups(a["groups"], self._resolve, self.peers)
+            groups = expand_groups(a["groups"], self._resolve, self.peers)
             if any(not [n for n in g if n in self.peers] for g in groups):
                 self._skip(f"partition {rf.describe_groups(groups)}: a side has no node now")
                 return None
             fresh = self.lab.block(rf.pairs_between(groups, self.peers))
             self._note(do, f"partition {rf.describe_groups(groups)} ({len(fresh)} directions blocked)")
         elif do == "partition_oneway":
-            src, dst = rf.expand_groups([a["from"], a["to"]], self._resolve, self.peers)
+            src, dst = expand_groups([a["from"], a["to"]], self._resolve, self.peers)
             if not src or not dst:
                 self._skip(f"one-way {a['from']} -/-> {a['to']}: a side has no node now")
                 return None
@@ -385,7 +340,7 @@ class RealRun:
             self._note(do, f"one-way {','.join(src)} -/-> {','.join(dst)} ({len(fresh)} directions blocked)")
         elif do == "bridge":
             via = self._resolve(a["via"])
-            sa, sb = rf.expand_groups([a["a"], a["b"]], self._resolve, self.peers)
+            sa, sb = expand_groups([a["a"], a["b"]], self._resolve, self.peers)
             sa = [n for n in sa if n != via]
             sb = [n for n in sb if n != via and n not in sa]
             if not sa or not sb:
@@ -466,7 +421,7 @@ class RealRun:
                         fut = p.send(t.name, payload(name, shard, seq), key=keys[s])
                         fut.add_done_callback(
                             lambda f, shard=shard, seq=seq: h.produce_done(name, shard, seq, level,
-                                                                           *_outcome(f, shard)))
+                                                                           *outcome(f, shard)))
                     k += 1
                     next_t += 1.0 / d.rate_per_s
                     self.stop_producing.wait(max(0.0, next_t - time.monotonic()))
@@ -633,16 +588,6 @@ class RealRun:
         from runtime.realjudge import judge
 
         judge(self, final_shards, t_end)
-
-
-def _outcome(f: Any, shard: str) -> tuple[Any, BaseException | None]:
-    exc = f.exception()
-    if exc is not None:
-        return None, exc
-    md = f.result()
-    if f"{md.topic}#{md.shard}" != shard:
-        return None, RuntimeError(f"stored in shard {md.shard}, not {shard}")
-    return md, None
 
 
 def run_real(scn: Scenario, seed: int, base_dir: Path, **kw: Any) -> RealResult:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.realjudge import report_lines
-from runtime.realsim import RealResult, run_real
+from runtime.realsim import RealResult, run_real  # noqa: I001
 
 
 def _verdicts(console: Any, r: RealResult) -> None:
@@ -18,7 +18,15 @@ def _verdicts(console: Any, r: RealResult) -> None:
 
 def simulate_real(console: Any, scn: Any, seeds: list[int], time_scale: float, work_dir: Path | None) -> int:
     """Run ``seeds`` one after the other; print each run and the totals.
-    Returns the exit code: 0 when every run passed every check."""
+    Returns the exit code: 0 when every run passed every check, 2 when the
+    scenario cannot run on real processes."""
+    from runtime.realsim import check_runnable
+
+    try:
+        check_runnable(scn, time_scale)
+    except ValueError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return 2
     base = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="chorus-real-"))
     results: list[RealResult] = []
     for seed in seeds:

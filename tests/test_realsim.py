@@ -24,9 +24,10 @@ from pathlib import Path
 import pytest
 
 from runtime import realfaults as rf
-from runtime.realsim import Recorder, keys_for_shards, payload, run_real
+from runtime.realhistory import Recorder, keys_for_shards, payload
+from runtime.realsim import run_real
 from sim.datachecks import check_data
-from sim.scenario import load
+from sim.scenario import expand_groups, load
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
 BOTH_WAYS = ("partition.yml", "shard-leader-crash.yml", "old-leader-returns.yml")
@@ -66,7 +67,7 @@ def test_faults_a_real_machine_cannot_apply_are_named_with_the_reason() -> None:
 def test_partition_groups_resolve_rest_and_drop_clients() -> None:
     peers = ["n1", "n2", "n3"]
     resolve = {"leader": "n2", "n1": "n1", "n2": "n2", "n3": "n3"}.get
-    groups = rf.expand_groups([["leader", "c1"], ["rest"]], resolve, peers)
+    groups = expand_groups([["leader", "c1"], ["rest"]], resolve, peers)
     assert groups == [["n2"], ["n1", "n3"]]
     pairs = set(rf.pairs_between(groups, peers))
     assert pairs == {("n2", "n1"), ("n1", "n2"), ("n2", "n3"), ("n3", "n2")}
@@ -161,3 +162,20 @@ def test_twenty_real_runs_of_the_scenarios_that_run_both_ways(tmp_path) -> None:
     assert sum(r.lost for r in results) == 0
     kinds = {k for r in results for k in r.fault_counts}
     assert {"crash", "restart", "partition", "heal"} <= kinds
+
+
+def test_the_cli_refuses_what_the_real_runner_cannot_run() -> None:
+    from typer.testing import CliRunner
+
+    from runtime import cli
+
+    def invoke(*args: str):
+        r = CliRunner().invoke(cli.app, ["simulate", *args], env={"COLUMNS": "200", "NO_COLOR": "1"})
+        return r.exit_code, " ".join(r.output.split())
+
+    code, out = invoke(str(SCENARIOS / "chaos.yml"), "--real")
+    assert code == 2 and "needs a data section" in out
+    code, out = invoke(str(SCENARIOS / "shard-leader-crash.yml"), "--real", "--time-scale", "0")
+    assert code == 2 and "--time-scale must be in" in out
+    code, out = invoke(str(SCENARIOS / "shard-leader-crash.yml"), "--real", "--bug", "double_vote")
+    assert code == 2 and "not --real" in out
