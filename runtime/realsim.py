@@ -79,6 +79,7 @@ class RealResult:
     lost: int = 0  # acknowledged at quorum or all, missing from the final log
     lost_weak: int = 0  # acknowledged at one/any and missing (allowed, counted)
     failed_sends: int = 0
+    converge_s: float = 0.0  # real seconds from the heal until every node and shard was back in order
     skipped_firings: int = 0  # firings not applied (verb not available here, or no such node then)
     deliveries: int = 0
     raft_records: int = 0
@@ -519,11 +520,14 @@ class RealRun:
             self.say(f"workload running; faults over {self.scn.duration_s * self.scale:.0f} s")
             self._run_faults()
             self.say("healing: partitions lifted, paused nodes resumed, crashed nodes restarted")
+            t_heal = time.monotonic()
             self.heal_all()
             self.stop_watching.set()
             watcher.join(10)
             self._sleep_until(self.scn.duration_s + self.scn.settle_s / 2)
             ok, why = self._wait(self._converged, CONVERGE_S)
+            self.res.converge_s = time.monotonic() - t_heal
+            self.say(f"converged {self.res.converge_s:.1f} s after the heal" if ok else f"not converged: {why}")
             if not ok:
                 self.res.violations["liveness"] = [Violation(
                     "liveness", f"the cluster did not converge {CONVERGE_S:.0f} s after the heal: {why}", {})]
