@@ -481,6 +481,37 @@ class RealRun:
                 return False, f"shard {s['shard']}: {s['state']}, in sync {s['in_sync']} of {s['replicas']}"
         return True, ""
 
+    def _replicated(self) -> tuple[bool, str]:
+        """Every shard's leader reports that its followers hold its whole log
+        (``/metrics``: replication lag 0, high watermark at the log end): the
+        moment to compare the replicas byte for byte."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        for s in self._shards():
+            lead = s.get("leader")
+            if not lead:
+                return False, f"shard {s['shard']} has no leader"
+            try:
+                status, _h, body = self.cluster.http_raw(lead, "/metrics", timeout_s=HTTP_S)
+            except OSError as exc:
+                return False, f"{lead} /metrics: {exc}"
+            if status != 200:
+                return False, f"{lead} /metrics: HTTP {status}"
+            vals: dict[str, float] = {}
+            for fam in text_string_to_metric_families(body.decode()):
+                for smp in fam.samples:
+                    if smp.labels.get("topic") == self.topic and smp.labels.get("shard") == str(s["index"]):
+                        vals[smp.name] = smp.value
+            lag = vals.get("chorus_shard_replication_lag_records")
+            hw, end = vals.get("chorus_shard_high_watermark"), vals.get("chorus_shard_end_offset")
+            if lag != 0 or hw is None or hw != end:
+                return False, f"shard {s['shard']} on {lead}: replication lag {lag}, high watermark {hw}, end {end}"
+        return True, ""
+
+    def _settled(self) -> tuple[bool, str]:
+        ok, why = self._converged()
+        return self._replicated() if ok else (ok, why)
+
     def _wait(self, cond: Callable[[], Any], timeout_s: float) -> Any:
         deadline = time.monotonic() + timeout_s
         got = cond()
@@ -541,7 +572,7 @@ class RealRun:
             self.stop_consuming.set()
             for th in consumers:
                 th.join(30)
-            ok, why = self._wait(self._converged, CONVERGE_S)
+            ok, why = self._wait(self._settled, CONVERGE_S)
             final_shards = self._shards()
             if not ok and "liveness" not in self.res.violations:
                 self.res.violations["liveness"] = [Violation("liveness", f"not converged at the end: {why}", {})]
