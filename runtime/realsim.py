@@ -385,7 +385,11 @@ class RealRun:
             undo = self.apply(fi.fault)
             if undo is None or fi.undo_after_s is None:
                 return None
-            return (self.hist.now() + fi.undo_after_s, lambda: (undo(), None)[1])
+
+            def run_undo() -> None:  # an undo schedules nothing further
+                undo()
+
+            return (self.hist.now() + fi.undo_after_s, run_undo)
         return fire
 
     def _sleep_until(self, scn_t: float) -> None:
