@@ -142,7 +142,8 @@ def report_lines(res: Any) -> list[str]:
     """A plain-text report of one real run (the CLI prints it with colour)."""
     lines = [f"{res.scenario} seed {res.seed} on real processes (time scale {res.time_scale:g}, "
              f"{'network namespaces' if res.netns else 'loopback, no namespaces'}): "
-             f"{res.wall_seconds:.0f} s; converged {res.converge_s:.1f} s after the heal"]
+             f"{res.wall_seconds:.0f} s; converged {res.converge_s:.1f} s after the heal"
+             + (f" (last waiting on: {res.converge_waited_on})" if res.converge_waited_on else "")]
     counts = ", ".join(f"{v} {k}" for k, v in sorted(res.fault_counts.items())) or "none"
     lines.append(f"faults injected: {counts}" + (f"; {res.skipped_firings} firings skipped" if res.skipped_firings
                                                    else ""))

@@ -80,6 +80,8 @@ class RealResult:
     lost_weak: int = 0  # acknowledged at one/any and missing (allowed, counted)
     failed_sends: int = 0
     converge_s: float = 0.0  # real seconds from the heal until every node and shard was back in order
+    converge_waited_on: str = ""  # what held the convergence after the heal up last (empty: nothing)
+    waited_on: str = ""
     skipped_firings: int = 0  # firings not applied (verb not available here, or no such node then)
     deliveries: int = 0
     raft_records: int = 0
@@ -517,9 +519,13 @@ class RealRun:
         return self._replicated() if ok else (ok, why)
 
     def _wait(self, cond: Callable[[], Any], timeout_s: float) -> Any:
+        """Poll ``cond`` until it holds or ``timeout_s`` passes; the last
+        reason it did not hold is kept (``res.waited_on``)."""
         deadline = time.monotonic() + timeout_s
         got = cond()
         while not (got[0] if isinstance(got, tuple) else got) and time.monotonic() < deadline:
+            if isinstance(got, tuple):
+                self.res.waited_on = got[1]
             time.sleep(0.3)
             got = cond()
         return got
@@ -562,6 +568,7 @@ class RealRun:
             self._sleep_until(self.scn.duration_s + self.scn.settle_s / 2)
             ok, why = self._wait(self._converged, CONVERGE_S)
             self.res.converge_s = time.monotonic() - t_heal
+            self.res.converge_waited_on, self.res.waited_on = self.res.waited_on, ""
             self.say(f"converged {self.res.converge_s:.1f} s after the heal" if ok else f"not converged: {why}")
             if not ok:
                 self.res.violations["liveness"] = [Violation(

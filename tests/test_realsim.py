@@ -157,7 +157,7 @@ def test_twenty_real_runs_of_the_scenarios_that_run_both_ways(tmp_path) -> None:
         print(json.dumps({"scenario": r.scenario, "seed": r.seed, "ok": r.ok, "faults": r.fault_counts,
                           "acked": r.acked, "lost": r.lost, "acked_weak": r.acked_weak, "lost_weak": r.lost_weak,
                           "failed_checks": r.failed_checks(), "wall_s": round(r.wall_seconds, 1),
-                          "converge_s": round(r.converge_s, 1), "skipped_firings": r.skipped_firings,
+                          "converge_s": round(r.converge_s, 1), "converge_waited_on": r.converge_waited_on, "skipped_firings": r.skipped_firings,
                           "violations": {k: str(v[0])[:300] for k, v in r.violations.items() if v},
                           "error": r.error[-300:]}), flush=True)
     bad = [(r.scenario, r.seed, r.failed_checks(), r.replay) for r in results if not r.ok]
