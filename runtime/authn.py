@@ -158,7 +158,11 @@ class Authenticator:
         self._grants = {n: Grants.of(dict(r, name=n)) for n, r in records.items()}
         self._records = records
         self._tree = dict(tree) if isinstance(tree, dict) else tree  # the caller may change its own later
-        self.loaded = True
+        # A cluster with users always has an admin (the last one cannot be
+        # removed): a view without any is one not caught up yet -- a
+        # restarted node's agency peer before it learned the commit index --
+        # and logins wait for a real one (retriable refusals), not fail.
+        self.loaded = bool(records)
 
     def record(self, name: str) -> dict | None:
         return self._records.get(name)

@@ -201,10 +201,16 @@ class _Conn(asyncio.Protocol):
     def _authenticate(self, hello: Handshake, version: int, correlation_id: int) -> None:
         """Check the handshake's user and password: from the cache at once,
         else with scrypt in the authenticator's pool while this connection's
-        later frames wait (reading pauses)."""
+        later frames wait (reading pauses).  Before the node has read its
+        users from the agency the answer is OVERLOADED, which clients retry
+        (as CONNACK 3 on the MQTT port), not AUTH_FAILED."""
         if hello.auth != Auth.PASSWORD or not hello.username:
             self._fail(ErrorCode.AUTH_FAILED, "this node requires a user name and password: give username= and "
                                               "password= (or CHORUS_USER / CHORUS_PASSWORD)", correlation_id)
+            return
+        if not self.bridge.auth.loaded:  # a node just started: retriable, unlike a wrong password
+            self._fail(ErrorCode.OVERLOADED, "this node has not loaded its users yet (it is starting); try again "
+                                             "in a moment", correlation_id)
             return
         known = self.bridge.auth.check_cached(hello.username, hello.password)
         if known is not None:

@@ -96,12 +96,26 @@ def simulate(
     bug: List[str] = typer.Option([], "--bug", metavar="<name>", callback=_check_bugs, show_default=False,
                                   help="run a deliberately broken protocol, to prove the checkers catch it; "
                                        f"repeatable (--bug A --bug B enables both). Names: {_BUG_LIST}"),
+    real: bool = typer.Option(False, "--real", help="run the scenario on real node processes on this machine "
+                                                    "(kill -9, SIGSTOP, network namespaces) and check it the same way"),
+    time_scale: float = typer.Option(0.4, "--time-scale", help="with --real: real seconds per scenario second"),
+    work_dir: Optional[Path] = typer.Option(None, "--work-dir", help="with --real: where the nodes' data goes "
+                                                                     "(default: a fresh temporary directory)"),
 ) -> None:
-    """Run a fault scenario in the deterministic simulator and check it."""
+    """Run a fault scenario in the deterministic simulator (or, with --real, on real processes) and check it."""
     scn = _load(file, bug)
     if seed is not None and seeds is not None:
         console.print("[red]error:[/] give either --seed or --seeds, not both")
         raise typer.Exit(2)
+    if real:
+        if bug or trace:
+            console.print("[red]error:[/] --bug and --trace are for the simulator, not --real")
+            raise typer.Exit(2)
+        from runtime.realsim_cli import simulate_real
+
+        seed_list = [seed if seed is not None else first_seed] if seeds is None else \
+            list(range(first_seed, first_seed + max(1, seeds)))
+        raise typer.Exit(simulate_real(console, scn, seed_list, time_scale, work_dir))
     if seeds is None:
         _single(scn, seed if seed is not None else 1, trace)
     else:

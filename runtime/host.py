@@ -26,6 +26,11 @@ class ProductionHost:
         self.rng = random.Random(seed)
         self.pid = os.getpid()
         self._stores: dict[str, RocksStore] = {}
+        # scenario runs on real processes (runtime/realsim.py) collect the
+        # checkers' observations from every actor process of every node
+        from runtime.recordfile import RecordFile
+
+        self._records = RecordFile.from_env(config.node_id)
         # this process's loggers write to its Thespian logger process (actors.log), not
         # to the launcher's stderr; every record names the node
         from runtime.logfmt import adopt_forwarding, set_process_fields
@@ -84,9 +89,13 @@ class ProductionHost:
         from runtime.logfmt import set_process_fields
 
         set_process_fields(actor=actor)
+        if self._records is not None:
+            self._records.actor = actor
 
     def record(self, kind: str, /, **fields: Any) -> None:
         log.debug("%s %s %s", self.node_id, kind, fields)
+        if self._records is not None:
+            self._records.write(self.node_id, kind, fields)
 
     def log(self, level: str, msg: str, /, **fields: Any) -> None:
         """One structured line (runtime/logfmt.py) in the node's actors.log."""

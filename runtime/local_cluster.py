@@ -74,13 +74,16 @@ def _existing_cluster_id(data_dir: str, ids: list[str]) -> str | None:
     return None
 
 
-def spawn_node(cfg: NodeConfig, log_path: Path) -> subprocess.Popen:
-    """Start one node process (its output goes to ``log_path``)."""
+def spawn_node(cfg: NodeConfig, log_path: Path, *, prefix: list[str] | None = None,
+               env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start one node process (its output goes to ``log_path``); ``prefix``
+    runs it through a command (``ip netns exec NS``), ``env`` adds variables."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     out = open(log_path, "ab")
     try:
-        return subprocess.Popen([sys.executable, "-m", "runtime.node", json.dumps(asdict(cfg))],
-                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        return subprocess.Popen([*(prefix or []), sys.executable, "-m", "runtime.node", json.dumps(asdict(cfg))],
+                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env={**os.environ, **env} if env else None)
     finally:
         out.close()
 

@@ -28,18 +28,25 @@ from runtime.node import NodeConfig
 
 
 class RealCluster:
-    def __init__(self, base_dir: Path, n: int = 3, **overrides: Any) -> None:
+    def __init__(self, base_dir: Path, n: int = 3, *, netns: Any = None, env: dict[str, str] | None = None,
+                 **overrides: Any) -> None:
+        """``netns``: a :class:`runtime.realfaults.NetLab` whose namespaces
+        the nodes run in (each bound to its address there); ``env``: extra
+        environment variables of the node processes."""
         self.base_dir = Path(base_dir)
+        self.netns = netns
+        self.env = dict(env or {})
         ids = [f"n{k}" for k in range(1, n + 1)]
         self.cfgs: dict[str, NodeConfig] = {}
         for nid in ids:
+            host = {"host": netns.addr[nid]} if netns is not None else {}
             self.cfgs[nid] = NodeConfig(node_id=nid, cluster_id="c-test", data_dir=str(self.base_dir / nid),
                                         client_port=free_port(), http_port=free_port(), admin_port=free_port(),
                                         mqtt_port=free_port(),
-                                        initial_nodes=list(ids), **overrides)
+                                        initial_nodes=list(ids), **host, **overrides)
         self.secret_file = shared_secret_file(self.base_dir)
         for nid, cfg in self.cfgs.items():
-            cfg.peers = [f"127.0.0.1:{c.http_port}" for o, c in self.cfgs.items() if o != nid]
+            cfg.peers = [f"{c.host}:{c.http_port}" for o, c in self.cfgs.items() if o != nid]
             cfg.cluster_secret_file = self.secret_file
         self.procs: dict[str, subprocess.Popen] = {}
         self._password: str | None = None
@@ -111,12 +118,18 @@ class RealCluster:
     def start(self, *nodes: str, timeout_s: float = 60.0) -> "RealCluster":
         names = nodes or tuple(self.cfgs)
         for nid in names:
-            cfg = self.cfgs[nid]
-            self.procs[nid] = spawn_node(cfg, Path(cfg.data_dir) / "logs" / "node.out")
+            self.spawn(nid)
         for nid in names:
             self.wait_ready(nid, timeout_s)
         self.wait_all_alive(timeout_s)
         return self
+
+    def spawn(self, nid: str) -> subprocess.Popen:
+        """Start node ``nid``'s process without waiting for it."""
+        cfg = self.cfgs[nid]
+        prefix = self.netns.exec_prefix(nid) if self.netns is not None else []
+        self.procs[nid] = spawn_node(cfg, Path(cfg.data_dir) / "logs" / "node.out", prefix=prefix, env=self.env)
+        return self.procs[nid]
 
     def wait_all_alive(self, timeout_s: float = 60.0) -> None:
         """Until every running node sees every running node registered and alive."""
@@ -154,6 +167,8 @@ class RealCluster:
 
     def node_pids(self, nid: str) -> list[int]:
         """The launcher, the Thespian admin and every actor process of a node."""
+        if self.netns is not None:  # everything in the node's namespace
+            return sorted(set(self.netns.pids(nid)) | {self.procs[nid].pid})
         pids = [self.procs[nid].pid]
         try:
             admin = json.loads((Path(self.cfgs[nid].data_dir) / "node.pid").read_text()).get("admin")
@@ -241,7 +256,7 @@ class RealCluster:
 
     def url(self, nid: str, path: str) -> str:
         scheme = "https" if self.cfgs[nid].tls else "http"
-        return f"{scheme}://127.0.0.1:{self.cfgs[nid].http_port}/api/v1{path}"
+        return f"{scheme}://{self.cfgs[nid].host}:{self.cfgs[nid].http_port}/api/v1{path}"
 
     def get(self, nid: str, path: str, timeout_s: float = 10) -> Any:
         from runtime.tls import urlopen
@@ -272,7 +287,7 @@ class RealCluster:
         from runtime.tls import urlopen
 
         scheme = "https" if self.cfgs[nid].tls else "http"
-        req = urllib.request.Request(f"{scheme}://127.0.0.1:{self.cfgs[nid].http_port}{path}",
+        req = urllib.request.Request(f"{scheme}://{self.cfgs[nid].host}:{self.cfgs[nid].http_port}{path}",
                                      headers=self.auth_headers() if auth else {})
         try:
             with urlopen(req, timeout=timeout_s, context=self._ssl(nid)) as r:
@@ -281,10 +296,10 @@ class RealCluster:
             return e.code, dict(e.headers), e.read()
 
     def mqtt(self, nid: str) -> tuple[str, int]:
-        return "127.0.0.1", self.cfgs[nid].mqtt_port
+        return self.cfgs[nid].host, self.cfgs[nid].mqtt_port
 
     def client(self, nid: str) -> str:
-        return f"127.0.0.1:{self.cfgs[nid].client_port}"
+        return f"{self.cfgs[nid].host}:{self.cfgs[nid].client_port}"
 
     def create_topic(self, nid: str, name: str, shards: int = 1, rf: int | None = None) -> dict:
         spec = {"name": name, "shards": shards}

@@ -359,19 +359,9 @@ class Harness:
         return target
 
     def _expand(self, groups: list[list[str]]) -> list[list[str]]:
-        named: list[list[str]] = []
-        for g in groups:
-            out = []
-            for n in g:
-                if n == "rest":
-                    continue
-                r = self._resolve(n)
-                if r is not None and r not in out:
-                    out.append(r)
-            named.append(out)
-        used = {n for g in named for n in g}
-        rest = [n for n in self.world.nodes if n not in used]
-        return [g + (rest if "rest" in orig else []) for g, orig in zip(named, groups)]
+        from sim.scenario import expand_groups
+
+        return expand_groups(groups, self._resolve, list(self.world.nodes))
 
     # ------------------------------------------------------------- faults
     def schedule(self) -> None:

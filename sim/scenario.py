@@ -521,6 +521,24 @@ def _fault(v: _V, path: str, f: Any, peers: int) -> Fault:
     )
 
 
+def expand_groups(groups: list[list[str]], resolve: Any, everyone: list[str]) -> list[list[str]]:
+    """Resolve the names in partition groups with ``resolve`` (None: left
+    out); ``rest`` stands for everyone not named elsewhere."""
+    named: list[list[str]] = []
+    for g in groups:
+        out = []
+        for n in g:
+            if n == "rest":
+                continue
+            r = resolve(n)
+            if r is not None and r not in out:
+                out.append(r)
+        named.append(out)
+    used = {n for g in named for n in g}
+    rest = [n for n in everyone if n not in used]
+    return [g + (rest if "rest" in orig else []) for g, orig in zip(named, groups)]
+
+
 def _nodes(v: _V, path: str, x: Any) -> list[str]:
     if isinstance(x, str):
         return [x]
