@@ -551,7 +551,10 @@ class RealRun:
                 threads.append(threading.Thread(target=self._producer, name=f"realsim-p{i}", daemon=True,
                                                 args=(i, d.level[(i - 1) % len(d.level)], bootstrap)))
             consumers = []
-            for sub, mode, count, nack in d.subscriptions:
+            for sub, mode, count, nack, pause in d.subscriptions:
+                if pause:
+                    self.say(f"subscription {sub}: pause_s is not available on real processes; "
+                             "its consumers run throughout")
                 for k in range(1, count + 1):
                     consumers.append(threading.Thread(target=self._consumer, name=f"realsim-{sub}-{k}", daemon=True,
                                                       args=(sub, mode, k, nack, bootstrap)))
