@@ -45,7 +45,7 @@ def test_sweep_of_at_most_500_seeds_catches_a_source_removed_before_the_target_i
 @pytest.mark.parametrize("sweep", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["recorded", "sweep"])
 def test_sweep_of_at_most_500_seeds_catches_a_leader_move_without_a_new_epoch(sweep, catching_seed):
     scn = scenario().with_shard_bugs(ShardBugs(move_same_epoch=True))
-    found = catching_seed(scn, lambda r: bool(SAFETY & set(r.failed_checks())), 3, sweep)
+    found = catching_seed(scn, lambda r: bool(SAFETY & set(r.failed_checks())), 9, sweep)
     assert found is not None, "move_same_epoch not caught in 500 seeds"
     assert "move_same_epoch" in found.replay
     assert run(scenario(), found.seed).ok
