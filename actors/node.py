@@ -62,6 +62,11 @@ REPLICAS_MAX = 10_000
 SWEEP_IDS_MAX = 100_000  # shard ids of dropped groups a booting node looks for, per topic
 
 
+def _places(plan: dict, node: str) -> bool:
+    """Whether a shard plan puts a replica (voter or learner) on ``node``."""
+    return node in plan.get("replicas", ()) or node in plan.get("learners", ())
+
+
 class NodeActor(ChorusActor, NodeHandoff):
     def __init__(self) -> None:
         super().__init__()
@@ -128,14 +133,13 @@ class NodeActor(ChorusActor, NodeHandoff):
         self.plans = plans
         me = self.boot.node_id
         for shard, plan in plans.items():
-            if (me in plan.get("replicas", ()) or me in plan.get("learners", ())) and shard not in self.local:
+            if _places(plan, me) and shard not in self.local:
                 if not any(s == shard for _, s in self.dropping):  # else once its old replica's data is gone
                     self._create(shard, plan)
             elif shard in self.local and plan.get("until_ms", -1) != self.until.get(shard, -1):
                 self.until[shard] = plan.get("until_ms", -1)
                 self.send(self.local[shard], GroupClose(shard, self.until[shard]))
-        for shard in [s for s in self.local if s not in plans or (me not in plans[s].get("replicas", ())
-                                                                  and me not in plans[s].get("learners", ()))]:
+        for shard in [s for s in self.local if s not in plans or not _places(plans[s], me)]:
             # the topic was deleted, its shard group dropped (past retention),
             # or a committed move took the replica away (the move removes a
             # source only once the target holds the log): stop the replica
@@ -161,9 +165,8 @@ class NodeActor(ChorusActor, NodeHandoff):
                 for name in (f"shard/{shard}", f"shard/{shard}.meta"):
                     self.host.remove_store(name)
                 self.record("node.shard_data_deleted", node=self.boot.node_id, shard=shard)
-                plan, me = self.plans.get(shard), self.boot.node_id
-                if plan is not None and shard not in self.local and (me in plan.get("replicas", ())
-                                                                     or me in plan.get("learners", ())):
+                plan = self.plans.get(shard)
+                if plan is not None and shard not in self.local and _places(plan, self.boot.node_id):
                     self._create(shard, plan)  # placed here again meanwhile: starts empty
                 return
 

@@ -262,31 +262,37 @@ class _Ctx:
 
     def call(self, method: str, path: str, **kw) -> Any:
         try:
-            return request(self.url, method, path, timeout=self.timeout, context=self.context,
-                           headers=self.headers, **kw)
+            return self._request(method, path, **kw)
         except Unreachable as exc:
             _fail(EXIT_UNREACHABLE, f"cannot reach a Chorus node at {self.url}: {exc}", prefix="")
         except ApiError as exc:
-            hint = ("; log in with --user/--password (or CHORUS_USER/CHORUS_PASSWORD), or run from the directory "
-                    "whose data/admin.password a node wrote (--data-dir)") if exc.status == 401 else ""
-            _fail(EXIT_API_ERROR, f"{exc.code}: {exc.message}{hint}", prefix=f"error (HTTP {exc.status}) ")
+            _fail_api(exc)
 
     def poll(self, method: str, path: str, **kw) -> Any:
         """``call`` for a loop that follows long work: None when the node did
         not answer in time or answered 5xx (a busy or failing-over cluster;
         the loop asks again until its own deadline); other errors fail."""
         try:
-            return request(self.url, method, path, timeout=self.timeout, context=self.context,
-                           headers=self.headers, **kw)
+            return self._request(method, path, **kw)
         except Unreachable:
             return None
         except ApiError as exc:
             if exc.status >= 500:
                 return None
-            return self.call(method, path, **kw)
+            _fail_api(exc)
+
+    def _request(self, method: str, path: str, **kw) -> Any:
+        return request(self.url, method, path, timeout=self.timeout, context=self.context, headers=self.headers,
+                       **kw)
 
     def print_json(self, data: Any) -> None:
         typer.echo(json.dumps(data, indent=2, sort_keys=False))
+
+
+def _fail_api(exc: ApiError) -> NoReturn:
+    hint = ("; log in with --user/--password (or CHORUS_USER/CHORUS_PASSWORD), or run from the directory "
+            "whose data/admin.password a node wrote (--data-dir)") if exc.status == 401 else ""
+    _fail(EXIT_API_ERROR, f"{exc.code}: {exc.message}{hint}", prefix=f"error (HTTP {exc.status}) ")
 
 
 def _fail(code: int, message: str, prefix: str = "error: ") -> NoReturn:
