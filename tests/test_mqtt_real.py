@@ -203,6 +203,10 @@ def test_persistent_session_keeps_subscriptions_and_queues_qos1(one: RealCluster
     for i in range(20):
         p.pub("jobs/build", b"%d" % i, 1)
     p.pub("jobs/build", b"qos0", 0)  # not queued for an offline session
+    # a QoS 0 PUBLISH is not acknowledged: the PUBACK of a QoS 1 one sent
+    # after it on the same connection says the broker handled it while the
+    # session was still offline (else it may meet the reconnected session)
+    p.pub("elsewhere/marker", b"m", 1)
     s = Client(one.mqtt("n1"), "persist", clean=False)
     assert s.session_present
     assert [m for _, m, _, _ in s.get(20)] == [b"%d" % i for i in range(20)]
