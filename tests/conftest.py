@@ -17,6 +17,24 @@ settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True
 settings.register_profile("dev", deadline=None, print_blob=True)
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # An xdist worker starts with COLUMNS=80, and a rich Console made at
+    # import (the admin CLI's) would keep that width for good, ignoring the
+    # wider COLUMNS a test gives its CliRunner.
+    os.environ.pop("COLUMNS", None)
+
+
+def pytest_itemcollected(item):
+    """Tests of real node processes (``realnet``, and every ``*_real.py``
+    module) run one after another on one xdist worker (``--dist
+    loadgroup`` in pyproject): two clusters at once on two cores would each
+    see the other's load, while the simulator and unit tests share the
+    other worker.  The suite runs in about half the time of one worker."""
+    if item.path.name.endswith("_real.py") and not item.get_closest_marker("realnet"):
+        item.add_marker(pytest.mark.realnet)
+    if item.get_closest_marker("realnet"):
+        item.add_marker(pytest.mark.xdist_group("real"))
+
 
 def pytest_collection_modifyitems(config, items):
     """Tests marked slow (more seeds of what the default run covers) run
