@@ -16,7 +16,10 @@ An actor gets everything that is not pure logic from its *host*:
   class the actor's name; see docs/ARCHITECTURE.md, "Observability").
   Actors never import ``logging`` themselves: a logger created before
   Thespian forks an actor process would write to the launcher's stderr;
-* ``host.node_id`` -- the name of the node the actor lives on.
+* ``host.node_id`` -- the name of the node the actor lives on;
+* ``host.spawns_replicas_apart`` (optional, production) -- the NodeActor
+  has a ReplicaSpawner create its replicas, so that no replica process is
+  forked from one that has used RocksDB (actors/replica_spawner.py).
 
 In the simulator the host is supplied by the simulated ``_myRef``
 (attribute ``chorus_host``): the node's skewed virtual clock, an RNG derived

@@ -27,6 +27,7 @@ from thespian.actors import ActorExitRequest, ChildActorExited
 
 from actors.base import ChorusActor
 from actors.node_handoff import NodeHandoff
+from actors.replica_spawner import ReplicaSpawner
 from actors.shard_replica import ShardReplica
 from actors.supervisor import PLAN_ROOT, walk_plans
 from actors.supervisor_groups import walk_lists
@@ -42,8 +43,11 @@ from protocol.node import (
     NodeHello,
     PeersAre,
     ReplicaAddress,
+    ReplicaExited,
+    ReplicaSpawned,
     Routed,
     ShardInfo,
+    SpawnReplica,
     TopicReply,
 )
 from protocol.query import QueryShard, QueryShardReply
@@ -83,6 +87,8 @@ class NodeActor(ChorusActor, NodeHandoff):
         self.revision = 0
         self.node_addrs: dict[str, Any] = {}  # node -> NodeActor address (hellos may come before our boot)
         self.sups: list[Any] = []
+        self.spawner: Any = None  # production: the ReplicaSpawner that creates the replicas
+        self.spawning: set[str] = set()  # shards whose replica the spawner is creating
 
     def on_NodeBoot(self, msg: NodeBoot, sender: Any) -> None:
         if self.boot is not None:
@@ -96,6 +102,9 @@ class NodeActor(ChorusActor, NodeHandoff):
         for node in sorted(self.node_addrs):
             if node != msg.node_id:
                 self.send(self.node_addrs[node], NodeHello(msg.node_id, ()))
+        if getattr(self.host, "spawns_replicas_apart", False):
+            # before any database is opened here (actors/replica_spawner.py)
+            self.spawner = self.createActor(ReplicaSpawner)
         self._hh_boot()
         self._poll()
 
@@ -133,7 +142,7 @@ class NodeActor(ChorusActor, NodeHandoff):
         self.plans = plans
         me = self.boot.node_id
         for shard, plan in plans.items():
-            if _places(plan, me) and shard not in self.local:
+            if _places(plan, me) and shard not in self.local and shard not in self.spawning:
                 if not any(s == shard for _, s in self.dropping):  # else once its old replica's data is gone
                     self._create(shard, plan)
             elif shard in self.local and plan.get("until_ms", -1) != self.until.get(shard, -1):
@@ -157,16 +166,23 @@ class NodeActor(ChorusActor, NodeHandoff):
             self.record("node.replica_stopped", node=self.boot.node_id, shard=shard)
 
     def on_ChildActorExited(self, msg: ChildActorExited, sender: Any) -> None:
+        self._replica_exited(msg.childAddress)
+
+    def on_ReplicaExited(self, msg: ReplicaExited, sender: Any) -> None:
+        self._replica_exited(msg.address)
+
+    def _replica_exited(self, address: Any) -> None:
         """A stopped replica has exited (its databases are closed): delete
         them, giving the disk space back."""
         for i, (addr, shard) in enumerate(self.dropping):
-            if addr == msg.childAddress:
+            if addr == address:
                 del self.dropping[i]
                 for name in (f"shard/{shard}", f"shard/{shard}.meta"):
                     self.host.remove_store(name)
                 self.record("node.shard_data_deleted", node=self.boot.node_id, shard=shard)
                 plan = self.plans.get(shard)
-                if plan is not None and shard not in self.local and _places(plan, self.boot.node_id):
+                if plan is not None and shard not in self.local and shard not in self.spawning \
+                        and _places(plan, self.boot.node_id):
                     self._create(shard, plan)  # placed here again meanwhile: starts empty
                 return
 
@@ -184,18 +200,40 @@ class NodeActor(ChorusActor, NodeHandoff):
                     self.host.remove_store(name)
 
     def _create(self, shard: str, plan: dict) -> None:
-        if len(self.local) >= REPLICAS_MAX:
+        if len(self.local) + len(self.spawning) >= REPLICAS_MAX:
             return
         b = self.boot
-        addr = self.createActor(ShardReplica)
+        self.until[shard] = int(plan.get("until_ms", -1))
+        boot = ShardBoot(shard, b.node_id, tuple(plan["replicas"]), (), int(plan["epoch"]),
+                         plan.get("leader") or None, b.tuning, b.host, tuple(self.sups), self.until[shard],
+                         tuple(plan.get("learners", ())))
+        if self.spawner is not None:
+            peers = tuple((n, a) for (s, n), a in sorted(self.known.items(), key=lambda kv: kv[0])
+                          if s == shard and n != b.node_id)
+            self.spawning.add(shard)
+            self.send(self.spawner, SpawnReplica(replace(boot, addresses=peers)))
+            return
+        self._created(shard, self.createActor(ShardReplica), boot)
+
+    def on_ReplicaSpawned(self, msg: ReplicaSpawned, sender: Any) -> None:
+        """The spawner created a replica (it has sent it its ShardBoot); one
+        the plans no longer place here is stopped by the next poll."""
+        if msg.shard in self.spawning:
+            self.spawning.discard(msg.shard)
+            self._created(msg.shard, msg.address)
+            for (shard, node), addr in sorted(self.known.items(), key=lambda kv: kv[0]):
+                if shard == msg.shard and node != self.boot.node_id:  # addresses heard of meanwhile
+                    self.send(msg.address, ReplicaAddress(shard, node, addr))
+
+    def _created(self, shard: str, addr: Any, boot: ShardBoot | None = None) -> None:
+        """Adopt a new replica; ``boot`` is sent to it first (the spawner
+        sent it already otherwise)."""
+        b = self.boot
         self.local[shard] = addr
         self.known[(shard, b.node_id)] = addr
-        peers = tuple((n, a) for (s, n), a in sorted(self.known.items(), key=lambda kv: kv[0]) if s == shard)
-        leader = plan.get("leader") or None
-        self.until[shard] = int(plan.get("until_ms", -1))
-        self.send(addr, ShardBoot(shard, b.node_id, tuple(plan["replicas"]), peers, int(plan["epoch"]), leader,
-                                  b.tuning, b.host, tuple(self.sups), self.until[shard],
-                                  tuple(plan.get("learners", ()))))
+        if boot is not None:
+            peers = tuple((n, a) for (s, n), a in sorted(self.known.items(), key=lambda kv: kv[0]) if s == shard)
+            self.send(addr, replace(boot, addresses=peers))
         note = ReplicaAddress(shard, b.node_id, addr)
         for node in sorted(self.node_addrs):
             if node != b.node_id:

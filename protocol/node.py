@@ -281,3 +281,26 @@ class MoveReply:
     status: str  # ok | fail | unknown
     error: str = ""
     move: Any = None  # the move record written (a dict)
+
+
+@dataclass(frozen=True)
+class SpawnReplica:
+    """NodeActor -> its ReplicaSpawner (production): create the replica of
+    ``boot.shard`` and send it ``boot`` (its own address added)."""
+
+    boot: Any  # ShardBoot
+
+
+@dataclass(frozen=True)
+class ReplicaSpawned:
+    """ReplicaSpawner -> NodeActor: the replica of ``shard`` lives at ``address``."""
+
+    shard: str
+    address: Any
+
+
+@dataclass(frozen=True)
+class ReplicaExited:
+    """ReplicaSpawner -> NodeActor: the replica at ``address`` has exited."""
+
+    address: Any

@@ -18,6 +18,10 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 
 
 class ProductionHost:
+    # RocksDB is not fork-safe: the NodeActor has its replicas created by a
+    # child forked before it opens a database (actors/replica_spawner.py)
+    spawns_replicas_apart = True
+
     def __init__(self, config: HostConfig) -> None:
         self.node_id = config.node_id
         self.data_dir = Path(config.data_dir)
