@@ -134,6 +134,9 @@ class Message:
     value: bytes
     redelivery: bool = False
     subscription: str = ""
+    # the shard the record came from (on a topic with shard groups: the
+    # index's shard in the group being read); acknowledgements name it
+    shard_id: int = fr.NO_SHARD_ID
     _settle: Callable[["Message", bool], Any] | None = field(default=None, repr=False, compare=False)
 
     def ack(self) -> Any:
