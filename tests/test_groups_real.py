@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from protocol.frames import NO_SHARD_ID
+from runtime import client_conn
 from runtime.client import Client, Consumer, Producer
 from runtime.realcluster import RealCluster
 
@@ -219,7 +221,8 @@ def _truncate(c: RealCluster, topic: str, newest: int) -> list[dict]:
     return _groups(c, "n1", topic)
 
 
-def test_retention_by_size_drops_the_oldest_groups_and_keeps_the_rest_exactly(cluster: RealCluster) -> None:
+def test_retention_by_size_drops_the_oldest_groups_and_keeps_the_rest_exactly(cluster: RealCluster,
+                                                                            monkeypatch) -> None:
     """A topic limited to 1 MiB per shard index: two closed groups of about
     900 KiB, two of about 150 KiB and an open one.  The supervisor drops the
     oldest closed groups until at most 1 MiB is left: g0 and g1 (with g1
@@ -229,7 +232,9 @@ def test_retention_by_size_drops_the_oldest_groups_and_keeps_the_rest_exactly(cl
     and reads return exactly their records.  A consumer that never
     acknowledges gets its SubscriptionReset, and so does -- when it comes
     back -- a subscription that had no consumer attached when its group
-    was dropped.
+    was dropped.  The consumer that comes back speaks client protocol
+    version 1 (no shard ids in deliveries and acks): it still walks the
+    groups, acknowledging as it goes.
     """
     topic = "grp/p/c/sized"
     limit = 1 << 20
@@ -294,6 +299,8 @@ def test_retention_by_size_drops_the_oldest_groups_and_keeps_the_rest_exactly(cl
         assert sorted(queried) == sorted(v for g in kept for v in written[g]), (len(queried),)
         # the subscription whose group went while it had no consumer: the
         # next consumer is told, then reads exactly the kept records, in order
+        # -- as a client of protocol version 1 (older clients keep working)
+        monkeypatch.setattr(client_conn, "OFFERED_VERSIONS", (1,))
         back = Consumer(cluster.client("n1"), topic, "sized-away", consumer_id="sized-away-2", **cluster.auth)
         try:
             got: list[bytes] = []
@@ -302,6 +309,7 @@ def test_retention_by_size_drops_the_oldest_groups_and_keeps_the_rest_exactly(cl
             while len(got) < len(want) and time.monotonic() < deadline:
                 msg = back.poll(1.0)
                 if msg is not None:
+                    assert msg.shard_id == NO_SHARD_ID, msg  # version 1: deliveries name no shard
                     if not got or msg.value not in got:
                         got.append(msg.value)
                     msg.ack()
