@@ -70,6 +70,10 @@ class DispatcherGroupSubs:
     def gsub_resets(self) -> int:
         return self.__dict__.get("gsub_reset_count", 0)
 
+    def gsub_stale_acks(self) -> int:
+        """Acknowledged offsets discarded because the ack named a shard its index had left."""
+        return self.__dict__.get("gsub_stale_ack_count", 0)
+
     def _gsub_subscribe(self, conn: int, corr: int, m: Any, consumer: str, spec: dict, first: bool) -> bool:
         """Handle a SubscribeRequest on a topic with groups; False for a topic without."""
         if spec.get("shard_group_ms") is None:
@@ -200,7 +204,7 @@ class DispatcherGroupSubs:
             offsets = tuple(m.offsets)
             if m.shard_id != NO_SHARD:  # (version 2) the ack names the shard its records came from
                 if f"{w.topic}#{m.shard_id}" != s.shard:  # a shard this index left: a stale ack
-                    self.__dict__["gsub_stale_acks"] = self.__dict__.get("gsub_stale_acks", 0) + len(offsets)
+                    self.__dict__["gsub_stale_ack_count"] = self.gsub_stale_acks() + len(offsets)
                     self.record("dispatcher.stale_ack", topic=w.topic, subscription=w.subscription,
                                 index=m.shard, shard_id=m.shard_id, offsets=len(offsets))
                     offsets = ()
