@@ -50,7 +50,7 @@ NO_SHARD = 0xFFFF_FFFF
 
 
 class _Walk:
-    __slots__ = ("topic", "subscription", "mode", "consumer", "walk", "subs", "hi", "reset", "ready")
+    __slots__ = ("topic", "subscription", "mode", "consumer", "walk", "subs", "hi", "reset", "ready", "recorded")
 
     def __init__(self, topic: str, subscription: str, mode: str, consumer: str, indices: int) -> None:
         self.topic, self.subscription, self.mode, self.consumer = topic, subscription, mode, consumer
@@ -59,6 +59,7 @@ class _Walk:
         self.hi: dict[int, int] = {}  # index -> highest offset delivered from the current shard
         self.reset: set[int] = set()  # indices reset to a new shard (acks above ``hi`` are stale)
         self.ready = False  # the recorded positions are read: the walk may take views
+        self.recorded: dict[int, int | None] = {}  # index -> the position last seen in the agency (None: none)
 
 
 class DispatcherGroupSubs:
@@ -128,6 +129,7 @@ class DispatcherGroupSubs:
                 if str(k).isdigit() and isinstance(v, int):
                     positions[int(k)] = v
             w.walk.resume(positions)
+            w.recorded = {i: positions.get(i) for i in w.subs}
             w.ready = True
             gl = self._group_list(w.topic)
             if gl is not None:
@@ -167,9 +169,38 @@ class DispatcherGroupSubs:
                 w.hi[e.index] = -1
                 self.subs[(s.shard, s.subscription, s.consumer)] = s
                 self._send_subscribe(s, now)
-                # where a later consumer resumes (and learns of drops meanwhile)
-                self._agency(Txn((Mutation(walks_path(w.topic, w.subscription, e.index), "set", e.shard),)),
-                             lambda _reply: None)
+                self._gsub_record(w, e.index, e.shard)
+
+    def _gsub_record(self, w: _Walk, index: int, shard: int, tries: int = 3) -> None:
+        """Record that the subscription's index ``index`` reads ``shard`` now
+        (where a later consumer resumes, and learns of drops meanwhile).
+        Positions only move forward: consumers of one subscription on other
+        nodes record too, and a slower one must not write an older shard
+        over a newer one -- so the write is conditional on the value last
+        seen, and a refused one re-reads and stops if the record is ahead."""
+        from protocol.agency import Precondition, Read
+
+        path = walks_path(w.topic, w.subscription, index)
+        was = w.recorded.get(index)
+        if was is not None and was >= shard:
+            return
+        pre = Precondition(path, "absent") if was is None else Precondition(path, "equals", was)
+
+        def reread(reply: Any) -> None:
+            if reply.status != "ok" or not isinstance(reply.result, dict):
+                return
+            now = reply.result["values"][0]
+            w.recorded[index] = now if isinstance(now, int) else None
+            self._gsub_record(w, index, shard, tries - 1)
+
+        def written(reply: Any) -> None:
+            if reply.status == "ok" and isinstance(reply.result, dict) and reply.result.get("ok"):
+                w.recorded[index] = max(shard, w.recorded.get(index) or 0)
+            elif reply.status == "ok" and tries > 1:  # someone else recorded meanwhile: look
+                self._agency(Read((path,)), reread)
+            # (no answer: the next attach of this index writes again)
+
+        self._agency(Txn((Mutation(path, "set", shard),), (pre,)), written)
 
     def _gsub_report(self, w: _Walk, s: Any, e: Reset) -> None:
         from protocol.frames import SubscriptionReset

@@ -39,6 +39,8 @@ class Host(DispatcherGroupSubs, DispatcherSubs):
         self.frames: list[tuple[int, int, Any]] = []
         self.sent: list[tuple[Any, Any]] = []
         self.logged: list[tuple[str, str, dict]] = []
+        self.hold = False  # True: agency calls wait in ``held`` until released one by one
+        self.held: list[tuple[Any, Any]] = []
 
     def now(self) -> float:
         return 0.0
@@ -59,12 +61,27 @@ class Host(DispatcherGroupSubs, DispatcherSubs):
         return self.gl if topic == TOPIC else None
 
     def _agency(self, op: Any, on_reply: Any) -> None:
+        if self.hold:
+            self.held.append((op, on_reply))
+            return
+        self._answer(op, on_reply)
+
+    def release_one(self) -> None:
+        self._answer(*self.held.pop(0))
+
+    def _answer(self, op: Any, on_reply: Any) -> None:
         if isinstance(op, Read):
             prefix = op.paths[0] + "/"
             tree = {p[len(prefix):]: v for p, v in self.agency.items() if p.startswith(prefix)}
-            on_reply(AgencyReply("c", 1, "ok", {"revision": 1, "values": [tree or None]}))
+            value = self.agency.get(op.paths[0], tree or None)  # a leaf's value, or the tree below
+            on_reply(AgencyReply("c", 1, "ok", {"revision": 1, "values": [value]}))
         else:
             assert isinstance(op, Txn)
+            for pre in op.preconditions:
+                have = self.agency.get(pre.path)
+                if (pre.kind, have is None) == ("absent", False) or (pre.kind == "equals" and have != pre.value):
+                    on_reply(AgencyReply("c", 1, "ok", {"ok": False}))
+                    return
             for mu in op.mutations:
                 self.agency[mu.path] = mu.value
             on_reply(AgencyReply("c", 1, "ok", {"ok": True}))
@@ -136,6 +153,23 @@ def test_a_subscription_that_moved_on_resumes_where_it_was_not_at_the_oldest_gro
     again = Host(agency)  # group 0 is still live, but this subscription is done with it
     again.attach(conn=2)
     assert again.subscribed_to() == [f"{TOPIC}#1"] and again.resets(2) == []
+
+
+def test_a_slower_consumer_of_the_subscription_never_records_an_older_position() -> None:
+    agency: dict[str, Any] = {}
+    slow, fast = Host(agency), Host(agency)
+    slow.hold = True  # the slow node's agency calls are late
+    slow.attach(conn=2, consumer="b")
+    slow.release_one()  # its read: nothing recorded yet; it attaches to group 0 ...
+    assert slow.subscribed_to() == [f"{TOPIC}#0"] and len(slow.held) == 1  # ... and its write waits
+    fast.attach(conn=1, consumer="a")
+    fast.leader_answers(0, conn=1, consumer="a", drained=True)  # group 0 done: on to group 1
+    assert agency == {walks_path(TOPIC, "s", 0): 1}
+    slow.release_one()  # the slow write of group 0 arrives: refused (the record moved) ...
+    slow.release_one()  # ... re-read: the record is ahead, nothing more to write
+    assert slow.held == [] and agency == {walks_path(TOPIC, "s", 0): 1}
+    slow.leader_answers(0, conn=2, consumer="b", drained=True)
+    assert slow.held == []  # group 1 is recorded already: no write at all
 
 
 def test_an_ack_racing_a_reset_is_discarded_not_applied_to_the_next_groups_records() -> None:
