@@ -898,7 +898,8 @@ class Dispatcher(ChorusActor, DispatcherMqtt, DispatcherUsers, DispatcherHandoff
                 fail(409, "conflict", error)
             elif "unknown topic" in e or "does not exist" in e or "no such" in e:
                 fail(404, "not_found", error)
-            elif "no active supervisor" in e or "starting" in e or "timed out" in e or "no answer" in e:
+            elif ("no active supervisor" in e or "starting" in e or "timed out" in e or "no answer" in e
+                  or "not ready" in e or e.endswith("; retry")):  # (e.g. the topic's shard groups are changing)
                 fail(503, "unavailable", error)
             else:
                 fail(400, "bad_request", error)

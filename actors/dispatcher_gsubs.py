@@ -15,26 +15,42 @@ group and reports it:
 * a ``SubscriptionReset`` push frame to the consumer's connection, which
   the client logs and keeps (``Consumer.resets``).
 
+Every attach is also recorded in the agency (``walks_path(topic,
+subscription, index)`` -> shard id), and a consumer that attaches first
+reads it: its walk resumes at the recorded shards, and an index whose
+recorded shard was dropped while no consumer was attached is reset and
+reported -- the same three ways, to the consumer that attaches now.
+Without the record nothing would remember the subscription was ever
+there: the dropped shard took its cursor with it.
+
 Cursors stay per shard id, in each shard's own log, so acknowledgements,
 redelivery and failover work unchanged; deliveries and acks name the
 shard *index*, which maps to the shard the index is attached to now.
-After a reset, acks of offsets above the highest this connection was
-delivered from the new shard are ignored: they were meant for records of
-the dropped group.
+Since protocol version 2 a delivery also names the shard id its records
+came from and an ack names it back: an ack for a shard the index no longer
+reads (its group was dropped and the subscription reset, or it was
+drained and the walk moved on) is discarded, never applied to the new
+shard's records at the same offsets.  A version 1 client's acks carry no
+shard id; for them, after a reset, acks of offsets above the highest this
+connection was delivered from the new shard are ignored (they were meant
+for records of the dropped group) -- which leaves a window of one round
+trip in which such an ack can still hit a new record.
 """
 from __future__ import annotations
 
 from typing import Any
 
 from actors.group_walk import Attach, Detach, GroupWalk, Reset
+from protocol.agency import Mutation, Txn
 from protocol.consume import Unsubscribe
+from protocol.groups import walks_path
 
 RESETS_LOG_MAX = 50  # the last resets kept for the metrics snapshot
 NO_SHARD = 0xFFFF_FFFF
 
 
 class _Walk:
-    __slots__ = ("topic", "subscription", "mode", "consumer", "walk", "subs", "hi", "reset")
+    __slots__ = ("topic", "subscription", "mode", "consumer", "walk", "subs", "hi", "reset", "ready", "recorded")
 
     def __init__(self, topic: str, subscription: str, mode: str, consumer: str, indices: int) -> None:
         self.topic, self.subscription, self.mode, self.consumer = topic, subscription, mode, consumer
@@ -42,6 +58,8 @@ class _Walk:
         self.subs: dict[int, Any] = {}  # index -> _Sub
         self.hi: dict[int, int] = {}  # index -> highest offset delivered from the current shard
         self.reset: set[int] = set()  # indices reset to a new shard (acks above ``hi`` are stale)
+        self.ready = False  # the recorded positions are read: the walk may take views
+        self.recorded: dict[int, int | None] = {}  # index -> the position last seen in the agency (None: none)
 
 
 class DispatcherGroupSubs:
@@ -52,6 +70,10 @@ class DispatcherGroupSubs:
 
     def gsub_resets(self) -> int:
         return self.__dict__.get("gsub_reset_count", 0)
+
+    def gsub_stale_acks(self) -> int:
+        """Acknowledged offsets discarded because the ack named a shard its index had left."""
+        return self.__dict__.get("gsub_stale_ack_count", 0)
 
     def _gsub_subscribe(self, conn: int, corr: int, m: Any, consumer: str, spec: dict, first: bool) -> bool:
         """Handle a SubscribeRequest on a topic with groups; False for a topic without."""
@@ -85,14 +107,41 @@ class DispatcherGroupSubs:
             s.shard = ""
             w.subs[i] = s
             mine.append(s)
-        self._gsub_apply(w, w.walk.view(gl))
+        self._gsub_resume(conn, corr, w)
         return True
+
+    def _gsub_resume(self, conn: int, corr: int, w: _Walk) -> None:
+        """Read where the subscription's indices were last attached (the
+        agency, ``walks_path``), then start the walk there: an index whose
+        recorded shard was dropped meanwhile is reset -- and the reset
+        reported to this consumer."""
+        from protocol.agency import Read
+
+        def read(reply: Any) -> None:
+            if self._gsubs().get((conn, corr)) is not w:
+                return  # the consumer left meanwhile
+            tree = reply.result["values"][0] if reply.status == "ok" and isinstance(reply.result, dict) else None
+            if reply.status != "ok":
+                self.log_event("warning", "subscription positions unreadable", topic=w.topic,
+                               subscription=w.subscription, error=reply.error or reply.status)
+            positions = {}
+            for k, v in (tree or {}).items() if isinstance(tree, dict) else ():
+                if str(k).isdigit() and isinstance(v, int):
+                    positions[int(k)] = v
+            w.walk.resume(positions)
+            w.recorded = {i: positions.get(i) for i in w.subs}
+            w.ready = True
+            gl = self._group_list(w.topic)
+            if gl is not None:
+                self._gsub_apply(w, w.walk.view(gl))
+
+        self._agency(Read((walks_path(w.topic, w.subscription),)), read)
 
     def _gsub_view(self) -> None:
         """After each poll: walk every subscription with the new group lists."""
         for w in list(self._gsubs().values()):
             gl = self._group_list(w.topic)
-            if gl is not None:
+            if gl is not None and w.ready:
                 self._gsub_apply(w, w.walk.view(gl))
 
     def _gsub_drained(self, s: Any) -> None:
@@ -120,6 +169,38 @@ class DispatcherGroupSubs:
                 w.hi[e.index] = -1
                 self.subs[(s.shard, s.subscription, s.consumer)] = s
                 self._send_subscribe(s, now)
+                self._gsub_record(w, e.index, e.shard)
+
+    def _gsub_record(self, w: _Walk, index: int, shard: int, tries: int = 3) -> None:
+        """Record that the subscription's index ``index`` reads ``shard`` now
+        (where a later consumer resumes, and learns of drops meanwhile).
+        Positions only move forward: consumers of one subscription on other
+        nodes record too, and a slower one must not write an older shard
+        over a newer one -- so the write is conditional on the value last
+        seen, and a refused one re-reads and stops if the record is ahead."""
+        from protocol.agency import Precondition, Read
+
+        path = walks_path(w.topic, w.subscription, index)
+        was = w.recorded.get(index)
+        if was is not None and was >= shard:
+            return
+        pre = Precondition(path, "absent") if was is None else Precondition(path, "equals", was)
+
+        def reread(reply: Any) -> None:
+            if reply.status != "ok" or not isinstance(reply.result, dict):
+                return
+            now = reply.result["values"][0]
+            w.recorded[index] = now if isinstance(now, int) else None
+            self._gsub_record(w, index, shard, tries - 1)
+
+        def written(reply: Any) -> None:
+            if reply.status == "ok" and isinstance(reply.result, dict) and reply.result.get("ok"):
+                w.recorded[index] = max(shard, w.recorded.get(index) or 0)
+            elif reply.status == "ok" and tries > 1:  # someone else recorded meanwhile: look
+                self._agency(Read((path,)), reread)
+            # (no answer: the next attach of this index writes again)
+
+        self._agency(Txn((Mutation(path, "set", shard),), (pre,)), written)
 
     def _gsub_report(self, w: _Walk, s: Any, e: Reset) -> None:
         from protocol.frames import SubscriptionReset
@@ -152,7 +233,13 @@ class DispatcherGroupSubs:
                     m.topic, m.subscription, consumer):
                 continue
             offsets = tuple(m.offsets)
-            if m.shard in w.reset:  # acks of the dropped group's records must not hit the new shard's
+            if m.shard_id != NO_SHARD:  # (version 2) the ack names the shard its records came from
+                if f"{w.topic}#{m.shard_id}" != s.shard:  # a shard this index left: a stale ack
+                    self.__dict__["gsub_stale_ack_count"] = self.gsub_stale_acks() + len(offsets)
+                    self.record("dispatcher.stale_ack", topic=w.topic, subscription=w.subscription,
+                                index=m.shard, shard_id=m.shard_id, offsets=len(offsets))
+                    offsets = ()
+            elif m.shard in w.reset:  # (version 1) acks of the dropped group's records must not hit the new shard's
                 offsets = tuple(o for o in offsets if o <= w.hi.get(m.shard, -1))
             return s, offsets
         return None

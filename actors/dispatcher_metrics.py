@@ -133,6 +133,7 @@ class DispatcherMetrics:
                 "handoff": self._hh_status_json(), "failovers": res.get("failovers"),
                 "leader_changes": self.leader_changes, "leader_log": list(self.leader_log),
                 "subscription_resets": self.gsub_resets(),
+                "subscription_stale_acks": self.gsub_stale_acks(),
                 "mqtt": res.get("mqtt")})
 
         self._metrics_parts(parts, done)

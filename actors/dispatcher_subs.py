@@ -151,7 +151,8 @@ class DispatcherSubs:
         self._gsub_delivered(s, [o for o, _p, _r in msg.records])
         recs = tuple(DeliveredRecord(offset=o, redelivery=bool(r), payload=bytes(p)) for o, p, r in msg.records)
         self._frame(s.conn, s.corr, DeliveryFrame(topic=s.topic, shard=s.index, subscription=s.subscription,
-                                                  records=recs), answers=False)
+                                                  records=recs, shard_id=int(msg.shard.rpartition("#")[2])),
+                    answers=False)
 
     def _ack(self, conn: int, corr: int, m: AckRequest) -> None:
         shard = f"{m.topic}#{m.shard}"

@@ -18,6 +18,15 @@ consumer of one subscription, from two inputs:
     the move is reported as a :class:`Reset` (records were skipped, like
     Kafka's offset-out-of-range reset to the earliest offset).
 
+``resume(positions)``
+    Before the first view: the shard each index was attached to when the
+    subscription's last consumer left (recorded outside the shards, since
+    a dropped shard takes its cursors with it).  An index resumes at its
+    recorded shard while that shard is live; if retention dropped it
+    meanwhile, the index moves to its shard in the oldest remaining group
+    and the move is reported as a :class:`Reset` -- to the consumer that
+    attaches now, although no consumer was attached when the group went.
+
 ``drained(shard_id)``
     The shard's leader reported that the shard's group is closed for good
     and every record of it is acknowledged by this subscription.  The
@@ -80,6 +89,12 @@ class GroupWalk:
         self.done: set[int] = set()  # shard ids reported drained (only of the latest view)
         self.chains: dict[int, list[int]] = {}  # index -> its shard ids, oldest group first
         self.newest_seen = -1  # highest shard id ever in a view: a view without it is stale
+        self.resumed: dict[int, int] = {}  # index -> shard recorded by an earlier consumer (not attached yet)
+
+    def resume(self, positions: dict[int, int]) -> None:
+        """Where an earlier consumer of the subscription left each index
+        (index -> shard id); call before the first :meth:`view`."""
+        self.resumed = {int(i): int(s) for i, s in positions.items() if 0 <= int(i) < self.indices}
 
     def attached(self, index: int) -> int | None:
         return self.at.get(index)
@@ -109,7 +124,18 @@ class GroupWalk:
             chain = self.chains.get(i, [])
             cur = self.at.get(i)
             target = cur
-            if cur is None:
+            if cur is None and i in self.resumed:
+                was = self.resumed[i]
+                later = [s for s in chain if s > was]
+                if was in chain:
+                    target = was
+                elif not later:
+                    continue  # a view older than the recorded shard's group: wait for a fresher one
+                else:  # dropped while no consumer was attached: report it to this one
+                    target = later[-1] if self.bug == "reset_to_newest" else later[0]
+                    resets.append(Reset(i, was, target))
+                del self.resumed[i]
+            elif cur is None:
                 target = chain[0] if chain else None
             elif cur not in chain:
                 later = [s for s in chain if s > cur]

@@ -71,7 +71,7 @@ from protocol.node import (
     TruncateShards,
 )
 from protocol.shard import Assign, Fence, HandoverReady, Position, ReplicaState, ShardBugs, SupervisorBoot
-from protocol.groups import groups_path
+from protocol.groups import groups_path, walks_path
 from protocol.topics import TopicName, TopicSpec, topic_path
 
 PLAN_ROOT = "/chorus/plan/shards"
@@ -276,7 +276,7 @@ class SupervisorCore(SupervisorGroups):
         if isinstance(m, DeleteTopic):
             muts = [Mutation(path, "delete")] + [Mutation(plan_path(s), "delete") for s in old_shards]
             if spec.shard_group_ms is not None:
-                muts.append(Mutation(groups_path(str(spec.name)), "delete"))
+                muts += [Mutation(groups_path(str(spec.name)), "delete"), Mutation(walks_path(str(spec.name)), "delete")]
             self._agency("topic_write", (m, reply_to, (), (), old_shards),
                          Txn(tuple(muts), (Precondition(path, "equals", current),)))
             return

@@ -54,7 +54,7 @@ from protocol.consume import Mode
 from protocol.records import BATCH_BYTES_MAX
 
 __all__ = [
-    "MAGIC", "PROTOCOL_VERSION", "BASE_VERSION", "SUPPORTED_VERSIONS", "HEADER_BYTES", "FRAME_BYTES_MAX",
+    "MAGIC", "NO_SHARD_ID", "PROTOCOL_VERSION", "BASE_VERSION", "SUPPORTED_VERSIONS", "HEADER_BYTES", "FRAME_BYTES_MAX",
     "ERROR_MESSAGE_BYTES_MAX",
     "ErrorCode", "Level", "Auth", "Mode", "ProtocolError",
     "Message", "Frame", "Limits", "ShardMetadata", "TopicMetadata",
@@ -69,9 +69,12 @@ __all__ = [
 ]
 
 MAGIC = b"\xc4\x05"
-PROTOCOL_VERSION = 1  # the newest version this code speaks
+NO_SHARD_ID = 0xFFFF_FFFF  # AckRequest/Delivery.shard_id not given (and SubscriptionReset: no next shard)
+PROTOCOL_VERSION = 2  # the newest version this code speaks
 BASE_VERSION = 1  # Handshake, HandshakeOk and ErrorResponse are framed with this version, forever
-SUPPORTED_VERSIONS: tuple[int, ...] = (1,)
+# 2: Delivery and AckRequest carry ``shard_id`` (which shard group's shard a
+# delivered record came from, and which one an acknowledgement is meant for)
+SUPPORTED_VERSIONS: tuple[int, ...] = (1, 2)
 
 _HEADER = struct.Struct(">2sBBBII")  # magic, version, type, flags, correlation id, body length
 HEADER_BYTES = _HEADER.size  # 13
@@ -378,6 +381,7 @@ class _List(_Wire):
 
 class _Nested(_Wire):
     def __init__(self, cls: type["_Struct"]) -> None:
+        assert not getattr(cls, "_versioned", False), f"nested {cls.__name__} has fields of later versions"
         self.cls = cls
         self.name = cls.__name__
         self.min_size = sum(w.min_size for _, w in cls._wire)
@@ -406,9 +410,13 @@ ERROR_CODE = _Enum("ErrorCode", "error code", {c: c.value for c in ErrorCode}, s
 _NO_DEFAULT: Any = dataclasses.MISSING
 
 
-def wire(kind: _Wire, default: Any = _NO_DEFAULT, *, repr: bool = True) -> Any:  # noqa: A002
-    """A dataclass field that travels as ``kind``."""
-    return dataclasses.field(default=default, repr=repr, metadata={"wire": kind})
+def wire(kind: _Wire, default: Any = _NO_DEFAULT, *, repr: bool = True, since: int = 1) -> Any:  # noqa: A002
+    """A dataclass field that travels as ``kind`` -- in frames of protocol
+    version ``since`` and later; frames of older versions leave it out and
+    decode it as ``default`` (only frame messages, not nested structures,
+    may have such fields)."""
+    assert since == 1 or default is not _NO_DEFAULT, "a field added by a later version needs a default"
+    return dataclasses.field(default=default, repr=repr, metadata={"wire": kind, "since": since})
 
 
 # -- structures and messages ------------------------------------------------
@@ -418,6 +426,8 @@ class _Struct:
     """Base of every encoded structure: fields in declaration order."""
 
     _wire: ClassVar[tuple[tuple[str, _Wire], ...]] = ()
+    # per protocol version: the fields that travel in it (frame messages only)
+    _wire_of: ClassVar[dict[int, tuple[tuple[str, _Wire], ...]]] = {}
 
     def __post_init__(self) -> None:
         for name, kind in self._wire:
@@ -429,16 +439,21 @@ class _Struct:
             if checked is not value:
                 object.__setattr__(self, name, checked)
 
-    def _put(self, out: list[bytes]) -> None:
-        for name, kind in self._wire:
+    def _put(self, out: list[bytes], version: int = PROTOCOL_VERSION) -> None:
+        for name, kind in self._wire_of.get(version, self._wire):
             kind.put(getattr(self, name), out)
 
     @classmethod
-    def _get(cls, r: _Reader) -> Any:
+    def _get(cls, r: _Reader, version: int = PROTOCOL_VERSION) -> Any:
         # Decoded values are valid by construction: skip __init__'s checks.
         obj = object.__new__(cls)
         setattr_ = object.__setattr__
-        for name, kind in cls._wire:
+        wires = cls._wire_of.get(version, cls._wire)
+        if wires is not cls._wire:  # fields of later versions: their defaults
+            for f in dataclasses.fields(cls):
+                if f.metadata.get("since", 1) > version:
+                    setattr_(obj, f.name, f.default)
+        for name, kind in wires:
             try:
                 setattr_(obj, name, kind.get(r))
             except _Bad as e:
@@ -454,8 +469,11 @@ def _structure(cls: type) -> type:
     for f in dataclasses.fields(cls):
         kind = f.metadata.get("wire")
         assert isinstance(kind, _Wire), f"{cls.__name__}.{f.name} has no wire type"
-        spec.append((f.name, kind))
-    cls._wire = tuple(spec)
+        spec.append((f.name, kind, f.metadata.get("since", 1)))
+    cls._wire = tuple((name, kind) for name, kind, _ in spec)
+    cls._wire_of = {v: tuple((name, kind) for name, kind, since in spec if since <= v) for v in SUPPORTED_VERSIONS}
+    if any(since > 1 for _, _, since in spec):  # only frame messages (not nested structures) are versioned
+        cls._versioned = True
     return cls
 
 
@@ -464,10 +482,10 @@ class Message(_Struct):
 
     TYPE: ClassVar[int]
 
-    def encode(self) -> bytes:
-        """The body bytes (no header)."""
+    def encode(self, version: int = PROTOCOL_VERSION) -> bytes:
+        """The body bytes (no header) in protocol ``version``."""
         out: list[bytes] = []
-        self._put(out)
+        self._put(out, version)
         return b"".join(out)
 
     @classmethod
@@ -478,7 +496,7 @@ class Message(_Struct):
         view = memoryview(body)
         r = _Reader(view)
         try:
-            msg = cls._get(r)
+            msg = cls._get(r, version)
         except _Bad as e:
             where = "".join(reversed(e.path)).lstrip(".")
             raise ProtocolError(ErrorCode.MALFORMED,
@@ -616,6 +634,11 @@ class AckRequest(Message):
     consumer_id: str = wire(STR)
     offsets: tuple[int, ...] = wire(_List(U64))
     nack: bool = wire(BOOL, False)  # True: negative acknowledgement, redeliver these offsets
+    # (version 2) the shard id the acknowledged records were delivered from
+    # (Delivery.shard_id); NO_SHARD_ID: not said (version 1), the shard the
+    # index reads now.  An ack naming a shard the index no longer reads (its
+    # group was dropped by retention) is discarded, not applied to the next.
+    shard_id: int = wire(U32, NO_SHARD_ID, since=2)
 
 
 @_frame(0x0C)
@@ -746,6 +769,10 @@ class Delivery(Message):
     shard: int = wire(U32)
     subscription: str = wire(STR)
     records: tuple[DeliveredRecord, ...] = wire(_List(_Nested(DeliveredRecord)), ())
+    # (version 2) the shard the records are from: the shard id of index
+    # ``shard`` in the shard group being read (= ``shard`` on a topic without
+    # groups); acknowledgements name it back (AckRequest.shard_id)
+    shard_id: int = wire(U32, NO_SHARD_ID, since=2)
 
 
 @_frame(0x22)
@@ -827,7 +854,7 @@ def encode_frame(message: Message, correlation_id: int, *, version: int = PROTOC
     if version not in SUPPORTED_VERSIONS:
         raise ValueError(f"unsupported protocol version {version} (supported: {SUPPORTED_VERSIONS})")
     out: list[bytes] = [b""]
-    message._put(out)
+    message._put(out, version)
     body_length = sum(map(len, out))
     if HEADER_BYTES + body_length > frame_bytes_max:
         raise ValueError(f"{type(message).__name__} frame of {HEADER_BYTES + body_length} bytes exceeds "

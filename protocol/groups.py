@@ -49,6 +49,24 @@ def groups_path(topic: str) -> str:
     return f"{GROUPS_ROOT}/{topic}"
 
 
+# Where each subscription of a topic with groups was last attached, per
+# shard index (-> shard id), written by the Dispatcher whenever a walk
+# attaches (actors/dispatcher_gsubs.py): a subscription whose shard is
+# dropped while no consumer is attached is told so when one attaches.
+WALKS_ROOT = "/chorus/walks"
+
+
+def walks_path(topic: str, subscription: str | None = None, index: int | None = None) -> str:
+    """``/chorus/walks/<topic>[/<subscription>[/<index>]]`` ('/' and '%' in
+    the subscription name escaped, so one name is one path segment)."""
+    out = f"{WALKS_ROOT}/{topic}"
+    if subscription is not None:
+        out += "/" + subscription.replace("%", "%25").replace("/", "%2F")
+        if index is not None:
+            out += f"/{index}"
+    return out
+
+
 def align_end(now_ms: int, duration_ms: int) -> int:
     """The first multiple of ``duration_ms`` after ``now_ms`` (group ends are
     aligned, like calendar hours or days)."""

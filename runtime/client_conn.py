@@ -33,6 +33,9 @@ RESPONSE_GRACE_S = 2.0  # a produce waits this much longer than the timeout_ms i
 
 _RECEIVE_FRAME_BYTES_MAX = 64 << 20  # largest frame the client accepts from a node
 _READ_BYTES = 1 << 16
+# The protocol versions new connections offer in their handshake (the node
+# picks the highest it speaks too); tests narrow it to play an older client.
+OFFERED_VERSIONS: tuple[int, ...] = fr.SUPPORTED_VERSIONS
 _U32_MAX = 0xFFFF_FFFF
 # Bytes a record may add to a batch body besides its key, value and headers
 # (one entry in each of the four per-record columns, at their widest), and
@@ -134,6 +137,9 @@ class Message:
     value: bytes
     redelivery: bool = False
     subscription: str = ""
+    # the shard the record came from (on a topic with shard groups: the
+    # index's shard in the group being read); acknowledgements name it
+    shard_id: int = fr.NO_SHARD_ID
     _settle: Callable[["Message", bool], Any] | None = field(default=None, repr=False, compare=False)
 
     def ack(self) -> Any:
@@ -300,7 +306,7 @@ class _Connection:
 
     async def _handshake(self, client_id: str, username: str, password: str) -> None:
         auth = fr.Auth.PASSWORD if username or password else fr.Auth.NONE
-        hello = fr.Handshake(client_id=client_id, versions=fr.SUPPORTED_VERSIONS, auth=auth,
+        hello = fr.Handshake(client_id=client_id, versions=OFFERED_VERSIONS, auth=auth,
                              username=username, password=password)
         self._writer.write(fr.encode_frame(hello, self._take_corr(), version=fr.BASE_VERSION))
         await self._writer.drain()
@@ -318,10 +324,10 @@ class _Connection:
             raise error_for(first.code, f"{self.address} refused the handshake: {first.message or first.code.name}")
         if not isinstance(first, fr.HandshakeOk):
             raise ChorusConnectionError(f"{self.address} answered the handshake with {type(first).__name__}")
-        if first.version not in fr.SUPPORTED_VERSIONS:
+        if first.version not in OFFERED_VERSIONS:
             raise ChorusError(ErrorCode.UNSUPPORTED_VERSION,
                               f"{self.address} chose protocol version {first.version}, this client speaks "
-                              f"{list(fr.SUPPORTED_VERSIONS)}")
+                              f"{list(OFFERED_VERSIONS)}")
         self.node_id, self.cluster_id, self.version, self.limits = (
             first.node_id, first.cluster_id, first.version, first.limits)
         self._slots = asyncio.Semaphore(max(1, self.limits.max_in_flight))

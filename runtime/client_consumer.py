@@ -170,7 +170,7 @@ class AsyncConsumer(_AsyncContext):
                 self.resets.append(d)
             return
         settle = self._settle
-        msgs = [Message(d.topic, d.shard, r.offset, r.payload, r.redelivery, d.subscription, settle)
+        msgs = [Message(d.topic, d.shard, r.offset, r.payload, r.redelivery, d.subscription, d.shard_id, settle)
                 for r in d.records]
         with self._lock:
             self._messages.extend(msgs)
@@ -229,7 +229,7 @@ class AsyncConsumer(_AsyncContext):
             if opened:
                 r = self._round = _AckRound(None if self._blocking else self._loop)
                 self._rounds[r] = None
-            r.groups.setdefault((msg.shard, nack), []).append(msg.offset)
+            r.groups.setdefault((msg.shard, msg.shard_id, nack), []).append(msg.offset)
             r.count += 1
             wake = opened or r.count == self.ack_batch_max
         if wake:
@@ -276,13 +276,14 @@ class AsyncConsumer(_AsyncContext):
                 await self._send_round(r)
 
     async def _send_round(self, r: "_AckRound") -> None:
-        async def send(shard: int, nack: bool, offsets: list[int]) -> None:
+        async def send(shard: int, shard_id: int, nack: bool, offsets: list[int]) -> None:
             req = fr.AckRequest(topic=self.topic, shard=shard, subscription=self.subscription,
-                                consumer_id=self.consumer_id, offsets=tuple(offsets), nack=nack)
+                                consumer_id=self.consumer_id, offsets=tuple(offsets), nack=nack, shard_id=shard_id)
             resp = await self._cluster.call(req)
             if not isinstance(resp, fr.AckResponse):
                 raise ChorusError(None, f"unexpected answer {type(resp).__name__} to an AckRequest")
-        results = await asyncio.gather(*(send(shard, nack, offsets) for (shard, nack), offsets in r.groups.items()),
+        results = await asyncio.gather(*(send(shard, shard_id, nack, offsets)
+                                         for (shard, shard_id, nack), offsets in r.groups.items()),
                                        return_exceptions=True)
         error = next((e for e in results if isinstance(e, BaseException)), None)
         if error is not None and not isinstance(error, ChorusError):
@@ -311,13 +312,13 @@ class AsyncConsumer(_AsyncContext):
 
 class _AckRound:
     """The acknowledgements collected during one ``ack_interval_ms``, sent
-    as one ``AckRequest`` per shard and kind; every ``ack()`` of the round
+    as one ``AckRequest`` per shard (index and shard id) and kind; every ``ack()`` of the round
     returns the round's one future."""
 
     __slots__ = ("groups", "count", "future", "done")
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None) -> None:
-        self.groups: dict[tuple[int, bool], list[int]] = {}
+        self.groups: dict[tuple[int, int, bool], list[int]] = {}  # (index, shard id, nack) -> offsets
         self.count = 0
         self.future: Any = loop.create_future() if loop is not None else concurrent.futures.Future()
         self.done = False

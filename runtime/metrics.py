@@ -200,6 +200,9 @@ class ChorusCollector(Collector):
         yield c("chorus_subscription_resets", "Times a subscription's consumer on this node skipped records: "
                 "its shard group was dropped by retention before it acknowledged all of it",
                 value=s.get("subscription_resets", 0))
+        yield c("chorus_subscription_stale_acks", "Acknowledged records discarded on this node: the ack named a "
+                "shard group's shard its subscription no longer reads (the group was dropped, or read to its end)",
+                value=s.get("subscription_stale_acks", 0))
 
     def _info(self, s: dict) -> Any:
         fam = GaugeMetricFamily("chorus_node_info", "This node (value 1)", labels=["node_id", "version"])

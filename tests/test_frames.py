@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+from dataclasses import replace
 import re
 import struct
 from datetime import timedelta
@@ -20,6 +21,7 @@ from protocol.frames import (
     FRAME_TYPES,
     HEADER_BYTES,
     MAGIC,
+    NO_SHARD_ID,
     PROTOCOL_VERSION,
     REQUEST_TYPES,
     RESPONSE_TYPES,
@@ -109,7 +111,7 @@ MESSAGES = {
                                 consumer_id=text),
     SubscribeResponse: st.builds(SubscribeResponse, active=st.booleans()),
     AckRequest: st.builds(AckRequest, topic=text, shard=u32, subscription=text, consumer_id=text,
-                          offsets=tuples(u64, 8), nack=st.booleans()),
+                          offsets=tuples(u64, 8), nack=st.booleans(), shard_id=u32),
     AckResponse: st.just(AckResponse()),
     CommitRequest: st.builds(CommitRequest, topic=text, shard=u32, subscription=text, offset=u64),
     CommitResponse: st.just(CommitResponse()),
@@ -118,7 +120,7 @@ MESSAGES = {
     ErrorResponse: st.builds(ErrorResponse, code=st.sampled_from(ErrorCode), message=text),
     Delivery: st.builds(Delivery, topic=text, shard=u32, subscription=text,
                         records=tuples(st.builds(DeliveredRecord, offset=u64, redelivery=st.booleans(),
-                                                 payload=blobs), 4)),
+                                                 payload=blobs), 4), shard_id=u32),
     GroupsRequest: st.builds(GroupsRequest, topic=text),
     GroupsResponse: st.builds(GroupsResponse, topic=text, groups=tuples(st.builds(
         GroupMetadata, group=u32, start_ms=u64, end_ms=u64, shard_ids=tuples(u32, 3),
@@ -143,7 +145,7 @@ FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthChe
 FUZZ = settings(max_examples=300, deadline=timedelta(seconds=2), suppress_health_check=[HealthCheck.too_slow])
 
 
-def header(ftype: int, body_length: int, corr: int = 1, *, version: int = 1, flags: int = 0,
+def header(ftype: int, body_length: int, corr: int = 1, *, version: int = PROTOCOL_VERSION, flags: int = 0,
            magic: bytes = MAGIC) -> bytes:
     return HEADER.pack(magic, version, ftype, flags, corr, body_length)
 
@@ -221,10 +223,10 @@ def test_enum_fields_accept_plain_values() -> None:
 
 def test_golden_bytes() -> None:
     """The layout in docs/PROTOCOL.md, byte for byte."""
-    assert encode_frame(Heartbeat(), 7) == bytes.fromhex("c405 01 0f 00 00000007 00000000")
+    assert encode_frame(Heartbeat(), 7, version=1) == bytes.fromhex("c405 01 0f 00 00000007 00000000")
     produce = ProduceRequest(topic="t", shard=2, level=Level.QUORUM, producer_id=5, sequence=9, timeout_ms=1000,
                              batch=b"ab")
-    assert encode_frame(produce, 0x01020304) == bytes.fromhex(
+    assert encode_frame(produce, 0x01020304, version=1) == bytes.fromhex(
         "c405 01 05 00 01020304 0000001e"  # header: 30-byte body
         "0001 74"  # topic
         "00000002"  # shard
@@ -234,7 +236,7 @@ def test_golden_bytes() -> None:
         "000003e8"  # timeout ms
         "00000002 6162"  # batch
     )
-    assert encode_frame(ErrorResponse(code=ErrorCode.NOT_LEADER, message="é"), 9) == bytes.fromhex(
+    assert encode_frame(ErrorResponse(code=ErrorCode.NOT_LEADER, message="é"), 9, version=1) == bytes.fromhex(
         "c405 01 fe 00 00000009 00000006 0006 0002 c3a9")
     assert MetadataRequest(topics=("a", "bc")).encode() == bytes.fromhex("00000002 0001 61 0002 6263")
 
@@ -258,11 +260,37 @@ def test_password_is_not_in_repr() -> None:
     assert Handshake.decode(h.encode()).password == "hunter2"
 
 
+def test_version_2_adds_shard_id_to_delivery_and_ack_and_version_1_leaves_it_out() -> None:
+    """Version 2 appends ``shard_id`` to Delivery and AckRequest; a version 1
+    peer neither sends nor receives it (decoded as NO_SHARD_ID), so old
+    clients keep working unchanged."""
+    ack = AckRequest(topic="t", shard=1, subscription="s", consumer_id="c", offsets=(5,), shard_id=7)
+    v1 = bytes.fromhex("0001 74 00000001 0001 73 0001 63 00000001 0000000000000005 00")
+    assert ack.encode(version=1) == v1
+    assert ack.encode(version=2) == v1 + bytes.fromhex("00000007")
+    assert encode_frame(ack, 3, version=1) == bytes.fromhex("c405 01 0b 00 00000003") + len(v1).to_bytes(4, "big") + v1
+    assert AckRequest.decode(v1, 1) == replace(ack, shard_id=NO_SHARD_ID)
+    assert decode_frame(encode_frame(ack, 3, version=2)).message == ack
+    assert decode_frame(encode_frame(ack, 3, version=1)).message.shard_id == NO_SHARD_ID
+    with pytest.raises(ProtocolError, match="trailing bytes"):  # a version 2 body in a version 1 frame
+        AckRequest.decode(ack.encode(version=2), 1)
+    with pytest.raises(ProtocolError, match="field shard_id"):  # a version 1 body in a version 2 frame
+        AckRequest.decode(v1, 2)
+    d = Delivery(topic="t", shard=0, subscription="s", records=(DeliveredRecord(offset=1, payload=b"x"),),
+                 shard_id=4)
+    assert Delivery.decode(d.encode(version=1), 1) == replace(d, shard_id=NO_SHARD_ID)
+    assert Delivery.decode(d.encode(version=2), 2) == d
+    assert d.encode(version=2) == d.encode(version=1) + bytes.fromhex("00000004")
+    # a version 2 client and a version 1 server (or the reverse) agree on version 1
+    assert negotiate_version(SUPPORTED_VERSIONS, (1,)) == 1 and negotiate_version((1,)) == 1
+    assert negotiate_version(SUPPORTED_VERSIONS) == 2
+
+
 def test_negotiate_version() -> None:
     assert negotiate_version([1, 7, 9]) == 1
     assert negotiate_version([1, 2, 3], [1, 2]) == 2
     with pytest.raises(ProtocolError) as info:
-        negotiate_version([2, 3])
+        negotiate_version([3, 4])
     assert info.value.code is ErrorCode.UNSUPPORTED_VERSION and "no common protocol version" in info.value.message
     with pytest.raises(ProtocolError):
         negotiate_version([])
@@ -380,10 +408,10 @@ def test_bad_magic_detected_on_first_wrong_byte() -> None:
         decoder.feed(b"\x00")
 
 
-@pytest.mark.parametrize("version", [0, 2, 255])
+@pytest.mark.parametrize("version", [0, 3, 255])
 def test_unsupported_version(version: int) -> None:
     err = expect_error(raw_frame(Heartbeat.TYPE, b"", 42, version=version), ErrorCode.UNSUPPORTED_VERSION,
-                       rf"unsupported protocol version {version} \(accepted: 1\)")
+                       rf"unsupported protocol version {version} \(accepted: 1, 2\)")
     assert err.correlation_id == 42
 
 
@@ -570,7 +598,7 @@ def test_frame_decoder_arguments() -> None:
     with pytest.raises(ValueError):
         FrameDecoder(HEADER_BYTES - 1)
     with pytest.raises(ValueError):
-        FrameDecoder(versions=(2,))
+        FrameDecoder(versions=(3,))
     with pytest.raises(TypeError):
         FrameDecoder().feed("text")
     assert FrameDecoder(HEADER_BYTES).feed(encode_frame(Heartbeat(), 1))[0].message == Heartbeat()
@@ -690,4 +718,4 @@ def test_docs_list_every_error_code() -> None:
     for code in ErrorCode:
         assert re.search(rf"^\| {code.value} \| `{code.name}` \|", DOC, re.M), code
     assert f"{FRAME_BYTES_MAX}" in DOC and "0xC4 0x05" in DOC
-    assert SUPPORTED_VERSIONS == (PROTOCOL_VERSION,) == (1,)
+    assert SUPPORTED_VERSIONS == (1, PROTOCOL_VERSION) == (1, 2)

@@ -50,6 +50,30 @@ def test_a_drained_shard_that_is_dropped_is_no_reset() -> None:
     assert w2.view(groups(1, width=1)) == [Detach(0, 0), Attach(0, 1)]  # drained, then dropped: no skip
 
 
+def test_a_resumed_subscription_is_told_of_a_group_dropped_while_no_consumer_was_attached() -> None:
+    # an earlier consumer left index 0 in group 1 (shard 2), index 1 in group 2 (shard 5)
+    w = GroupWalk(2)
+    w.resume({0: 2, 1: 5})
+    # group 1 was dropped meanwhile: index 0 is reset to the oldest remaining
+    # group's shard and reported; index 1 goes on where it was (no reset,
+    # and not back to the oldest group, which it had drained)
+    assert w.view(groups(2, 3)) == [Reset(0, 2, 4), Attach(0, 4), Attach(1, 5)]
+    assert w.view(groups(2, 3)) == []  # reported once
+    # without a recorded position: a new subscription, at the oldest record, nothing to report
+    fresh = GroupWalk(2)
+    fresh.resume({})
+    assert fresh.view(groups(2, 3)) == [Attach(0, 4), Attach(1, 5)]
+    # a view older than the recorded shard's group: wait for a fresher one
+    late = GroupWalk(1)
+    late.resume({0: 3})
+    assert late.view(groups(0, 1, width=1)) == [] and late.attached(0) is None
+    assert late.view(groups(1, 2, 3, width=1)) == [Attach(0, 3)]
+    # the broken variant resets to the newest group instead
+    bad = GroupWalk(1, bug="reset_to_newest")
+    bad.resume({0: 0})
+    assert bad.view(groups(2, 3, width=1)) == [Reset(0, 0, 3), Attach(0, 3)]
+
+
 def test_a_stale_view_is_ignored() -> None:
     w = GroupWalk(1)
     w.view(groups(0, 1, width=1))

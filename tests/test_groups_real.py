@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from protocol.frames import NO_SHARD_ID
+from runtime import client_conn
 from runtime.client import Client, Consumer, Producer
 from runtime.realcluster import RealCluster
 
@@ -202,3 +204,122 @@ def test_retention_drops_a_whole_group_and_gives_its_disk_space_back(cluster: Re
     print(f"\nretention: group {g0['id']} ({written} records of {value_bytes} B) held {before} bytes on 3 nodes; "
           f"after the drop {after} bytes")
     assert after == 0
+
+
+def _truncate(c: RealCluster, topic: str, newest: int) -> list[dict]:
+    """truncate-shards, then wait until every node sees the new group (and it has leaders)."""
+    def truncated():  # 503 while the supervisor changes the topic's groups (a drop for size): try again
+        status, body = c.call("n1", "POST", f"/topics/{topic}/truncate-shards")
+        assert status in (200, 503), (status, body)
+        return status == 200
+
+    _wait("truncate-shards to be accepted", truncated, timeout_s=60)
+    for nid in sorted(c.cfgs):  # (retention may drop older groups meanwhile: look at the newest id)
+        _wait(f"{nid} sees a group after {newest}",
+              lambda nid=nid: _groups(c, nid, topic)[-1]["id"] > newest, timeout_s=60)
+    c.wait_leaders("n1", topic)
+    return _groups(c, "n1", topic)
+
+
+def test_retention_by_size_drops_the_oldest_groups_and_keeps_the_rest_exactly(cluster: RealCluster,
+                                                                            monkeypatch) -> None:
+    """A topic limited to 1 MiB per shard index: two closed groups of about
+    900 KiB, two of about 150 KiB and an open one.  The supervisor drops the
+    oldest closed groups until at most 1 MiB is left: g0 and g1 (with g1
+    still there the index holds ~1.2 MiB; without it ~0.3 MiB -- so the
+    outcome does not hang on how exactly RocksDB counts its bytes), from
+    the agency and from every node's disk; g2, g3 and the open group stay,
+    and reads return exactly their records.  A consumer that never
+    acknowledges gets its SubscriptionReset, and so does -- when it comes
+    back -- a subscription that had no consumer attached when its group
+    was dropped.  The consumer that comes back speaks client protocol
+    version 1 (no shard ids in deliveries and acks): it still walks the
+    groups, acknowledging as it goes.
+    """
+    topic = "grp/p/c/sized"
+    limit = 1 << 20
+    status, body = cluster.call("n1", "POST", "/topics", {"name": topic, "shards": 1, "replication_factor": 3,
+                                                           "shard_group_ms": HOUR_MS, "retention_bytes": limit})
+    assert status == 201, body
+    assert body["retention_bytes"] == limit, body
+    cluster.wait_leaders("n1", topic)
+    _wait("the first group", lambda: _groups(cluster, "n1", topic))
+    stuck = Consumer(cluster.client("n2"), topic, "sized-stuck", consumer_id="sized-stuck-1", **cluster.auth)
+    # a consumer that reads a little of g0 and leaves: its group is dropped
+    # while no consumer of its subscription is attached
+    away = Consumer(cluster.client("n3"), topic, "sized-away", consumer_id="sized-away-1", **cluster.auth)
+    rng = random.Random(11)
+    value_bytes, counts = 2048, [450, 450, 75, 75, 10]  # random values: RocksDB cannot compress them
+    written: dict[int, list[bytes]] = {}  # group id -> its values
+    dirs: dict[int, list[Path]] = {}  # group id -> its shard's directories on the 3 nodes
+    shard_of: dict[int, int] = {}  # group id -> its shard's id
+    groups = _groups(cluster, "n1", topic)
+    try:
+        for k, count in enumerate(counts):
+            gid = groups[-1]["id"]
+            values = [b"%d:%04d:" % (k, i) + rng.randbytes(value_bytes) for i in range(count)]
+            with Producer(cluster.client("n%d" % (k % 3 + 1)), level="quorum", linger_ms=5, **cluster.auth) as p:
+                futs = [p.send(topic, v) for v in values]
+                p.flush()
+                assert all(f.result(30) for f in futs)
+            written[gid] = values
+            if k == 0:
+                first = _wait("a delivery to the consumer that leaves", lambda: away.poll(1.0), timeout_s=60)
+                assert first.shard_id == groups[-1]["shards"][0], first  # the delivery names its shard
+                away.close()
+            shard_of[gid] = groups[-1]["shards"][0]
+            dirs[gid] = _shard_dirs(cluster, topic, shard_of[gid])
+            if k < len(counts) - 1:
+                groups = _truncate(cluster, topic, gid)
+        ids = sorted(written)
+        assert ids == list(range(ids[0], ids[0] + len(counts))), ids
+        dropped, kept = ids[:2], ids[2:]
+        assert {g: len(d) for g, d in dirs.items()} == {g: 6 for g in ids}, dirs  # log + metadata on each node
+        # the oldest two go (from the agency), the newer ones stay
+        _wait("the two oldest groups to be dropped for size",
+              lambda: [g["id"] for g in _groups(cluster, "n1", topic)][0] == kept[0], timeout_s=120)
+        status, shards = cluster.call("n1", "GET", f"/shards?topic={topic}")
+        assert status == 200 and {s["index"] for s in shards} >= {shard_of[g] for g in kept}, shards
+        assert not {s["index"] for s in shards} & {shard_of[g] for g in dropped}, shards
+        # ... and from every node's disk
+        _wait("the dropped groups' databases to be deleted",
+              lambda: not any(p.exists() for g in dropped for p in dirs[g]), timeout_s=60)
+        # the consumer sitting in g0 (it never acknowledges) is told
+        reset = _wait("the stuck consumer's reset notice", lambda: stuck.resets, timeout_s=60)[0]
+        assert reset.shard == 0 and reset.dropped_shard_id in {shard_of[g] for g in dropped}, reset
+        assert reset.next_shard_id > reset.dropped_shard_id, reset
+        # nothing within the limit is dropped: the kept groups are whole, on every replica
+        assert [g["id"] for g in _groups(cluster, "n1", topic)] == kept
+        assert all(p.exists() for g in kept[:2] for p in dirs[g]), dirs
+        with Client(cluster.client("n3"), **cluster.auth) as cl:
+            for gid in kept:
+                got = [r.payload for r in cl.fetch_all(topic, 0, group=gid)]
+                assert got == written[gid], (gid, len(got), len(written[gid]))
+            queried = [r.value for r in cl.query_iter(topic, 0, int(time.time() * 1000) + 1, page=256)]
+        assert sorted(queried) == sorted(v for g in kept for v in written[g]), (len(queried),)
+        # the subscription whose group went while it had no consumer: the
+        # next consumer is told, then reads exactly the kept records, in order
+        # -- as a client of protocol version 1 (older clients keep working)
+        monkeypatch.setattr(client_conn, "OFFERED_VERSIONS", (1,))
+        back = Consumer(cluster.client("n1"), topic, "sized-away", consumer_id="sized-away-2", **cluster.auth)
+        try:
+            got: list[bytes] = []
+            want = [v for g in kept for v in written[g]]
+            deadline = time.monotonic() + 120
+            while len(got) < len(want) and time.monotonic() < deadline:
+                msg = back.poll(1.0)
+                if msg is not None:
+                    assert msg.shard_id == NO_SHARD_ID, msg  # version 1: deliveries name no shard
+                    if not got or msg.value not in got:
+                        got.append(msg.value)
+                    msg.ack()
+            [late] = back.resets
+        finally:
+            back.close()
+        assert (late.shard, late.dropped_shard_id, late.next_shard_id) == (0, shard_of[ids[0]], shard_of[kept[0]]), late
+        assert got == want, (len(got), len(want), [v[:8] for v in got[:3]])
+        sizes = {g: _bytes(dirs[g]) for g in kept[:2]}
+        print(f"\nretention by size: limit {limit} B; groups {dropped} dropped, {kept} kept; "
+              f"kept closed groups on disk (3 nodes): {sizes}")
+    finally:
+        stuck.close()

@@ -710,3 +710,27 @@ def test_prefix_scan_over_store() -> None:
     want = sorted(k for k, _ in s.scan() if k.startswith(b"a\xff"))
     assert len(want) == 4  # includes prefixed(b"a", U64_MAX) == b"a" + 8 * b"\xff"
     assert [k for k, _ in s.scan(b"a\xff", prefix_end(b"a\xff"))] == want
+
+
+def test_rocks_bytes_estimate_counts_the_data_not_the_memtable_arena(tmp_path) -> None:
+    """Retention by size reads it: 300 KiB of records must not count as the
+    1 MiB arena block their memtable allocated, nor ten records as 1 MiB."""
+    import random
+
+    from storage.rocks import RocksStore
+
+    rng = random.Random(3)
+    s = RocksStore(tmp_path / "few")
+    for i in range(10):
+        s.put(b"k%06d" % i, rng.randbytes(2048))
+    assert 20 * 1024 <= s.bytes_estimate() <= 40 * 1024, s.bytes_estimate()
+    s.close()
+    s = RocksStore(tmp_path / "more")
+    for i in range(150):
+        s.put(b"k%06d" % i, rng.randbytes(2048))
+    data = 150 * 2048
+    assert data <= s.bytes_estimate() <= data * 1.2, s.bytes_estimate()
+    s.close()
+    s = RocksStore(tmp_path / "more")  # reopened: the memtable was flushed to an SST file
+    assert data <= s.bytes_estimate() <= data * 1.2, s.bytes_estimate()
+    s.close()
