@@ -28,11 +28,16 @@ What it does with them is the same as what the simulator's clients do:
 
 Bounds: requests waiting here (``PENDING_MAX``), produce bytes waiting per
 shard (``ListenConfig.shard_inflight_bytes_max``, beyond which a produce is
-refused with ``OVERLOADED``), subscriptions per connection.
+refused with ``OVERLOADED``), subscriptions per connection.  Of a shard's
+writes, at most ``ListenConfig.shard_send_bytes_max`` bytes are sent to its
+leader at a time; the rest wait here in order.  A leader's mailbox full of
+megabyte batches kept it from reporting its state within the failover
+grace: a 1 GiB fill set off a failover storm (epoch 140 in 9 minutes).
 """
 from __future__ import annotations
 
 import base64
+from collections import deque
 from typing import Any, Callable
 
 from thespian.actors import ThespianWatch
@@ -115,7 +120,7 @@ class _Pending:
     """An internal request awaiting its answer."""
 
     __slots__ = ("req_id", "msg", "target_hint", "hops", "deadline", "on_ok", "on_fail", "retry_at", "bytes",
-                 "shard")
+                 "shard", "queued")
 
     def __init__(self, req_id: int, msg: Any, deadline: float, on_ok: Callable, on_fail: Callable,
                  shard: str = "", nbytes: int = 0) -> None:
@@ -129,6 +134,7 @@ class _Pending:
         self.retry_at: float | None = None
         self.bytes = nbytes
         self.shard = shard
+        self.queued = False  # a write waiting for room in its shard's send window
 
 
 class Dispatcher(ChorusActor, DispatcherMqtt, DispatcherUsers, DispatcherHandoff, DispatcherQuery,
@@ -155,6 +161,8 @@ class Dispatcher(ChorusActor, DispatcherMqtt, DispatcherUsers, DispatcherHandoff
         self.loaded = False
         self.after_poll: list[Callable[[], None]] = []
         self.shard_bytes: dict[str, int] = {}
+        self.shard_sent: dict[str, int] = {}  # shard -> produce bytes sent to its leader, unanswered
+        self.shard_wait: dict[str, deque] = {}  # shard -> writes waiting for room in the send window
         # shard -> (leader node, its start time, leader replica address),
         # learned from the sender of a good answer: requests then go straight
         # to the replica, one actor hop instead of two through the NodeActor
@@ -340,7 +348,7 @@ class Dispatcher(ChorusActor, DispatcherMqtt, DispatcherUsers, DispatcherHandoff
                 s.hint = self.plan_leaders.get(s.shard)
                 self._send_subscribe(s, now)
         for p in list(self.pending.values()):
-            if p.shard in shards and p.retry_at is None and (
+            if p.shard in shards and p.retry_at is None and not p.queued and (
                     isinstance(p.msg, ReadShard) or (isinstance(p.msg, Produce) and p.msg.producer_id)):
                 p.target_hint = self.plan_leaders.get(p.shard)
                 p.hops = 0
@@ -478,10 +486,21 @@ class Dispatcher(ChorusActor, DispatcherMqtt, DispatcherUsers, DispatcherHandoff
 
     def _start(self, p: _Pending) -> None:
         if len(self.pending) >= PENDING_MAX:
+            p.queued = True  # never sent: not in the send window
             self._release(p)
             p.on_fail(ErrorCode.OVERLOADED, "node overloaded: too many requests in flight")
             return
         self.pending[p.req_id] = p
+        if p.bytes:
+            sent = self.shard_sent.get(p.shard, 0)
+            if sent and (sent + p.bytes > self.boot.listen.shard_send_bytes_max or p.shard in self.shard_wait):
+                # the leader has a window's worth to work through: wait here,
+                # in order, instead of in its mailbox (where the writes would
+                # delay its state reports past the failover grace)
+                p.queued = True
+                self.shard_wait.setdefault(p.shard, deque()).append(p)
+                return
+            self.shard_sent[p.shard] = sent + p.bytes
         self._send_pending(p)
 
     def _send_pending(self, p: _Pending) -> None:
@@ -503,7 +522,33 @@ class Dispatcher(ChorusActor, DispatcherMqtt, DispatcherUsers, DispatcherHandoff
                 self.shard_bytes[p.shard] = left
             else:
                 self.shard_bytes.pop(p.shard, None)
+            if not p.queued:
+                sent = self.shard_sent.get(p.shard, 0) - p.bytes
+                if sent > 0:
+                    self.shard_sent[p.shard] = sent
+                else:
+                    self.shard_sent.pop(p.shard, None)
             p.bytes = 0
+            self._send_waiting(p.shard)
+
+    def _send_waiting(self, shard: str) -> None:
+        """Send a shard's queued writes while its window has room (at
+        least one when nothing is in flight); expired ones are skipped."""
+        wait = self.shard_wait.get(shard)
+        limit = self.boot.listen.shard_send_bytes_max
+        while wait:
+            p = wait[0]
+            if self.pending.get(p.req_id) is not p or not p.bytes:
+                wait.popleft()  # answered (expired) while it waited
+                continue
+            sent = self.shard_sent.get(shard, 0)
+            if sent and sent + p.bytes > limit:
+                return
+            wait.popleft()
+            p.queued = False
+            self.shard_sent[shard] = sent + p.bytes
+            self._send_pending(p)
+        self.shard_wait.pop(shard, None)
 
     def _answer(self, req_id: int, status: str, leader: str | None, error: str, reply: Any) -> None:
         p = self.pending.get(req_id)

@@ -121,6 +121,7 @@ class ListenConfig:
     connections_max: int = 1024
     session_timeout_ms: int = 30_000
     shard_inflight_bytes_max: int = 64 << 20  # produce bytes waiting on one shard before OVERLOADED
+    shard_send_bytes_max: int = 4 << 20  # of those, sent to the shard's leader at once; the rest wait in order
     request_timeout_s: float = 10.0  # an internal request unanswered this long fails with TIMEOUT
     # request bytes read from one connection and not yet answered; reading pauses beyond
     inflight_bytes_max: int = 64 << 20
