@@ -174,21 +174,27 @@ class ShardCore:
         self._ready.persist_handover = (0, "")
 
     def _rebuild_producers(self) -> None:
+        """From the whole log (at boot and after a truncation); appends
+        keep the table current otherwise, on followers too."""
         self.producers = {}
-        for batch in self.all_batches():
-            self._note_producer(read_header(batch))
+        for batch in self.iter_batches():
+            self._note_producer(read_header(batch, check_body=False))
 
     def all_batches(self) -> list[bytes]:
-        """Every batch of the log, in order (read in bounded chunks)."""
-        out, pos = [], self.log.start_offset
+        """Every batch of the log, in order."""
+        return list(self.iter_batches())
+
+    def iter_batches(self) -> Any:
+        """Every batch of the log, in order, read in chunks of 16 MiB (a
+        scan of a big log never holds it all)."""
+        pos = self.log.start_offset
         while pos < self.log.end_offset:
             chunk = self.log.read(pos, 1 << 24)
             if not chunk:
                 break
-            out.extend(chunk)
-            h = read_header(chunk[-1])
+            yield from chunk
+            h = read_header(chunk[-1], check_body=False)
             pos = h.base_offset + h.record_count
-        return out
 
     def _note_producer(self, h: Any) -> None:
         if h.producer_id:
@@ -272,7 +278,6 @@ class ShardCore:
             for n in self.replicas + self.learners if n != self.id
         }
         self.in_sync = tuple(sorted(self.replicas))
-        self._rebuild_producers()
         self._record("shard.leader", shard=self.shard, node=self.id, epoch=self.epoch,
                      epoch_start=self.epoch_start, end=self.log.end_offset)
         for n in sorted(self.followers):

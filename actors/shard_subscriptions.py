@@ -19,7 +19,7 @@ over and receives everything unacknowledged, in order).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 from actors.replication import CONTROL_HEADER
 from actors.subscription import SubscriptionCore
@@ -33,7 +33,7 @@ from protocol.consume import (
     Subscribe,
     SubscribeReply,
 )
-from protocol.records import Record, decode_batch
+from protocol.records import Record, decode_batch, read_header
 
 CURSOR = b"cursor"
 SUBSCRIPTIONS_MAX = 1_000
@@ -47,10 +47,15 @@ def cursor_record(subscription: str, mode: str, offset: int) -> Record:
         ("offset", str(offset).encode())))
 
 
-def read_cursors(batches: list[bytes]) -> dict[str, tuple[str, int]]:
-    """Latest (mode, cursor) of every subscription recorded in the batches."""
+def read_cursors(batches: Iterable[bytes]) -> dict[str, tuple[str, int]]:
+    """Latest (mode, cursor) of every subscription recorded in the batches.
+    Cursor records are in the leader's own batches (producer id 0): a
+    producer's batches are skipped undecoded, so a leader taking over a
+    big log reads its headers, not every record in it."""
     out: dict[str, tuple[str, int]] = {}
     for b in batches:
+        if read_header(b, check_body=False).producer_id:
+            continue
         _h, recs = decode_batch(b)
         for r in recs:
             h = dict(r.headers)
