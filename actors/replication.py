@@ -45,7 +45,7 @@ time, messages -- comes in as arguments and goes out in the ``ShardReady``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 from protocol.records import CONTROL_HEADER, Record, decode_batch, encode_batch, is_control, read_header, rebase
 from protocol.shard import (
@@ -99,6 +99,26 @@ class _Waiter:
     duplicate: bool = False
 
 
+CURSOR = b"cursor"  # the control header value of a subscription cursor record
+CURSOR_PENDING_MAX = 1_000  # batches without a producer id noted before their cursors are read
+
+
+def read_cursors(batches: Iterable[bytes]) -> dict[str, tuple[str, int]]:
+    """Latest (mode, cursor) of every subscription recorded in the batches
+    (cursor records are in the leader's own batches, producer id 0: a
+    producer's batches are skipped undecoded)."""
+    out: dict[str, tuple[str, int]] = {}
+    for b in batches:
+        if read_header(b, check_body=False).producer_id:
+            continue
+        _h, recs = decode_batch(b)
+        for r in recs:
+            h = dict(r.headers)
+            if h.get(CONTROL_HEADER) == CURSOR:
+                out[h["subscription"].decode()] = (h["mode"].decode(), int(h["offset"]))
+    return out
+
+
 def control_batch(epoch: int, node: str, base_offset: int, now_ms: int) -> bytes:
     rec = Record(key=None, payload=b"", headers=((CONTROL_HEADER, f"epoch-start {epoch} {node}".encode()),))
     return encode_batch([rec], base_offset=base_offset, epoch=epoch, broker_ts_ms=now_ms)
@@ -140,6 +160,12 @@ class ShardCore:
         self.flush_armed = False
         # producer id -> (next sequence, base offset of last batch, count of last batch, its base sequence)
         self.producers: dict[int, tuple[int, int, int, int]] = {}
+        # subscription -> (mode, cursor) of the latest cursor record in the
+        # log, folded in from ``cursor_pending`` (offsets of batches without
+        # a producer id, where cursor records are) when asked for or when
+        # that list is full, so a new leader need not read its whole log
+        self.cursor_table: dict[str, tuple[str, int]] = {}
+        self.cursor_pending: list[int] = []
         self._ready = ShardReady()
         self._rebuild_producers()
 
@@ -174,11 +200,32 @@ class ShardCore:
         self._ready.persist_handover = (0, "")
 
     def _rebuild_producers(self) -> None:
-        """From the whole log (at boot and after a truncation); appends
-        keep the table current otherwise, on followers too."""
+        """The producer and cursor tables from the whole log (at boot and
+        after a truncation); appends keep them current otherwise, on
+        followers too."""
         self.producers = {}
+        self.cursor_table = {}
+        self.cursor_pending = []
         for batch in self.iter_batches():
-            self._note_producer(read_header(batch, check_body=False))
+            h = read_header(batch, check_body=False)
+            if h.producer_id:
+                self._note_producer(h)
+            else:
+                self.cursor_table.update(read_cursors((batch,)))
+
+    def cursors(self) -> dict[str, tuple[str, int]]:
+        """Latest (mode, cursor) of every subscription recorded in the log."""
+        self._fold_cursors()
+        return dict(self.cursor_table)
+
+    def _fold_cursors(self) -> None:
+        pending, self.cursor_pending = self.cursor_pending, []
+        for off in pending:
+            if off < self.log.start_offset or off >= self.log.end_offset:
+                continue
+            got = self.log.read(off, 1)
+            if got and read_header(got[0], check_body=False).base_offset == off:
+                self.cursor_table.update(read_cursors(got[:1]))
 
     def all_batches(self) -> list[bytes]:
         """Every batch of the log, in order."""
@@ -197,6 +244,11 @@ class ShardCore:
             pos = h.base_offset + h.record_count
 
     def _note_producer(self, h: Any) -> None:
+        if not h.producer_id:
+            self.cursor_pending.append(h.base_offset)
+            if len(self.cursor_pending) >= CURSOR_PENDING_MAX:
+                self._fold_cursors()
+            return
         if h.producer_id:
             self.producers[h.producer_id] = (h.base_sequence + h.record_count, h.base_offset, h.record_count, h.base_sequence)
             if len(self.producers) > self.tuning.producers_max:
@@ -564,6 +616,7 @@ class ShardCore:
             return self._take()
         base = self.log.end_offset
         self.log.append(encode_batch(records, base_offset=base, epoch=self.epoch, broker_ts_ms=int(now_s * 1000)))
+        self.cursor_pending.append(base)
         self.log.sync()
         for n in sorted(self.followers):
             self._push(n)

@@ -142,9 +142,9 @@ class ShardReplica(ChorusActor):
         leading = c.role == "leader"
         if leading and (not self.leading or c.epoch != self.lead_epoch):
             again = self.resumed[1] if self.resumed and self.resumed[0] == c.epoch else -1
-            self.subs.reset(c.iter_batches(), c.epoch, again)
+            self.subs.reset(c.cursors(), c.epoch, again)
         elif not leading and self.leading:
-            self.subs.reset([])
+            self.subs.reset({})
         self.leading, self.lead_epoch = leading, c.epoch
         if leading and c.hw != self.last_hw:
             self.last_hw = c.hw

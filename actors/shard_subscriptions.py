@@ -19,9 +19,9 @@ over and receives everything unacknowledged, in order).
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any
 
-from actors.replication import CONTROL_HEADER
+from actors.replication import CONTROL_HEADER, CURSOR
 from actors.subscription import SubscriptionCore
 from protocol.consume import (
     AckRecords,
@@ -33,9 +33,8 @@ from protocol.consume import (
     Subscribe,
     SubscribeReply,
 )
-from protocol.records import Record, decode_batch, read_header
+from protocol.records import Record
 
-CURSOR = b"cursor"
 SUBSCRIPTIONS_MAX = 1_000
 CONSUMERS_MAX = 10_000
 DRAINED_SCAN_MAX = 1_000  # records read past the cursor to tell a drained subscription
@@ -45,23 +44,6 @@ def cursor_record(subscription: str, mode: str, offset: int) -> Record:
     return Record(key=None, payload=b"", headers=(
         (CONTROL_HEADER, CURSOR), ("subscription", subscription.encode()), ("mode", mode.encode()),
         ("offset", str(offset).encode())))
-
-
-def read_cursors(batches: Iterable[bytes]) -> dict[str, tuple[str, int]]:
-    """Latest (mode, cursor) of every subscription recorded in the batches.
-    Cursor records are in the leader's own batches (producer id 0): a
-    producer's batches are skipped undecoded, so a leader taking over a
-    big log reads its headers, not every record in it."""
-    out: dict[str, tuple[str, int]] = {}
-    for b in batches:
-        if read_header(b, check_body=False).producer_id:
-            continue
-        _h, recs = decode_batch(b)
-        for r in recs:
-            h = dict(r.headers)
-            if h.get(CONTROL_HEADER) == CURSOR:
-                out[h["subscription"].decode()] = (h["mode"].decode(), int(h["offset"]))
-    return out
 
 
 class ShardSubscriptions:
@@ -83,7 +65,7 @@ class ShardSubscriptions:
         self.epoch = 0
         self.redeliver_below = -1  # see reset
 
-    def reset(self, log_batches: list[bytes], epoch: int = 0, redeliver_below: int = -1) -> None:
+    def reset(self, cursors: dict[str, tuple[str, int]], epoch: int = 0, redeliver_below: int = -1) -> None:
         """On becoming leader: forget volatile state, restore cursors.
         ``redeliver_below``: a leader that restarted and resumed the epoch
         it led may have delivered the records below this offset already
@@ -91,7 +73,7 @@ class ShardSubscriptions:
         self.epoch = epoch
         self.redeliver_below = redeliver_below
         self.cores, self.modes, self.consumers, self.dirty, self.fetches = {}, {}, {}, {}, {}
-        self.restored = read_cursors(log_batches)
+        self.restored = dict(cursors)  # the log's latest cursor records (ShardCore.cursors)
         self.persisted = {s: off for s, (_m, off) in self.restored.items()}
 
     def _core(self, name: str, mode: str) -> SubscriptionCore | str:

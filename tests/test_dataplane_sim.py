@@ -65,11 +65,11 @@ def test_subscriptions_deliver_every_acknowledged_record_across_failovers():
 def test_delivery_checker_catches_a_cursor_that_skips_records(monkeypatch):
     """Sabotage: a new leader restores cursors 50 records too far ahead, so
     records after a failover are never delivered -- the checker must see it."""
-    import actors.shard_subscriptions as subs
+    from actors.replication import ShardCore
 
-    real = subs.read_cursors
-    monkeypatch.setattr(subs, "read_cursors",
-                        lambda batches: {k: (m, o + 50) for k, (m, o) in real(batches).items()})
+    real = ShardCore.cursors
+    monkeypatch.setattr(ShardCore, "cursors",
+                        lambda self: {k: (m, o + 50) for k, (m, o) in real(self).items()})
     r = run(scenario("shard-leader-crash"), 3)
     assert "delivered_to_subscriptions" in r.failed_checks()
 

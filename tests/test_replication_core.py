@@ -674,3 +674,45 @@ def test_group_commit_shares_one_sync_and_acks_only_after_it():
     assert CountingStore.syncs == before + 1
     assert sorted(m.req_id for _, m in done.replies) == [0, 1, 2, 3, 4]
     assert all(m.status == "ok" for _, m in done.replies)
+
+
+# ------------------------------------------------------ subscription cursors
+@pytest.mark.parametrize("pending_max", [2, 1000])
+def test_every_replica_keeps_the_logs_latest_cursors_without_rereading_its_log(monkeypatch, pending_max):
+    """A new leader restores subscription cursors from ``ShardCore.cursors``,
+    kept as batches arrive (folded every ``CURSOR_PENDING_MAX`` batches
+    without a producer id), not from a scan of the whole log; it must equal
+    that scan, on followers, after a restart and after a truncation."""
+    import actors.replication as repl
+    from actors.replication import read_cursors
+    from actors.shard_subscriptions import cursor_record
+
+    monkeypatch.setattr(repl, "CURSOR_PENDING_MAX", pending_max)
+    net = started()
+    for k in range(5):
+        net.produce("a", b"plain%d" % k)  # no producer id: read for cursors
+        net.produce("a", b"idem%d" % k, pid=7, seq=k, req_id=100 + k)
+        net.absorb("a", net["a"].append_control([cursor_record("s1", "exclusive", k),
+                                                 cursor_record(f"s{k % 3 + 2}", "shared", 10 * k)], net.now))
+        net.deliver()
+    expected = read_cursors(net.raw("a"))
+    assert expected == {"s1": ("exclusive", 4), "s2": ("shared", 30), "s3": ("shared", 40), "s4": ("shared", 20)}
+    for i in IDS:
+        assert net[i].cursors() == expected, i
+    restarted = net.make_core("b", epoch=1)  # the boot scan gives the same table
+    assert restarted.cursors() == expected
+
+    # a cursor record in an old leader's divergent suffix is forgotten once truncated
+    net.isolate("a")
+    net.absorb("a", net["a"].append_control([cursor_record("s1", "exclusive", 99)], net.now))
+    assert net["a"].cursors()["s1"] == ("exclusive", 99)
+    net.deliver()
+    net.assign(2, "b", ids=("b", "c"))
+    net.produce("b", b"n0")
+    net.deliver()
+    net.heal()
+    net.assign(2, "b", ids=("a",))
+    net.produce("b", b"n1")
+    net.deliver()
+    assert net.raw("a") == net.raw("b")
+    assert net["a"].cursors() == read_cursors(net.raw("a")) == expected
