@@ -39,7 +39,7 @@ def read_shard_log(data_dir: str, shard: str) -> list[bytes] | None:
     except FileNotFoundError:
         return None
     try:
-        return ShardCore.all_batches(SimpleNamespace(log=ShardLog(store)))  # what the replica itself reads
+        return list(ShardCore.iter_batches(SimpleNamespace(log=ShardLog(store))))  # what the replica itself reads
     finally:
         store.close()
 

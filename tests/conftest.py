@@ -24,23 +24,21 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.pop("COLUMNS", None)
 
 
-def pytest_itemcollected(item):
-    """Tests of real node processes (``realnet``, and every ``*_real.py``
-    module) run one after another on one xdist worker (``--dist
-    loadgroup`` in pyproject): two clusters at once on two cores would each
-    see the other's load, while the simulator and unit tests share the
-    other worker.  The suite runs in about half the time of one worker."""
-    if item.path.name.endswith("_real.py") and not item.get_closest_marker("realnet"):
-        item.add_marker(pytest.mark.realnet)
-    if item.get_closest_marker("realnet"):
-        item.add_marker(pytest.mark.xdist_group("real"))
+def _mark_real(items):
+    """Every ``*_real.py`` module starts real node processes: ``realnet``
+    (``-m "not realnet"`` leaves them out)."""
+    for item in items:
+        if item.path.name.endswith("_real.py") and not item.get_closest_marker("realnet"):
+            item.add_marker(pytest.mark.realnet)
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     """Tests marked slow (more seeds of what the default run covers) run
     only when the -m expression names them (``-m slow``) or when asked for
     by node id.  Done here rather than with -m in addopts: a command's own
     -m, like the README's ``-m "not realnet"``, would replace that one."""
+    _mark_real(items)  # first: -m reads realnet
     if "slow" in (config.getoption("markexpr") or "") or any("::" in a for a in config.args):
         return
     slow = [item for item in items if item.get_closest_marker("slow")]
