@@ -4,12 +4,13 @@
   shard's voting replicas (the source leaving, or a target rolled back),
   every record acknowledged at ``quorum``/``all`` so far is held by a
   majority of the voting replicas that remain (their real logs at that
-  moment; a replica whose node is down counts as holding it -- the
-  durability checks judge it after the heal).  A move that takes the
+  moment; a replica whose node is down, or whose restarted node has not
+  started it yet, counts as holding it -- the durability checks judge it
+  after the heal).  A move that takes the
   source out before the target caught up leaves acknowledged writes on a
   minority: caught here even when no later crash turns it into a loss.
 * ``moves_in_sync`` -- when a move takes its source out, the target (if
-  its node is up) holds every record acknowledged at ``quorum``/``all``
+  its node is up and has started it) holds every record acknowledged at ``quorum``/``all``
   more than ``IN_SYNC_LAG_S`` before: the shard keeps as many in-sync
   replicas as before the move.  (A source removed while its target still
   copies leaves the shard one in-sync replica short for as long as the

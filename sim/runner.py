@@ -268,7 +268,10 @@ class Harness:
         if not self.world.is_up(node):
             return None
         a = self.replica(shard, node)
-        return a.core.all_batches() if a is not None and a.core is not None else []
+        # a replica its restarted node has not started yet counts as down
+        # (its log is on the disk; the durability checks judge it after the
+        # heal), not as an empty log
+        return a.core.all_batches() if a is not None and a.core is not None else None
 
     def _do_move(self, a: dict) -> None:
         from protocol.node import RequestMove
