@@ -89,6 +89,7 @@ class NodeActor(ChorusActor, NodeHandoff):
         self.sups: list[Any] = []
         self.spawner: Any = None  # production: the ReplicaSpawner that creates the replicas
         self.spawning: set[str] = set()  # shards whose replica the spawner is creating
+        self.exiting = False
 
     def on_NodeBoot(self, msg: NodeBoot, sender: Any) -> None:
         if self.boot is not None:
@@ -165,7 +166,16 @@ class NodeActor(ChorusActor, NodeHandoff):
             self.known.pop((shard, self.boot.node_id), None)
             self.record("node.replica_stopped", node=self.boot.node_id, shard=shard)
 
+    def on_ActorExitRequest(self, msg: Any, sender: Any) -> None:
+        self.exiting = True  # Thespian stops the children (the spawner too) and then this actor
+
     def on_ChildActorExited(self, msg: ChildActorExited, sender: Any) -> None:
+        if self.spawner is not None and msg.childAddress == self.spawner and not self.exiting:
+            # not replaced: a spawner forked from this process (which has
+            # opened RocksDB by now) would fork replicas that stall
+            self.log_event("error", "replica spawner exited; this node creates no more replicas until it restarts",
+                           waiting=len(self.spawning))
+            return
         self._replica_exited(msg.childAddress)
 
     def on_ReplicaExited(self, msg: ReplicaExited, sender: Any) -> None:
