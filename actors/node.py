@@ -218,10 +218,8 @@ class NodeActor(ChorusActor, NodeHandoff):
                          plan.get("leader") or None, b.tuning, b.host, tuple(self.sups), self.until[shard],
                          tuple(plan.get("learners", ())))
         if self.spawner is not None:
-            peers = tuple((n, a) for (s, n), a in sorted(self.known.items(), key=lambda kv: kv[0])
-                          if s == shard and n != b.node_id)
-            self.spawning.add(shard)
-            self.send(self.spawner, SpawnReplica(replace(boot, addresses=peers)))
+            self.spawning.add(shard)  # the spawner adds the new replica's own address
+            self.send(self.spawner, SpawnReplica(replace(boot, addresses=self._peers(shard, others=True))))
             return
         self._created(shard, self.createActor(ShardReplica), boot)
 
@@ -231,9 +229,8 @@ class NodeActor(ChorusActor, NodeHandoff):
         if msg.shard in self.spawning:
             self.spawning.discard(msg.shard)
             self._created(msg.shard, msg.address)
-            for (shard, node), addr in sorted(self.known.items(), key=lambda kv: kv[0]):
-                if shard == msg.shard and node != self.boot.node_id:  # addresses heard of meanwhile
-                    self.send(msg.address, ReplicaAddress(shard, node, addr))
+            for node, addr in self._peers(msg.shard, others=True):  # addresses heard of meanwhile
+                self.send(msg.address, ReplicaAddress(msg.shard, node, addr))
 
     def _created(self, shard: str, addr: Any, boot: ShardBoot | None = None) -> None:
         """Adopt a new replica; ``boot`` is sent to it first (the spawner
@@ -242,8 +239,7 @@ class NodeActor(ChorusActor, NodeHandoff):
         self.local[shard] = addr
         self.known[(shard, b.node_id)] = addr
         if boot is not None:
-            peers = tuple((n, a) for (s, n), a in sorted(self.known.items(), key=lambda kv: kv[0]) if s == shard)
-            self.send(addr, replace(boot, addresses=peers))
+            self.send(addr, replace(boot, addresses=self._peers(shard)))
         note = ReplicaAddress(shard, b.node_id, addr)
         for node in sorted(self.node_addrs):
             if node != b.node_id:
@@ -251,6 +247,12 @@ class NodeActor(ChorusActor, NodeHandoff):
         for sup in self.sups:
             self.send(sup, note)
         self.record("node.replica_created", node=b.node_id, shard=shard)
+
+    def _peers(self, shard: str, others: bool = False) -> tuple[tuple[str, Any], ...]:
+        """(node, address) of every known replica of ``shard``, by node id
+        (``others``: not this node's)."""
+        return tuple((n, a) for (s, n), a in sorted(self.known.items(), key=lambda kv: kv[0])
+                     if s == shard and not (others and n == self.boot.node_id))
 
     def on_ReplicaAddress(self, msg: ReplicaAddress, sender: Any) -> None:
         self.known[(msg.shard, msg.node)] = msg.address

@@ -244,16 +244,17 @@ class ShardCore:
             pos = h.base_offset + h.record_count
 
     def _note_producer(self, h: Any) -> None:
+        """An appended batch: a producer's updates the producer table; one
+        without a producer id may hold cursor records (``cursor_pending``)."""
         if not h.producer_id:
             self.cursor_pending.append(h.base_offset)
             if len(self.cursor_pending) >= CURSOR_PENDING_MAX:
                 self._fold_cursors()
             return
-        if h.producer_id:
-            self.producers[h.producer_id] = (h.base_sequence + h.record_count, h.base_offset, h.record_count, h.base_sequence)
-            if len(self.producers) > self.tuning.producers_max:
-                oldest = min(self.producers, key=lambda p: (self.producers[p][1], p))
-                del self.producers[oldest]
+        self.producers[h.producer_id] = (h.base_sequence + h.record_count, h.base_offset, h.record_count, h.base_sequence)
+        if len(self.producers) > self.tuning.producers_max:
+            oldest = min(self.producers, key=lambda p: (self.producers[p][1], p))
+            del self.producers[oldest]
 
     def _batch_start_at_or_below(self, offset: int) -> int:
         """Base offset of the batch containing ``offset`` (or the log start)."""

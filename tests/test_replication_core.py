@@ -134,6 +134,18 @@ class Net:
     def client_replies(self):
         return self.replies.get(CLIENT, [])
 
+    def new_epoch_then_rejoin(self, first: bytes, second: bytes) -> None:
+        """Epoch 2 led by b over b and c while a is cut off (b writes
+        ``first``); then a, healed, rejoins as b's follower and b writes
+        ``second``, which makes a back up to b's log."""
+        self.assign(2, "b", ids=("b", "c"))
+        self.produce("b", first)
+        self.deliver()
+        self.heal()
+        self.assign(2, "b", ids=("a",))
+        self.produce("b", second)
+        self.deliver()
+
     def settle(self, ids=None):
         """Deliver everything, then once more after a leader's probe interval
         (so tests other than the first do not depend on the new leader
@@ -628,13 +640,7 @@ def test_bug_no_truncation_keeps_a_divergent_batch(bug):
     net.isolate("a")
     net.produce("a", b"lost", level="one")
     net.drop()
-    net.assign(2, "b", ids=("b", "c"))
-    net.produce("b", b"new")
-    net.deliver()
-    net.heal()
-    net.assign(2, "b", ids=("a",))
-    net.produce("b", b"newer")
-    net.deliver()
+    net.new_epoch_then_rejoin(b"new", b"newer")
     if bug:
         assert b"lost" in net.payloads("a") and net.raw("a") != net.raw("b")
     else:
@@ -707,12 +713,6 @@ def test_every_replica_keeps_the_logs_latest_cursors_without_rereading_its_log(m
     net.absorb("a", net["a"].append_control([cursor_record("s1", "exclusive", 99)], net.now))
     assert net["a"].cursors()["s1"] == ("exclusive", 99)
     net.deliver()
-    net.assign(2, "b", ids=("b", "c"))
-    net.produce("b", b"n0")
-    net.deliver()
-    net.heal()
-    net.assign(2, "b", ids=("a",))
-    net.produce("b", b"n1")
-    net.deliver()
+    net.new_epoch_then_rejoin(b"n0", b"n1")
     assert net.raw("a") == net.raw("b")
     assert net["a"].cursors() == read_cursors(net.raw("a")) == expected
